@@ -1,0 +1,351 @@
+"""The local Apache Kafka broker: jars from Maven Central, KRaft mode, no Docker.
+
+`LocalKafka(...).up()` fetches Kafka's jars once (`mvn dependency:copy-dependencies` on
+`connectors/kafka/pom.xml`) into a cache outside the checkout, formats each node's data
+folder once, starts the nodes in the background and returns when the cluster answers a
+metadata request with every node. `down()` sends SIGTERM and waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+from streams.exceptions import ConfigurationError, KafkaUnavailable
+
+__all__ = ["POM", "LocalKafka", "NodeStatus", "fetch_jars", "free_port_range"]
+
+POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
+LOG4J = Path(__file__).resolve().parent / "kafka" / "log4j2.properties"
+
+_SINGLE_NODE = """\
+process.roles=broker,controller
+node.id={node_id}
+controller.quorum.bootstrap.servers={quorum}
+listeners=PLAINTEXT://localhost:{port},CONTROLLER://localhost:{controller_port}
+advertised.listeners=PLAINTEXT://localhost:{port},CONTROLLER://localhost:{controller_port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={log_dir}
+num.partitions=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor={replication}
+transaction.state.log.replication.factor={replication}
+transaction.state.log.min.isr={min_isr}
+share.coordinator.state.topic.replication.factor={replication}
+share.coordinator.state.topic.min.isr={min_isr}
+default.replication.factor={replication}
+min.insync.replicas={min_isr}
+group.initial.rebalance.delay.ms=0
+"""
+
+
+# Nodes this process started, kept so they are reaped, not garbage-collected while running.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _need(program: str, install: str) -> str:
+    path = shutil.which(program)
+    if path is None:
+        raise ConfigurationError(f"{program} not found: install {install}")
+    return path
+
+
+def fetch_jars(cache_dir: Path, *, progress: Callable[[str], None] = print) -> Path:
+    """Kafka's jars in `cache_dir`, fetched with Maven when the pom changed or they are absent."""
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
+    libs = cache_dir / f"libs-{digest}"
+    if (libs / ".complete").is_file():
+        return libs
+    mvn = _need("mvn", "Maven 3 (apt-get install maven)")
+    _need("java", "Java 17 (apt-get install openjdk-17-jre-headless)")
+    partial = cache_dir / f".libs-{digest}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    progress(f"fetching Apache Kafka jars from Maven Central into {libs} ...")
+    result = subprocess.run(  # noqa: S603 - fixed arguments, no shell
+        [
+            mvn,
+            "-B",
+            "-q",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={partial}",
+            "-DincludeScope=runtime",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
+        raise ConfigurationError("mvn could not fetch the Kafka jars: " + " | ".join(tail))
+    (partial / ".complete").write_text(digest)
+    shutil.rmtree(libs, ignore_errors=True)
+    partial.rename(libs)
+    return libs
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port_range(count: int) -> int:
+    """A port p such that p .. p+count-1 are all free on 127.0.0.1 (for tests and tools)."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port + count < 65000 and all(_port_free(port + i) for i in range(count)):
+            return port
+    raise ConfigurationError(f"no {count} adjacent free ports on 127.0.0.1")
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    child = _CHILDREN.get(pid)
+    if child is not None and child.poll() is not None:  # a zombie still answers kill(0)
+        del _CHILDREN[pid]
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """One node of the local cluster as `status` reports it."""
+
+    node_id: int
+    port: int
+    pid: int | None
+    running: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalKafka:
+    """A single node or a small cluster of KRaft nodes on localhost.
+
+    Node i (1-based) listens on `port + 2(i-1)` for clients and the next port for the
+    controller quorum.
+    """
+
+    data_dir: Path
+    cache_dir: Path
+    nodes: int = 1
+    port: int = 9092
+    heap_mb: int = 512
+    start_timeout_s: float = 90.0
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(f"localhost:{self._port(i)}" for i in self._ids())
+
+    def _ids(self) -> range:
+        return range(1, self.nodes + 1)
+
+    def _port(self, node_id: int) -> int:
+        return self.port + 2 * (node_id - 1)
+
+    def _node_dir(self, node_id: int) -> Path:
+        return self.data_dir / f"node-{node_id}"
+
+    def _pidfile(self, node_id: int) -> Path:
+        return self._node_dir(node_id) / "kafka.pid"
+
+    def _pid(self, node_id: int) -> int | None:
+        try:
+            pid = int(self._pidfile(node_id).read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def status(self) -> list[NodeStatus]:
+        """Each node: its port, its process, whether that process is alive."""
+        out = []
+        for i in self._ids():
+            pid = self._pid(i)
+            out.append(NodeStatus(node_id=i, port=self._port(i), pid=pid, running=pid is not None))
+        return out
+
+    def up(self, *, progress: Callable[[str], None] = print) -> str:
+        """Start every node that is not running; return the bootstrap servers once ready."""
+        if self.nodes not in (1, 3):
+            raise ConfigurationError("--nodes must be 1 or 3 (a KRaft quorum needs a majority)")
+        java = _need("java", "Java 17 (apt-get install openjdk-17-jre-headless)")
+        if all(s.running for s in self.status()):
+            progress(f"Kafka already running on {self.bootstrap_servers}")
+            self._wait_ready()
+            return self.bootstrap_servers
+        libs = fetch_jars(self.cache_dir, progress=progress)
+        self._check_ports()
+        cluster_id = self._cluster_id(java, libs)
+        for i in self._ids():
+            if self._pid(i) is None:
+                self._start_node(java, libs, i, cluster_id)
+        progress(f"waiting for Kafka on {self.bootstrap_servers} ...")
+        self._wait_ready()
+        return self.bootstrap_servers
+
+    def down(self, *, timeout_s: float = 60.0) -> None:
+        """SIGTERM every node, wait for it to exit (SIGKILL after `timeout_s`)."""
+        pids = [s.pid for s in self.status() if s.pid is not None]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in pids:
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for i in self._ids():
+            self._pidfile(i).unlink(missing_ok=True)
+
+    def _check_ports(self) -> None:
+        for i in self._ids():
+            if self._pid(i) is not None:
+                continue
+            for port in (self._port(i), self._port(i) + 1):
+                if not _port_free(port):
+                    raise ConfigurationError(
+                        f"port {port} is in use by another process: stop it, or choose "
+                        "another base port (--port, or local_kafka.port)"
+                    )
+
+    def _cluster_id(self, java: str, libs: Path) -> str:
+        idfile = self.data_dir / "cluster.id"
+        if idfile.is_file():
+            return idfile.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        result = self._java(java, libs, "kafka.tools.StorageTool", "random-uuid")
+        cluster_id = result.stdout.strip().splitlines()[-1]
+        idfile.write_text(cluster_id)
+        return cluster_id
+
+    def _java(self, java: str, libs: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(  # noqa: S603 - fixed arguments, no shell
+            [java, "-cp", f"{libs}/*", *args], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
+            raise ConfigurationError(f"{args[0]} failed: " + " | ".join(tail))
+        return result
+
+    def _properties(self, node_id: int) -> str:
+        voters = ",".join(f"localhost:{self._port(i) + 1}" for i in self._ids())
+        text = _SINGLE_NODE.format(
+            node_id=node_id,
+            quorum=voters,
+            port=self._port(node_id),
+            controller_port=self._port(node_id) + 1,
+            log_dir=self._node_dir(node_id) / "data",
+            replication=min(self.nodes, 3),
+            min_isr=2 if self.nodes >= 3 else 1,
+        )
+        if self.nodes > 1:
+            # A static quorum: every node knows every voter up front.
+            quorum_voters = ",".join(f"{i}@localhost:{self._port(i) + 1}" for i in self._ids())
+            text = text.replace(
+                f"controller.quorum.bootstrap.servers={voters}",
+                f"controller.quorum.voters={quorum_voters}",
+            )
+        return text
+
+    def _start_node(self, java: str, libs: Path, node_id: int, cluster_id: str) -> None:
+        node = self._node_dir(node_id)
+        (node / "logs").mkdir(parents=True, exist_ok=True)
+        props = node / "server.properties"
+        props.write_text(self._properties(node_id))
+        if not (node / "data" / "meta.properties").is_file():
+            fmt = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)]
+            if self.nodes == 1:
+                fmt.append("--standalone")
+            self._java(java, libs, *fmt)
+        with (node / "logs" / "stdout.log").open("ab") as out:
+            process = subprocess.Popen(  # noqa: S603 - fixed arguments, no shell
+                [
+                    java,
+                    f"-Xms{self.heap_mb}m",
+                    f"-Xmx{self.heap_mb}m",
+                    "-XX:+UseG1GC",
+                    "-Djava.awt.headless=true",
+                    f"-Dkafka.logs.dir={node / 'logs'}",
+                    f"-Dlog4j2.configurationFile={LOG4J}",
+                    "-cp",
+                    f"{libs}/*",
+                    "kafka.Kafka",
+                    str(props),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # survives the CLI that started it
+            )
+        _CHILDREN[process.pid] = process
+        self._pidfile(node_id).write_text(str(process.pid))
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            dead = [s.node_id for s in self.status() if not s.running]
+            if dead:
+                log = self._node_dir(dead[0]) / "logs" / "server.log"
+                raise KafkaUnavailable(f"Kafka node {dead[0]} exited during start; see {log}")
+            try:
+                # Knock before asking: aiokafka logs every refused connection as an error.
+                if all(_listening(self._port(i)) for i in self._ids()) and (
+                    asyncio.run(_broker_count(self.bootstrap_servers)) >= self.nodes
+                ):
+                    return
+            except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+                last = exc
+            time.sleep(0.5)
+        raise KafkaUnavailable(
+            f"Kafka on {self.bootstrap_servers} did not answer within "
+            f"{self.start_timeout_s:.0f}s ({type(last).__name__ if last else 'too few nodes'})"
+        )
+
+
+async def _broker_count(bootstrap: str) -> int:
+    """How many brokers the cluster's metadata names (a real metadata request)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    try:
+        await admin.start()
+        cluster = await admin.describe_cluster()
+        return len(cluster["brokers"])
+    finally:
+        await admin.close()

@@ -1,0 +1,238 @@
+"""Configuration: one YAML file, every key overridable by `GEMEENTEBUS_<SECTION>__<KEY>`.
+
+Precedence, highest first: explicit arguments, environment, the YAML file, defaults.
+Secrets (`SecretStr`) come from the environment or from files named by `*_file` keys,
+never from the repository. Every environment variable the bus reads is named in `ENV`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from streams.exceptions import ConfigurationError
+
+__all__ = [
+    "ENV",
+    "ClientConfig",
+    "DeliverySettings",
+    "HttpSettings",
+    "KafkaSettings",
+    "LocalKafkaSettings",
+    "PublishGrant",
+    "SecuritySettings",
+    "Settings",
+    "SubscribeGrant",
+    "load_settings",
+]
+
+# Every environment variable gemeentebus reads, in one place.
+ENV = {
+    "config_file": "GEMEENTEBUS_CONFIG",
+    "prefix": "GEMEENTEBUS_",
+    "bootstrap": "KAFKA_BOOTSTRAP_SERVERS",
+    "pseudonym_key": "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY",
+    "cache_home": "XDG_CACHE_HOME",
+    "state_home": "XDG_STATE_HOME",
+}
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    return Path(os.environ.get(var) or Path.home() / fallback) / "gemeentebus"
+
+
+class KafkaSettings(BaseModel):
+    """How to reach the broker and how the bus's topics are made."""
+
+    model_config = _FROZEN
+
+    bootstrap_servers: str = "localhost:9092"
+    client_id: str = "gemeentebus"
+    # Namespace of every topic and consumer group; SPEC §3 names are under the default.
+    topic_prefix: str = Field(default="gemeentebus", pattern=r"^[a-z][a-z0-9-]{0,40}$")
+    partitions: int = Field(default=6, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    min_insync_replicas: int = Field(default=1, ge=1)
+    events_retention_days: int = Field(default=400, ge=1)
+    invalid_retention_days: int = Field(default=30, ge=1)
+    deliver_retention_days: int = Field(default=14, ge=1)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class LocalKafkaSettings(BaseModel):
+    """The broker `gemeentebus kafka up` assembles from Maven Central jars."""
+
+    model_config = _FROZEN
+
+    cache_dir: Path = Field(default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache") / "kafka")
+    data_dir: Path = Field(default_factory=lambda: _xdg("XDG_STATE_HOME", ".local/state") / "kafka")
+    port: int = Field(default=9092, ge=1024, le=65000)
+    heap_mb: int = Field(default=512, ge=128)
+    start_timeout_s: float = Field(default=90.0, gt=0)
+
+
+class SecuritySettings(BaseModel):
+    """Secrets. The BSN pseudonym key is required outside the demo."""
+
+    model_config = _FROZEN
+
+    pseudonym_key: SecretStr | None = None
+    pseudonym_key_file: Path | None = None
+
+    def pseudonym_key_bytes(self) -> bytes:
+        """The HMAC key for BSN pseudonyms; raises ConfigurationError when unset."""
+        if self.pseudonym_key is not None and self.pseudonym_key.get_secret_value():
+            return self.pseudonym_key.get_secret_value().encode()
+        if self.pseudonym_key_file is not None:
+            try:
+                return self.pseudonym_key_file.read_bytes().strip()
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"security.pseudonym_key_file cannot be read: {exc.strerror}"
+                ) from exc
+        raise ConfigurationError(
+            f"no BSN pseudonym key: set {ENV['pseudonym_key']} "
+            "or security.pseudonym_key_file (the bus refuses to start without one)"
+        )
+
+
+class HttpSettings(BaseModel):
+    """The HTTP API."""
+
+    model_config = _FROZEN
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_event_bytes: int = Field(default=64 * 1024, ge=1024)
+
+
+class DeliverySettings(BaseModel):
+    """Webhook delivery: timeouts and the retry window."""
+
+    model_config = _FROZEN
+
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=15.0, gt=0)
+    retry_window_s: float = Field(default=24 * 3600.0, gt=0)
+    initial_backoff_s: float = Field(default=1.0, gt=0)
+    max_backoff_s: float = Field(default=600.0, gt=0)
+
+
+class PublishGrant(BaseModel):
+    """What a publisher may publish: type patterns (`nl.brp.*`) and sources (`*` for any)."""
+
+    model_config = _FROZEN
+
+    types: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+
+
+class SubscribeGrant(BaseModel):
+    """What a subscriber may receive: its purpose binding."""
+
+    model_config = _FROZEN
+
+    types: tuple[str, ...] = ()
+    purpose: str = ""
+
+
+class ClientConfig(BaseModel):
+    """One API client; the bearer token itself is never stored, only its SHA-256."""
+
+    model_config = _FROZEN
+
+    id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    jwt_secret_env: str | None = None
+    publish: PublishGrant | None = None
+    subscribe: SubscribeGrant | None = None
+    operator: bool = False
+
+    @model_validator(mode="after")
+    def _has_credentials(self) -> ClientConfig:
+        if self.token_sha256 is None and self.jwt_secret_env is None:
+            raise ValueError(f"client {self.id!r} needs token_sha256 or jwt_secret_env")
+        return self
+
+
+class Settings(BaseSettings):
+    """All of gemeentebus's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV["prefix"],
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    mode: Literal["production", "demo", "test"] = "production"
+    kafka: KafkaSettings = KafkaSettings()
+    local_kafka: LocalKafkaSettings = LocalKafkaSettings()
+    security: SecuritySettings = SecuritySettings()
+    http: HttpSettings = HttpSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    clients: tuple[ClientConfig, ...] = ()
+
+    @field_validator("clients")
+    @classmethod
+    def _unique_client_ids(cls, clients: tuple[ClientConfig, ...]) -> tuple[ClientConfig, ...]:
+        ids = [c.id for c in clients]
+        if len(ids) != len(set(ids)):
+            raise ValueError("client ids must be unique")
+        return clients
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = os.environ.get(ENV["config_file"], "gemeentebus.yaml")
+        return (
+            init_settings,
+            env_settings,
+            YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file),
+        )
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read the configuration; `KAFKA_BOOTSTRAP_SERVERS` names an existing broker.
+
+    A missing file is fine (defaults and environment apply); a broken one is a
+    ConfigurationError that says which key is wrong.
+    """
+    if config_file is not None and not config_file.is_file():
+        raise ConfigurationError(f"configuration file {config_file} does not exist")
+    previous = os.environ.get(ENV["config_file"])
+    if config_file is not None:
+        os.environ[ENV["config_file"]] = str(config_file)
+    try:
+        settings = Settings(**overrides)
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid configuration: {exc}") from exc
+    finally:
+        if config_file is not None:
+            if previous is None:
+                os.environ.pop(ENV["config_file"], None)
+            else:
+                os.environ[ENV["config_file"]] = previous
+    bootstrap = os.environ.get(ENV["bootstrap"])
+    has_explicit = "kafka" in overrides or "GEMEENTEBUS_KAFKA__BOOTSTRAP_SERVERS" in os.environ
+    if bootstrap and not has_explicit:
+        kafka = settings.kafka.model_copy(update={"bootstrap_servers": bootstrap})
+        settings = settings.model_copy(update={"kafka": kafka})
+    return settings
