@@ -85,7 +85,8 @@ def settings(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Settings:
 async def bus_topics(settings: Settings) -> AsyncIterator[Topics]:
     """This test's namespace with every bus topic created on the broker."""
     from streams.schemas import registry
-    from streams.topics import bus_topics as specs, create_topics
+    from streams.topics import bus_topics as specs
+    from streams.topics import create_topics
 
     await create_topics(settings.kafka, specs(settings.kafka, registry().types()))
     yield Topics(settings.kafka.topic_prefix)

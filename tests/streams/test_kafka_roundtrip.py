@@ -15,7 +15,7 @@ from streams.topics import TopicSpec, create_topics
 pytestmark = pytest.mark.kafka
 
 
-async def _consume(settings: Settings, topic: str, count: int, timeout: float = 30.0) -> list:
+async def _consume(settings: Settings, topic: str, count: int, within: float = 30.0) -> list:
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=settings.kafka.bootstrap_servers,
@@ -25,7 +25,7 @@ async def _consume(settings: Settings, topic: str, count: int, timeout: float = 
     await consumer.start()
     records: list = []
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while len(records) < count:
                 batch = await consumer.getmany(timeout_ms=500)
                 for part in batch.values():
