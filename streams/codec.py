@@ -261,6 +261,9 @@ class _Array(_Node):
     def check(self, value: Any) -> _Errors | None:
         if not isinstance(value, list | tuple):
             return [("", "avro_type", "expected an array")]
+        fast = self.items.fast
+        if fast and all(type(v) in fast for v in value):
+            return None
         errors = [e for i, v in enumerate(value) for e in _at(f"[{i}]", self.items.check(v) or [])]
         return errors or None
 
@@ -314,6 +317,8 @@ class _Union(_Node):
         return next((b for b in self.branches if b.check(value) is None), None)
 
     def check(self, value: Any) -> _Errors | None:
+        if self.only is not None and len(self.branches) == 2:  # the common ["null", X]
+            return None if value is None else self.only.check(value)
         if self._branch(value) is not None:
             return None
         return self.only.check(value) if self.only and value is not None else self.wrong
