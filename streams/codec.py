@@ -483,10 +483,10 @@ def _without_uuid(node: Any) -> Any:
 
 
 def _data_errors(errors: _Errors, prefix: str = "") -> list[FieldError]:
-    return [FieldError(join_path(prefix + "data", p), c, m) for p, c, m in errors]
+    return [FieldError(_join_path(prefix + "data", p), c, m) for p, c, m in errors]
 
 
-def join_path(parent: str, child: str) -> str:
+def _join_path(parent: str, child: str) -> str:
     """`parent.child`, or `parent[3]` for an index, or `parent` for an empty child."""
     return parent + ("." + child if child and child[0] != "[" else child)
 
