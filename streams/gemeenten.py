@@ -11,7 +11,7 @@ import csv
 from dataclasses import dataclass
 from datetime import date
 from functools import cache
-from importlib import resources
+from pathlib import Path
 
 __all__ = [
     "RNI",
@@ -23,6 +23,7 @@ __all__ = [
 ]
 
 RNI = "1999"
+_DATA = Path(__file__).resolve().parent / "data"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +49,7 @@ def _date_or_none(text: str) -> date | None:
 
 
 def _rows(name: str) -> list[dict[str, str]]:
-    with resources.files("streams").joinpath("data", name).open(encoding="utf-8") as f:
+    with (_DATA / name).open(encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -93,9 +94,5 @@ def naam(code: str) -> str:
 def current_codes() -> tuple[str, ...]:
     """Every gemeentecode in use today, sorted, without the RNI (for generators and tests)."""
     return tuple(
-        sorted(
-            code
-            for code, g in _register().items()
-            if g.opgeheven_per is None and code != RNI
-        )
+        sorted(code for code, g in _register().items() if g.opgeheven_per is None and code != RNI)
     )
