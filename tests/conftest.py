@@ -9,14 +9,17 @@ Whatever this file starts, it stops at the end of the session.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
 
 from connectors.kafka_local import LocalKafka, free_port_range
 from streams.config import ENV, KafkaSettings, Settings, load_settings
@@ -90,3 +93,41 @@ async def bus_topics(settings: Settings) -> AsyncIterator[Topics]:
 
     await create_topics(settings.kafka, specs(settings.kafka, registry().types()))
     yield Topics(settings.kafka.topic_prefix)
+
+
+async def _read_topic(
+    bootstrap: str, topic: str, *, count: int, within: float = 60.0
+) -> list[ConsumerRecord]:
+    """Every record of `topic` from the start, once at least `count` arrived (or time is up)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    records: list[ConsumerRecord] = []
+    try:
+        async with asyncio.timeout(within):
+            while len(records) < count:
+                for part in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
+                    records.extend(part)
+        # Anything beyond `count` that is already there (duplicates show up here).
+        for part in (await consumer.getmany(timeout_ms=500, max_records=100000)).values():
+            records.extend(part)
+    except TimeoutError:
+        pass  # the caller asserts on what arrived
+    finally:
+        await consumer.stop()
+    return records
+
+
+@pytest.fixture
+def read_topic(kafka_bootstrap: str) -> Callable[..., Awaitable[list[ConsumerRecord]]]:
+    """`await read_topic(topic, count=N)`: the topic's records once N arrived (or 60 s)."""
+
+    def read(topic: str, *, count: int, within: float = 60.0) -> Awaitable[list[ConsumerRecord]]:
+        return _read_topic(kafka_bootstrap, topic, count=count, within=within)
+
+    return read

@@ -1,0 +1,131 @@
+"""The gate every published event passes, whether it came over HTTP or through Kafka.
+
+`Gate.admit` checks an event against the whole contract (Avro structure, SPEC §1 rules, the
+publisher's grant) and fills in what the bus derives (routing attributes, subject, partition
+key); `Gate.accept` turns it into the record for its events topic, `Gate.reject` into the
+byte-for-byte record for `gemeentebus.invalid`. Pure: no Kafka client here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Final
+
+from streams import attributes, codec, rules
+from streams.envelope import CloudEvent
+from streams.exceptions import FieldError, InvalidEvent
+from streams.topics import Topics
+from streams.validation import validate
+
+__all__ = ["DETAIL_HEADER", "ERROR_HEADER", "Accepted", "Gate", "Rejected"]
+
+ERROR_HEADER: Final = "gemeentebus_error"
+DETAIL_HEADER: Final = "gemeentebus_error_detail"
+_DETAIL_LIMIT: Final = 4000
+
+# Extensions a publisher may send besides the routing attributes: W3C trace context only.
+# Anything else would become a Kafka header, and headers must carry no personal data.
+_PUBLISHER_EXTENSIONS: Final = frozenset({"traceparent", "tracestate"})
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A valid event and the record that carries it to its events topic."""
+
+    event: CloudEvent
+    topic: str
+    record: codec.KafkaRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Rejected input: every error, and the record for the invalid topic."""
+
+    errors: tuple[FieldError, ...]
+    topic: str
+    record: codec.KafkaRecord
+
+    @property
+    def code(self) -> str:
+        return self.errors[0].code if self.errors else "invalid"
+
+    @property
+    def event_type(self) -> str | None:
+        """The `ce_type` the input claimed, if readable (for metrics)."""
+        for name, value in self.record.headers:
+            if name == "ce_type":
+                return value.decode("utf-8", "replace")
+        return None
+
+
+class Gate:
+    """Validates events and makes their Kafka records, for one topic namespace and key."""
+
+    def __init__(self, topics: Topics, pseudonym_key: bytes) -> None:
+        if not pseudonym_key:
+            raise ValueError("the pseudonym key is empty")
+        self._topics = topics
+        self._key = pseudonym_key
+
+    def admit(
+        self, event: CloudEvent, *, today: date | None = None, now: datetime | None = None
+    ) -> CloudEvent:
+        """The event with its derived attributes, or `InvalidEvent` listing every error."""
+        errors = [
+            FieldError(
+                f"extensions.{name}",
+                "extension_not_allowed",
+                "extension attribute not allowed for this type",
+            )
+            for name in event.extensions
+            if rules.is_extension_name(name)  # a malformed name is validation's error
+            and name not in _PUBLISHER_EXTENSIONS
+            and name not in attributes.ROUTING_ATTRIBUTES.get(event.type, ())
+        ]
+        errors += validate(event, today=today, now=now)
+        if errors:
+            raise InvalidEvent(errors)
+        derived = attributes.routing_attributes(event.type, event.data)
+        return CloudEvent(
+            id=event.id,
+            source=event.source,
+            type=event.type,
+            time=event.time,
+            dataschema=event.dataschema,
+            data=event.data,
+            subject=attributes.subject_for(event.type, event.data),
+            sequence=event.sequence,
+            extensions={**event.extensions, **derived},
+        )
+
+    def accept(
+        self, event: CloudEvent, *, today: date | None = None, now: datetime | None = None
+    ) -> Accepted:
+        """Admit the event and encode it for `gemeentebus.events.<type>`."""
+        admitted = self.admit(event, today=today, now=now)
+        key = attributes.partition_key(admitted.type, admitted.data, self._key)
+        record = codec.to_kafka(admitted, key=key)
+        return Accepted(event=admitted, topic=self._topics.events(admitted.type), record=record)
+
+    def from_record(self, record: codec.KafkaRecord) -> Accepted | Rejected:
+        """Judge one record read from `gemeentebus.ingress`; never raises for bad input."""
+        try:
+            return self.accept(codec.from_kafka(record))
+        except InvalidEvent as exc:
+            return self.reject(record, exc.errors)
+
+    def reject(self, original: codec.KafkaRecord, errors: Sequence[FieldError]) -> Rejected:
+        """The record for the invalid topic: the input byte for byte, plus error headers."""
+        errors = tuple(errors) or (FieldError("event", "invalid", "rejected"),)
+        detail = "; ".join(f"{e.path}: {e.code}: {e.message}" for e in errors)
+        kept = tuple((k, v) for k, v in original.headers if k not in (ERROR_HEADER, DETAIL_HEADER))
+        headers = (
+            *kept,
+            (ERROR_HEADER, errors[0].code.encode()),
+            (DETAIL_HEADER, detail[:_DETAIL_LIMIT].encode()),
+        )
+        # The publisher's key is not kept: it may be anything, a BSN included.
+        record = codec.KafkaRecord(key=None, headers=headers, value=original.value)
+        return Rejected(errors=errors, topic=self._topics.invalid, record=record)

@@ -1,0 +1,112 @@
+"""`gemeentebus run`: the HTTP API and the stream workers, together or as separate roles.
+
+Each role is a process that scales on its own: API processes share nothing but Kafka, and
+worker processes share the ingress partitions through their consumer group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+
+from streams.app import make_producer
+from streams.config import Settings
+from streams.schemas import registry
+from streams.topics import bus_topics, create_topics
+from streams.validator import Validator
+
+__all__ = ["Bus", "Role", "run", "running_bus"]
+
+log = logging.getLogger(__name__)
+
+Role = Literal["all", "api", "worker"]
+
+
+@dataclass
+class Bus:
+    """What one `run` process has started; `stop()` undoes it in reverse order."""
+
+    settings: Settings
+    validator: Validator | None = None
+    producer: AIOKafkaProducer | None = None
+    runner: web.AppRunner | None = None
+    site: web.TCPSite | None = None
+
+    @property
+    def url(self) -> str:
+        """The API's base URL (with the real port when port 0 was asked)."""
+        if self.site is None:
+            raise RuntimeError("this process runs no API")
+        server = self.site._server  # aiohttp exposes the bound port only here
+        assert server is not None
+        host, port = server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+        return f"http://{host}:{port}"
+
+
+async def start(settings: Settings, role: Role = "all") -> Bus:
+    """Start the roles of this process; topics are created first when missing."""
+    settings.security.pseudonym_key_bytes()  # refuse to start without a key
+    await create_topics(settings.kafka, bus_topics(settings.kafka, registry().types()))
+    bus = Bus(settings)
+    try:
+        if role in ("all", "worker"):
+            bus.validator = Validator(settings)
+            await bus.validator.start()
+        if role in ("all", "api"):
+            from streams.api import make_api
+
+            bus.producer = make_producer(settings, "api")
+            await bus.producer.start()
+            bus.runner = web.AppRunner(make_api(settings, producer=bus.producer), access_log=None)
+            await bus.runner.setup()
+            bus.site = web.TCPSite(bus.runner, settings.http.host, settings.http.port)
+            await bus.site.start()
+            log.info("API listening on %s", bus.url)
+    except BaseException:
+        await stop(bus)
+        raise
+    return bus
+
+
+async def stop(bus: Bus) -> None:
+    """Stop what `start` started: API first (no new input), then the workers."""
+    if bus.runner is not None:
+        await bus.runner.cleanup()
+        bus.runner = bus.site = None
+    if bus.producer is not None:
+        await bus.producer.stop()
+        bus.producer = None
+    if bus.validator is not None:
+        await bus.validator.stop()
+        bus.validator = None
+
+
+@contextlib.asynccontextmanager
+async def running_bus(settings: Settings, role: Role = "all") -> AsyncIterator[Bus]:
+    """The bus, running for the duration of a `with` block (demo, tests, benchmarks)."""
+    bus = await start(settings, role)
+    try:
+        yield bus
+    finally:
+        await stop(bus)
+
+
+async def run(settings: Settings, role: Role = "all") -> None:
+    """Run until SIGTERM or SIGINT, then stop cleanly."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    async with running_bus(settings, role) as bus:
+        where = f" on {bus.url}" if bus.site is not None else ""
+        print(f"gemeentebus running (role {role}){where}; Ctrl-C to stop", flush=True)
+        await stopping.wait()
+    print("gemeentebus stopped", flush=True)
