@@ -74,6 +74,50 @@ def cmd_topics_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.runner import run
+
+    asyncio.run(run(settings, args.role))
+    return 0
+
+
+def cmd_schemas_check(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.evolution import check_registry
+    from streams.schemas import registry
+
+    reg = registry()
+    findings = check_registry(reg)
+    for finding in findings:
+        print(f"{finding.type}: {finding.message}")
+    if not findings:
+        for event_type in reg.types():
+            print(f"{event_type}: {len(reg.versions(event_type))} version(s), compatible")
+    return 1 if findings else 0
+
+
+def cmd_schemas_publish(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.evolution import publish_checked
+    from streams.schemas import registry
+
+    reg = registry()
+    refused = False
+    for event_type in args.types or reg.source_types():
+        version, problems = publish_checked(reg, event_type)
+        for problem in problems:
+            print(f"refused {problem.type}: {problem.message}")
+        refused |= bool(problems)
+        if version is not None:
+            print(f"published {version.dataschema}")
+    return 1 if refused else 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.demo import run_demo
+
+    asyncio.run(run_demo(events=args.events, seed=args.seed))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gemeentebus",
@@ -113,6 +157,45 @@ def _parser() -> argparse.ArgumentParser:
         description="Create the ingress, invalid, events and internal topics that are missing.",
     )
     create.set_defaults(func=cmd_topics_create)
+
+    run = commands.add_parser(
+        "run",
+        help="run the bus: HTTP API and stream workers",
+        description="Run the bus until SIGTERM/SIGINT. Needs a BSN pseudonym key.",
+    )
+    run.add_argument(
+        "--role",
+        choices=("all", "api", "worker"),
+        default="all",
+        help="all (default), or only the API or only the validating worker",
+    )
+    run.set_defaults(func=cmd_run)
+
+    schemas = commands.add_parser("schemas", help="the Avro schemas and their evolution")
+    schemas_sub = schemas.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = schemas_sub.add_parser(
+        "check",
+        help="check published versions: unchanged, compatible, source published",
+        description="Exit 1 and name every breaking change or unpublished source change.",
+    )
+    check.set_defaults(func=cmd_schemas_check)
+    publish = schemas_sub.add_parser(
+        "publish",
+        help="publish changed sources as new versions (refused if breaking)",
+        description="Write schemas/avro/published/<type>/<n+1>.avsc for each changed source.",
+    )
+    publish.add_argument("types", nargs="*", help="event types (default: all)")
+    publish.set_defaults(func=cmd_schemas_publish)
+
+    demo = commands.add_parser(
+        "demo",
+        help="the bus with realistic traffic on a private local broker",
+        description="Start a broker and the bus, publish events (some invalid), show counts, "
+        "print a summary and stop everything.",
+    )
+    demo.add_argument("--events", type=int, default=2000, help="how many events (default 2000)")
+    demo.add_argument("--seed", type=int, default=2026, help="seed of the event generator")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -120,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `gemeentebus` console script."""
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings(args.config)
+        overrides = {"mode": "demo"} if args.command == "demo" else {}
+        settings = load_settings(args.config, **overrides)
         func: Command = args.func
         return func(args, settings)
     except GemeentebusError as exc:

@@ -47,7 +47,7 @@ class Bus:
             raise RuntimeError("this process runs no API")
         server = self.site._server  # aiohttp exposes the bound port only here
         assert server is not None
-        host, port = server.sockets[0].getsockname()[:2]  # type: ignore[union-attr]
+        host, port = server.sockets[0].getsockname()[:2]  # type: ignore[attr-defined]
         return f"http://{host}:{port}"
 
 
