@@ -145,12 +145,12 @@ async def test_every_record_lands_once_in_order(
         detail = _header(r, DETAIL_HEADER) or ""
         assert detail and not any(ch.isdigit() for ch in detail.split(":")[0])
 
-    # Per key (pseudonym of the BSN, or zaak UUID), events arrive in publication order.
+    # Per key (pseudonym of the BSN, or zaak UUID) in each events topic: publication order.
     position = {e.id: i for i, e in enumerate(valid)}
-    per_key: dict[bytes, list[int]] = defaultdict(list)
+    per_key: dict[tuple[str, bytes], list[int]] = defaultdict(list)
     for records in arrived.values():
         for r in sorted(records, key=lambda r: (r.partition, r.offset)):
-            per_key[r.key].append(position[_header(r, "ce_id")])
+            per_key[(r.topic, r.key)].append(position[_header(r, "ce_id")])
     assert all(seq == sorted(seq) for seq in per_key.values())
     # No BSN in any key or header.
     bsns = {e.data["bsn"] for e in valid if "bsn" in e.data}
