@@ -30,7 +30,7 @@ from streams.envelope import CloudEvent
 from streams.exceptions import InvalidEvent, UndecodableEvent, UnknownSchema
 from streams.schemas import DEFAULT_ROOT, SchemaRegistry
 
-VECTORS = Path(__file__).parent / "vectors"
+VECTORS = Path(__file__).parents[1] / "vectors"
 VERHUISD = "nl.brp.persoon-verhuisd"
 BSN = "999993653"
 

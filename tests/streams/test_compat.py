@@ -21,7 +21,7 @@ from streams.compat import (
 )
 from streams.exceptions import ConfigurationError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OK = None  # a verdict: no incompatibility in this direction
 
 

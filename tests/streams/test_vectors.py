@@ -22,7 +22,7 @@ import pytest
 from streams.codec import KafkaRecord, from_json, from_kafka, to_json, to_kafka
 from streams.schemas import DEFAULT_ROOT, registry
 
-VECTORS = Path(__file__).parent / "vectors"
+VECTORS = Path(__file__).parents[1] / "vectors"
 TYPES = sorted(p.name for p in VECTORS.iterdir() if p.is_dir())
 TEST_PSEUDONYM_KEY = b"gemeentebus-test-vector-key"
 
