@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import secrets
 import tempfile
@@ -122,7 +123,9 @@ async def _send_http(
                     "type": event.type,
                     "data": dict(event.data),
                 }
-            async with session.post(f"{url}/events", json=body, headers=headers) as response:
+            # default=str: a broken event may carry values JSON has no type for
+            payload = json.dumps(body, default=str)
+            async with session.post(f"{url}/events", data=payload, headers=headers) as response:
                 answer = await response.json(content_type=None)
                 if response.status == 202:
                     report.http_accepted += 1
