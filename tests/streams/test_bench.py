@@ -1,0 +1,93 @@
+"""The benchmark runner: what it writes, and the Kafka scenario against the session broker.
+
+Never asserts on timing: the figures of a noisy machine are reported, not judged here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from streams.bench import SCENARIOS, BenchContext, Figure, Scenario, Size, run_bench
+from streams.config import ENV, Settings
+
+FIGURE_KEYS = {"name", "value", "baseline", "unit", "ratio", "target", "met"}
+TINY = Size(events_per_type=20, repeats=1, kafka_records=300)
+
+
+async def _tiny(ctx: BenchContext) -> list[Figure]:
+    return [
+        Figure.of("tiny throughput", value=50.0, baseline=100.0, unit="events/s", target=0.5),
+        Figure.of(
+            "tiny latency", value=4.0, baseline=1.0, unit="s", target=0.5, higher_is_better=False
+        ),
+    ]
+
+
+def test_results_have_the_documented_shape(tmp_path: Path) -> None:
+    lines: list[str] = []
+    output = tmp_path / "out" / "results.json"
+
+    result = run_bench(
+        Settings(mode="test"),
+        quick=True,
+        output=output,
+        progress=lines.append,
+        scenarios=[Scenario("tiny", _tiny)],
+    )
+
+    written = json.loads(output.read_text())
+    assert written == result
+    assert set(written) >= {"machine", "versions", "started", "duration_s", "quick", "figures"}
+    assert set(written["machine"]) == {"cores", "memory_gb", "cpu_model", "python", "platform"}
+    assert {"gemeentebus", "faust-streaming", "aiokafka", "fastavro"} <= set(written["versions"])
+    assert written["quick"] is True
+    throughput, latency = written["figures"]
+    assert all(set(f) == FIGURE_KEYS for f in written["figures"])
+    assert throughput["ratio"] == 0.5 and throughput["met"] is True
+    assert latency["ratio"] == 0.25 and latency["met"] is False  # lower is better for times
+    assert len(lines) == 1 and "tiny throughput" in lines[0]
+    table = output.with_suffix(".md").read_text()
+    assert "| tiny throughput |" in table and "| tiny latency |" in table
+
+
+def test_codec_scenario_measures_every_type(tmp_path: Path) -> None:
+    codec = next(s for s in SCENARIOS if s.name == "codec")
+    result = run_bench(
+        Settings(mode="test"),
+        quick=True,
+        output=tmp_path / "r.json",
+        progress=lambda _: None,
+        scenarios=[codec],
+        size=TINY,
+    )
+    names = [f["name"] for f in result["figures"]]
+    for event_type in ("nl.brp.persoon-verhuisd", "nl.brp.persoon-overleden"):
+        assert f"validate+encode vs bare encode: {event_type}" in names
+        assert f"decode vs bare decode: {event_type}" in names
+    assert all(f["value"] > 0 and f["baseline"] > 0 for f in result["figures"])
+
+
+@pytest.mark.kafka
+def test_validator_scenario_against_the_broker(
+    settings: Settings, kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV["bootstrap"], kafka_bootstrap)  # use the session broker, start none
+    validator = next(s for s in SCENARIOS if s.name == "validator")
+
+    result = run_bench(
+        settings,
+        quick=True,
+        output=tmp_path / "r.json",
+        progress=lambda _: None,
+        scenarios=[validator],
+        size=TINY,
+    )
+
+    figures = result["figures"]
+    assert figures and all(f["name"].startswith("validator vs raw passthrough") for f in figures)
+    assert all(f["value"] > 0 and f["baseline"] > 0 and f["ratio"] > 0 for f in figures)
+    assert all(f["unit"] == "records/s" and f["target"] == 0.8 for f in figures)
+    assert result["peak_rss_mb"] > 0
