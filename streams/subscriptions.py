@@ -102,6 +102,8 @@ class Subscription(BaseModel):
     volgindicaties_only: bool = False
     created: datetime = Field(default_factory=lambda: datetime.now(UTC))
     status: Literal["active", "retired"] = "active"
+    # Standard Webhooks secret (`whsec_…`): shown once when created, never in `public_dict`.
+    signing_secret: SecretStr | None = None
 
     _filter: Filter = PrivateAttr()
     _projections: dict[str, Projection] = PrivateAttr(default_factory=dict)
@@ -182,18 +184,20 @@ class Subscription(BaseModel):
         return self._replace(status="retired")
 
     def public_dict(self) -> dict[str, Any]:
-        """The JSON a client sees: secrets masked, volgindicaties left out (personal data)."""
-        public = self.model_dump(mode="json", exclude={"volgindicaties"})
+        """The JSON a client sees: token masked; signing secret, volgindicaties left out."""
+        public = self.model_dump(mode="json", exclude={"volgindicaties", "signing_secret"})
         if self.sink_credential is not None:
             public["sinkCredential"]["accessToken"] = MASK
         return public
 
     def record_dict(self) -> dict[str, Any]:
-        """The JSON the bus stores for itself: everything, the access token included."""
+        """The JSON the bus stores for itself: everything, the token and signing secret included."""
         record = self.model_dump(mode="json")
         if self.sink_credential is not None:
             token = self.sink_credential.access_token.get_secret_value()
             record["sinkCredential"]["accessToken"] = token
+        if self.signing_secret is not None:
+            record["signingSecret"] = self.signing_secret.get_secret_value()
         return record
 
     def _replace(self, **changes: Any) -> Subscription:
