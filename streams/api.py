@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
 from aiohttp import hdrs, web
@@ -36,6 +36,9 @@ from streams.exceptions import FieldError, InvalidEvent
 from streams.ingress import Accepted, Gate, Rejected
 from streams.topics import Topics
 from streams.validator import produce
+
+if TYPE_CHECKING:
+    from streams.store import SubscriptionStore
 
 __all__ = [
     "AUTHENTICATOR",
@@ -404,11 +407,13 @@ def make_api(
     producer: AIOKafkaProducer,
     produce_timeout_s: float | None = None,
     environ: Mapping[str, str] | None = None,
+    store: SubscriptionStore | None = None,
 ) -> web.Application:
     """The HTTP API over a started idempotent producer (`streams.app.make_producer`).
 
     `produce_timeout_s` bounds the wait for the broker's confirmation (default: the Kafka
-    request timeout); `environ` is where JWT secrets are read (default: `os.environ`).
+    request timeout); `environ` is where JWT secrets are read (default: `os.environ`);
+    with a started `store`, the subscription routes are mounted too.
     """
     auth = Authenticator(settings, environ=environ)
     timeout = (
@@ -425,4 +430,8 @@ def make_api(
     app.router.add_post("/api/v1/notificaties", api.notificaties)
     app.router.add_get("/health", api.health)
     app.router.add_get("/metrics", api.metrics)
+    if store is not None:
+        from streams.api_subscriptions import add_subscription_routes  # it builds on this module
+
+        add_subscription_routes(app, settings=settings, store=store)
     return app
