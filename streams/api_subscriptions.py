@@ -44,9 +44,11 @@ __all__ = [
     "CALLBACK_CHECK_TYPE",
     "SERVER_FIELDS",
     "add_subscription_routes",
+    "check_purpose",
     "client_of",
     "new_signing_secret",
     "purpose_of",
+    "server_owned",
     "validation_errors",
 ]
 

@@ -118,6 +118,60 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_subscriptions_list(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import subscriptions_cli as subs
+
+    async def listed() -> str:
+        async with subs.opened(settings) as store:
+            return subs.table(store)
+
+    print(asyncio.run(listed()))
+    return 0
+
+
+def cmd_subscriptions_add(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import subscriptions_cli as subs
+
+    entry = subs.read_entries(args.file)
+
+    async def added() -> subs.Applied:
+        async with subs.opened(settings) as store:
+            return await subs.add(store, settings, entry)
+
+    applied = asyncio.run(added())
+    print(subs.dumps(applied.subscription))
+    print(subs.describe(applied))
+    return 0
+
+
+def cmd_subscriptions_remove(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import subscriptions_cli as subs
+
+    async def removed() -> bool:
+        async with subs.opened(settings) as store:
+            return await subs.remove(store, args.id)
+
+    if not asyncio.run(removed()):
+        print(f"gemeentebus: no subscription {args.id}", file=sys.stderr)
+        return 1
+    print(f"removed {args.id}")
+    return 0
+
+
+def cmd_subscriptions_apply(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import subscriptions_cli as subs
+
+    entries = subs.read_entries(args.file)
+
+    async def applied() -> list[subs.Applied]:
+        async with subs.opened(settings) as store:
+            return await subs.apply(store, settings, entries)
+
+    for plan in asyncio.run(applied()):
+        print(subs.describe(plan))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gemeentebus",
@@ -186,6 +240,39 @@ def _parser() -> argparse.ArgumentParser:
     )
     publish.add_argument("types", nargs="*", help="event types (default: all)")
     publish.set_defaults(func=cmd_schemas_publish)
+
+    subscriptions = commands.add_parser(
+        "subscriptions", help="the subscription set, with operator rights (needs the broker)"
+    )
+    subscriptions_sub = subscriptions.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = subscriptions_sub.add_parser(
+        "list", help="print every subscription as a table", description="Print a table of all."
+    )
+    listing.set_defaults(func=cmd_subscriptions_list)
+    add = subscriptions_sub.add_parser(
+        "add",
+        help="add one subscription from a JSON or YAML file",
+        description="Add (or replace) the subscription in FILE: the API's JSON shape plus "
+        "`owner`, and `id` if it replaces one. A new one's signing secret is printed once.",
+    )
+    add.add_argument("file", type=Path, metavar="FILE", help="JSON or YAML file")
+    add.set_defaults(func=cmd_subscriptions_add)
+    remove = subscriptions_sub.add_parser(
+        "remove",
+        help="retire and delete a subscription",
+        description="Retire and delete the subscription ID; its topics stay. Exit 1 if unknown.",
+    )
+    remove.add_argument("id", metavar="ID", help="the subscription id")
+    remove.set_defaults(func=cmd_subscriptions_remove)
+    apply = subscriptions_sub.add_parser(
+        "apply",
+        help="make the subscriptions in a YAML list so (idempotent)",
+        description="Validate every entry of FILE (a YAML list; each with `id` and `owner`); "
+        "if all are valid, put the new and changed ones and print what changed. Subscriptions "
+        "not in FILE are left alone.",
+    )
+    apply.add_argument("file", type=Path, metavar="FILE", help="YAML list of subscriptions")
+    apply.set_defaults(func=cmd_subscriptions_apply)
 
     demo = commands.add_parser(
         "demo",
