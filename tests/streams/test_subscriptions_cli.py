@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -140,3 +141,23 @@ async def test_one_invalid_entry_applies_nothing(
     assert "[1] utrecht: filters[0]: unknown filter dialect" in err
     assert "[2] rotterdam: owner: must name a configured client" in err
     assert await stored(settings) == {}
+
+
+async def test_add_and_remove(settings: Settings, config: Path, tmp_path: Path) -> None:
+    file = tmp_path / "one.json"
+    one = entry("placeholder", "gemeente-0363")
+    del one["id"]  # `add` assigns one
+    file.write_text(json.dumps(one))
+    code, out, err = await gemeentebus(config, "subscriptions", "add", str(file))
+    assert code == 0, err
+    created = json.loads(out[: out.rindex("}") + 1])
+    assert created["owner"] == "gemeente-0363"
+    assert out.splitlines()[-1].startswith(f"created {created['id']}  signingSecret whsec_")
+    assert set(await stored(settings)) == {created["id"]}
+
+    code, out, err = await gemeentebus(config, "subscriptions", "remove", created["id"])
+    assert (code, out) == (0, f"removed {created['id']}\n"), err
+    assert await stored(settings) == {}
+    code, out, err = await gemeentebus(config, "subscriptions", "remove", created["id"])
+    assert code == 1
+    assert "no subscription" in err
