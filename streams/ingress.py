@@ -32,11 +32,13 @@ _PUBLISHER_EXTENSIONS: Final = frozenset({"traceparent", "tracestate"})
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """A valid event and the record that carries it to its events topic."""
+    """A valid event and the record that carries it to its events topic (and, the same
+    record, to the routing topic: `also`)."""
 
     event: CloudEvent
     topic: str
     record: codec.KafkaRecord
+    also: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,12 @@ class Gate:
         admitted = self.admit(event, today=today, now=now)
         key = attributes.partition_key(admitted.type, admitted.data, self._key)
         record = codec.to_kafka(admitted, key=key)
-        return Accepted(event=admitted, topic=self._topics.events(admitted.type), record=record)
+        return Accepted(
+            event=admitted,
+            topic=self._topics.events(admitted.type),
+            record=record,
+            also=(self._topics.routing,),
+        )
 
     def from_record(self, record: codec.KafkaRecord) -> Accepted | Rejected:
         """Judge one record read from `gemeentebus.ingress`; never raises for bad input."""

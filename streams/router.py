@@ -1,7 +1,10 @@
-"""The router: `gemeentebus.events.<type>` → `gemeentebus.deliver.<subscription id>`.
+"""The router: `gemeentebus.routing` → `gemeentebus.deliver.<subscription id>`.
 
-Each validated event goes to every subscription that matches it (filters, or a volgindicatie
-for the event's person), stripped to that subscription's `fields`, with the source record's
+The routing topic holds every accepted event of every type (the same records as the
+`gemeentebus.events.<type>` topics, written with them), keyed like them, so one person's
+move and death reach a subscriber in the order the bus accepted them. Each validated event
+goes to every subscription that matches it (filters, or a volgindicatie for the person),
+stripped to that subscription's `fields`, with the source record's
 key, so per-key order carries over into every delivery topic.
 
 Delivery records use the CloudEvents Kafka protocol binding in *structured* content mode:
@@ -36,7 +39,6 @@ from streams.config import Settings
 from streams.envelope import CloudEvent
 from streams.exceptions import FieldError, InvalidEvent, KafkaUnavailable
 from streams.ingress import Gate
-from streams.schemas import registry
 from streams.store import SubscriptionStore
 from streams.subscriptions import Subscription, projection
 from streams.topics import Topics
@@ -91,9 +93,10 @@ class Router:
         self._own_store = store is None
         self.app = make_app(settings, "router")
         self.producer: AIOKafkaProducer = make_producer(settings, "router")
-        # the explicit list: a pattern would also match topics that are no events topics
-        names = [self.topics.events(t) for t in sorted(registry().types())]
-        self.source = self.app.topic(*names, key_serializer="raw", value_serializer="raw")
+        # One topic for all types, in acceptance order: per key, order holds across types.
+        self.source = self.app.topic(
+            self.topics.routing, key_serializer="raw", value_serializer="raw"
+        )
         self.app.agent(self.source, name="route", concurrency=1)(self._agent)
         self.routed = 0  # source records handled
         self.delivered = 0  # records written to delivery topics

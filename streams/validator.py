@@ -109,10 +109,9 @@ class Validator:
 async def produce(producer: AIOKafkaProducer, outcomes: Iterable[Accepted | Rejected]) -> None:
     """Send every outcome's record and wait until the broker has all of them (acks=all)."""
     futures = [
-        await producer.send(
-            o.topic, o.record.value, key=o.record.key, headers=list(o.record.headers)
-        )
+        await producer.send(topic, o.record.value, key=o.record.key, headers=list(o.record.headers))
         for o in outcomes
+        for topic in (o.topic, *getattr(o, "also", ()))
     ]
     if futures:
         await asyncio.gather(*futures)

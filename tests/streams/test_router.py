@@ -8,7 +8,6 @@ Events go straight into the events topics, as the validator writes them.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import Counter, defaultdict
@@ -29,6 +28,7 @@ from streams.router import CONTENT_TYPE, UNDECODABLE, Router
 from streams.store import SubscriptionStore
 from streams.subscriptions import Subscription
 from streams.topics import Topics
+from streams.validator import produce
 
 pytestmark = pytest.mark.kafka
 
@@ -123,7 +123,7 @@ def moves_between(factory: EventFactory, van: str, naar: str, n: int) -> Iterato
 
 
 class Publisher:
-    """Writes accepted events into their events topics, in order, as the validator does."""
+    """Writes accepted events where the validator writes them, in order."""
 
     def __init__(self, settings: Settings, topics: Topics) -> None:
         self.gate = Gate(topics, KEY)
@@ -131,13 +131,7 @@ class Publisher:
 
     async def publish(self, events: list[CloudEvent]) -> list[Accepted]:
         accepted = [self.gate.accept(e, today=TODAY) for e in events]
-        futures = [
-            await self.producer.send(
-                a.topic, a.record.value, key=a.record.key, headers=list(a.record.headers)
-            )
-            for a in accepted
-        ]
-        await asyncio.gather(*futures)
+        await produce(self.producer, accepted)  # events topics and the routing topic
         return accepted
 
 
@@ -305,7 +299,7 @@ async def test_an_undecodable_record_is_dead_lettered(
     broken = codec.KafkaRecord(key=b"k", headers=good[0].record.headers, value=b"\x01garbage")
     await (
         await publisher.producer.send(
-            good[0].topic, broken.value, key=broken.key, headers=list(broken.headers)
+            bus_topics.routing, broken.value, key=broken.key, headers=list(broken.headers)
         )
     )
     invalid = await read_topic(bus_topics.invalid, count=1)
