@@ -221,7 +221,7 @@ def print_reconciliation(result: Reconciliation, console: Any = None) -> None:
     missing = Table(title="missing")
     missing.add_column("what")
     missing.add_column("count", justify="right")
-    missing.add_column("event ids (first 20)")
+    missing.add_column("event ids (first 10)")
     labels = {
         "publishedNotDelivered": "published, not delivered",
         "deliveredNotPublished": "delivered, not published",
@@ -231,7 +231,7 @@ def print_reconciliation(result: Reconciliation, console: Any = None) -> None:
     for key, label in labels.items():
         ids = data["missing"][key]
         if ids is not None:
-            missing.add_row(label, str(len(ids)), ", ".join(ids[:20]))
+            missing.add_row(label, str(len(ids)), " ".join(ids[:10]))
     out.print(missing)
     if result.dead_lettered:
         out.print(f"{len(result.dead_lettered)} of the undelivered were dead-lettered")
