@@ -141,6 +141,7 @@ class Courier:
             auto_offset_reset="earliest",
             fetch_max_wait_ms=_POLL_MS,
             max_poll_records=500,
+            metadata_max_age_ms=30_000,  # also notices partitions added later
             request_timeout_ms=int(settings.kafka.request_timeout_s * 1000),
         )
         self._requests = asyncio.Semaphore(CONCURRENCY)
@@ -158,10 +159,23 @@ class Courier:
     async def start(self) -> None:
         """Join the group and start delivering."""
         await self._consumer.start()
+        await self._topic_known()
         self._consumer.subscribe(
             [self.topics.deliver(self.subscription.id)], listener=_Rebalance(self)
         )
         self._task = asyncio.create_task(self._run(), name=f"courier-{self.subscription.id}")
+
+    async def _topic_known(self) -> None:
+        # A topic created a moment ago (a new subscription) may not be in the broker's
+        # metadata yet; a group joined then gets no partitions until the next refresh.
+        topic = self.topics.deliver(self.subscription.id)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.kafka.request_timeout_s):
+                while True:
+                    if topic in await self._consumer.topics():
+                        return
+                    await asyncio.sleep(0.1)
+        log.warning("topic %s is not known to the broker yet", topic)
 
     async def stop(self, deadline_s: float = _STOP_DEADLINE_S) -> None:
         """Stop reading, let attempts in flight finish (up to `deadline_s`), commit, close."""
@@ -227,6 +241,9 @@ class Courier:
                     self.subscription.id,
                     type(exc).__name__,
                 )
+                await self._pause(_KAFKA_RETRY_S)
+            except Exception:  # reading must outlive a bug in one record's handling
+                log.exception("courier %s: reading failed; retrying", self.subscription.id)
                 await self._pause(_KAFKA_RETRY_S)
 
     def _take(self, partition: int, message: Any) -> None:

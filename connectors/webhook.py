@@ -21,10 +21,9 @@ import hashlib
 import logging
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
-from pydantic import SecretStr
 from standardwebhooks import Webhook
 
 from streams.config import DeliverySettings
@@ -94,11 +93,9 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 
 
 def _secret(subscription: Subscription) -> str | None:
-    # `signingSecret` may not exist on every Subscription version: read it defensively
-    raw: Any = getattr(subscription, "signing_secret", None)
-    if isinstance(raw, SecretStr):
-        raw = raw.get_secret_value()
-    return raw if isinstance(raw, str) and raw else None
+    if subscription.signing_secret is None:
+        return None
+    return subscription.signing_secret.get_secret_value() or None
 
 
 class WebhookSender:

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from pydantic import SecretStr
 from standardwebhooks import Webhook
 
 from connectors.webhook import (
@@ -34,12 +33,6 @@ SETTINGS = DeliverySettings(connect_timeout_s=0.5, read_timeout_s=0.5)
 Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class SignedSubscription(Subscription):
-    """A subscription with a signing secret, whether or not `Subscription` has one yet."""
-
-    signing_secret: SecretStr | None = None
-
-
 def subscription(sink: str, *, signed: bool = True) -> Subscription:
     raw: dict[str, Any] = {
         "id": "webhook-test",
@@ -52,7 +45,7 @@ def subscription(sink: str, *, signed: bool = True) -> Subscription:
         "callbackCheck": False,
     }
     if signed:
-        return SignedSubscription.model_validate({**raw, "signing_secret": SECRET})
+        raw["signingSecret"] = SECRET
     return Subscription.model_validate(raw)
 
 
