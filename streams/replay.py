@@ -30,7 +30,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any, Final, Literal
 
@@ -212,7 +212,7 @@ async def merged(
     reader: AIOKafkaConsumer,
     starts: Mapping[TopicPartition, int],
     ends: Mapping[TopicPartition, int],
-) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+) -> AsyncGenerator[ConsumerRecord[bytes, bytes], None]:
     """The records of [start, end) of every partition: each in offset order, merged by timestamp."""
     active = [tp for tp in starts if starts[tp] < ends[tp]]
     reader.assign(active)
