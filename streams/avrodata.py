@@ -35,6 +35,8 @@ __all__ = [
     "encode_data",
     "format_time",
     "parse_time",
+    "read_data",
+    "write_data",
     "writer_binding",
 ]
 
@@ -86,9 +88,16 @@ class _Node:
     """One schema node: check Avro-python data, convert to plain JSON and back."""
 
     fast: frozenset[type] = frozenset()  # python types accepted without a closer look
+    exact: frozenset[type] = frozenset()  # types `is_exact` accepts without a closer look
 
     def check(self, value: Any) -> DataErrors | None:
         raise NotImplementedError
+
+    def is_exact(self, value: Any) -> bool:
+        """Whether `value` is exactly what fastavro reads for this node: the same types, no
+        subclasses, no looser forms (a tuple for a list). Stricter than `check`: a value it
+        accepts passes `check` and the generated pydantic model alike."""
+        return type(value) in self.exact
 
     def to_json(self, value: Any) -> Any:
         return value
@@ -122,6 +131,14 @@ class _Scalar(_Node):
             {float} if kind in ("float", "double") else () if self.range else self.types
         )
         self.wrong = [("", "avro_type", f"expected {kind}")]
+        self.exact = frozenset(
+            () if self.range else {float} if kind in ("float", "double") else self.types[:1]
+        )
+
+    def is_exact(self, value: Any) -> bool:
+        if self.range:
+            return type(value) is int and self.range[0] <= value <= self.range[1]
+        return type(value) in self.exact
 
     def check(self, value: Any) -> DataErrors | None:
         if not isinstance(value, self.types) or (
@@ -151,6 +168,9 @@ class _Fixed(_Node):
         ok = isinstance(value, bytes | bytearray) and len(value) == self.size
         return None if ok else self.wrong
 
+    def is_exact(self, value: Any) -> bool:
+        return type(value) is bytes and len(value) == self.size
+
     def to_json(self, value: Any) -> Any:
         return base64.b64encode(value).decode()
 
@@ -170,9 +190,12 @@ class _Enum(_Node):
             return [("", "avro_enum", f"not a symbol of {self.name}")]
         return None
 
+    def is_exact(self, value: Any) -> bool:
+        return type(value) is str and value in self.symbols
+
 
 class _Date(_Node):
-    fast = frozenset({date})  # exact type: a datetime is a date subclass but no Avro date
+    fast = exact = frozenset({date})  # a datetime is a date subclass but no Avro date
 
     def check(self, value: Any) -> DataErrors | None:
         ok = isinstance(value, date) and not isinstance(value, datetime)
@@ -198,6 +221,9 @@ class _Timestamp(_Node):
         ok = isinstance(value, datetime) and value.utcoffset() is not None
         return None if ok else [("", "avro_type", "expected a datetime with a time zone")]
 
+    def is_exact(self, value: Any) -> bool:
+        return type(value) is datetime and value.utcoffset() is not None
+
     def to_json(self, value: Any) -> Any:
         return format_time(value)
 
@@ -217,6 +243,9 @@ class _Uuid(_Node):
         ok = isinstance(value, uuid.UUID) or (isinstance(value, str) and _UUID.match(value))
         return None if ok else [("", "avro_logical", "expected a UUID")]
 
+    def is_exact(self, value: Any) -> bool:
+        return type(value) is str and _UUID.match(value) is not None  # as we read it: no UUID
+
     def to_json(self, value: Any) -> Any:
         return str(value)
 
@@ -233,6 +262,12 @@ class _Array(_Node):
             return None
         errors = [e for i, v in enumerate(value) for e in _at(f"[{i}]", self.items.check(v) or [])]
         return errors or None
+
+    def is_exact(self, value: Any) -> bool:
+        if type(value) is not list:
+            return False
+        exact, items = self.items.exact, self.items
+        return all(type(v) in exact or items.is_exact(v) for v in value)
 
     def to_json(self, value: Any) -> Any:
         return [self.items.to_json(v) for v in value]
@@ -258,6 +293,12 @@ class _Map(_Node):
         errors = [e for k, v in value.items() for e in _at(k, self.values.check(v) or [])]
         return errors or None
 
+    def is_exact(self, value: Any) -> bool:
+        if type(value) is not dict:
+            return False
+        values = self.values
+        return all(type(k) is str and values.is_exact(v) for k, v in value.items())
+
     def to_json(self, value: Any) -> Any:
         return {k: self.values.to_json(v) for k, v in value.items()}
 
@@ -275,10 +316,14 @@ class _Union(_Node):
     def __init__(self, branches: list[_Node]) -> None:
         self.branches = branches
         self.fast = frozenset().union(*(b.fast for b in branches))
+        self.exact = frozenset().union(*(b.exact for b in branches))
         # With one non-null branch its own errors say more than "matches no branch".
         others = [b for b in branches if not (isinstance(b, _Scalar) and b.kind == "null")]
         self.only = others[0] if len(others) == 1 else None
         self.wrong = [("", "avro_type", "matches no type of the union")]
+
+    def is_exact(self, value: Any) -> bool:
+        return type(value) in self.exact or any(b.is_exact(value) for b in self.branches)
 
     def _branch(self, value: Any) -> _Node | None:
         return next((b for b in self.branches if b.check(value) is None), None)
@@ -312,10 +357,26 @@ class _Record(_Node):
         self.checks: list[
             tuple[str, frozenset[type], Callable[[Any], DataErrors | None], bool]
         ] = []
+        self.exact_checks: list[tuple[str, frozenset[type], Callable[[Any], bool], bool]] = []
 
     def set_fields(self, fields: list[tuple[str, _Node, bool, Any]]) -> None:
         self.fields, self.names = fields, frozenset(f[0] for f in fields)
         self.checks = [(name, node.fast, node.check, has) for name, node, has, _ in fields]
+        self.exact_checks = [
+            (name, node.exact, node.is_exact, has) for name, node, has, _ in fields
+        ]
+
+    def is_exact(self, value: Any) -> bool:
+        if type(value) is not dict:
+            return False
+        for name, exact, is_exact, has_default in self.exact_checks:
+            if name in value:
+                item = value[name]
+                if type(item) not in exact and not is_exact(item):
+                    return False
+            elif not has_default:
+                return False
+        return self.names.issuperset(value)
 
     def _shape(self, value: Mapping[str, Any]) -> DataErrors:
         unknown = [(k, "avro_unknown_field", "not a field of the schema") for k in value]
@@ -480,9 +541,14 @@ def encode_data(event: CloudEvent, *, registry: SchemaRegistry | None = None) ->
     errors = binding.root.check(event.data)
     if errors:
         raise InvalidEvent(data_errors(errors))
-    out = io.BytesIO()
     # The check above is fastavro's strict mode and more (types, ranges), for all fields at once.
-    schemaless_writer(out, binding.version.schema, event.data)
+    return write_data(binding, event.data)
+
+
+def write_data(binding: DataBinding, data: Mapping[str, Any]) -> bytes:
+    """The Avro binary of `data`, which the caller has checked (`root.check` or `is_exact`)."""
+    out = io.BytesIO()
+    schemaless_writer(out, binding.version.schema, data)
     return out.getvalue()
 
 
@@ -492,7 +558,11 @@ def decode_data(
     """Read Avro bytes written with the schema `dataschema` names into the current schema."""
     reg = registry or _default_registry()
     writer = data_binding(reg.by_dataschema(dataschema))
-    current = reg.current(writer.version.type)
+    return read_data(writer, reg.current(writer.version.type), payload)
+
+
+def read_data(writer: DataBinding, current: SchemaVersion, payload: bytes) -> dict[str, Any]:
+    """Read Avro bytes written with `writer`'s schema into the `current` schema version."""
     reader = None if current is writer.version else current.schema
     stream = io.BytesIO(payload)
     try:

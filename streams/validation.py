@@ -3,12 +3,15 @@
 `validate` returns one `FieldError` per broken rule (path, stable code, message). Messages are
 fixed per code and never repeat the offending value: it may be a BSN, postcode or name.
 Checks only read the values they can: a field of the wrong shape gets its structural error
-(from the generated pydantic models) and no semantic errors on top.
+(from the generated pydantic models) and no semantic errors on top. Data that is exactly the
+Avro-python form of the current schema (`is_exact` of its binding: exact types, no more) is
+structurally valid for the models too, so only other data is handed to pydantic.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Any, Final
@@ -25,11 +28,13 @@ from streams.attributes import (
     ZAAK_GEMUTEERD,
     routing_attributes,
 )
+from streams.avrodata import DataBinding, data_binding
 from streams.envelope import SPECVERSION, CloudEvent
 from streams.exceptions import FieldError
 from streams.models import MODELS
+from streams.schemas import registry
 
-__all__ = ["CLOCK_SKEW", "ERROR_CODES", "TIMEZONE", "validate"]
+__all__ = ["CLOCK_SKEW", "ERROR_CODES", "TIMEZONE", "Verdict", "examine", "validate"]
 
 # Dates in the BRP and ZGW are Dutch calendar days.
 TIMEZONE: Final = ZoneInfo("Europe/Amsterdam")
@@ -286,6 +291,15 @@ _DATA_CHECKS: Final[Mapping[str, Callable[[Mapping[str, Any], _Clock, Errors], N
 }
 
 
+def _exact_binding(event: CloudEvent) -> DataBinding | None:
+    """The current schema's binding when `data` is exactly its Avro-python form, else None."""
+    current = registry().current(event.type)
+    if event.dataschema != current.dataschema:
+        return None  # an older version: the model describes the current one only
+    binding = data_binding(current)
+    return binding if binding.root.is_exact(event.data) else None
+
+
 def _structure(event_type: str, data: Any, errors: Errors) -> None:
     """Structural errors from the generated pydantic model (Avro's shape, strictly)."""
     if not isinstance(data, dict):
@@ -332,6 +346,7 @@ def _envelope(event: CloudEvent, clock: _Clock, errors: Errors) -> None:
     )
 
 
+@lru_cache(maxsize=256)  # bounded: the dataschema comes from outside
 def _dataschema_ok(event_type: str, dataschema: Any) -> bool:
     prefix = _DATASCHEMA_PREFIX[event_type]
     if not isinstance(dataschema, str) or not dataschema.startswith(prefix):
@@ -351,16 +366,29 @@ def _subject(event: CloudEvent, errors: Errors) -> None:
         errors.append(_error("subject", "subject_mismatch"))
 
 
-def _routing(event: CloudEvent, errors: Errors) -> None:
+def _routing(event: CloudEvent, derived: Mapping[str, str], errors: Errors) -> None:
     names = ROUTING_ATTRIBUTES[event.type]
     if not any(name in event.extensions for name in names):
         return  # not filled in yet: the bus derives them after validation
-    derived = routing_attributes(event.type, event.data)
     errors.extend(
         _error(f"extensions.{name}", "routing_mismatch")
         for name in names
         if name in event.extensions and event.extensions[name] != derived.get(name)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What `examine` found in an event.
+
+    `errors`: every broken rule (empty: valid). `routing`: the routing attributes `data`
+    implies, when `data` could be read. `exact`: the binding of the current schema when `data`
+    is exactly its Avro-python form, so writing it needs no further check.
+    """
+
+    errors: list[FieldError]
+    routing: Mapping[str, str] | None = None
+    exact: DataBinding | None = None
 
 
 def validate(
@@ -371,17 +399,27 @@ def validate(
     `today` (a Dutch calendar day) and `now` fix the clock, for tests and replays; by default
     the wall clock. Given only `today`, any time on that day counts as past.
     """
+    return examine(event, today=today, now=now).errors
+
+
+def examine(
+    event: CloudEvent, *, today: date | None = None, now: datetime | None = None
+) -> Verdict:
+    """`validate`, and what the bus needs next: the routing attributes and the exact binding."""
     clock = _Clock(today, now)
     errors: Errors = []
     _envelope(event, clock, errors)
     check = _DATA_CHECKS.get(event.type)
     if check is None:
-        return errors  # no schema to check data against; type_* says why
+        return Verdict(errors)  # no schema to check data against; type_* says why
     data: Any = event.data  # typed a Mapping, but it came from outside
-    _structure(event.type, data, errors)
+    exact = _exact_binding(event)
+    if exact is None:
+        _structure(event.type, data, errors)
     if not isinstance(data, Mapping):
-        return errors
+        return Verdict(errors)
     check(data, clock, errors)
     _subject(event, errors)
-    _routing(event, errors)
-    return errors
+    derived = routing_attributes(event.type, data)
+    _routing(event, derived, errors)
+    return Verdict(errors, derived, exact)
