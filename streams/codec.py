@@ -29,6 +29,7 @@ from streams.avrodata import (
     encode_data,
     format_time,
     parse_time,
+    read_data,
     writer_binding,
 )
 from streams.envelope import SPECVERSION, CloudEvent
@@ -47,6 +48,7 @@ __all__ = [
     "format_time",
     "from_json",
     "from_kafka",
+    "from_kafka_with_value",
     "parse_http",
     "parse_time",
     "to_json",
@@ -181,14 +183,23 @@ def _media_type(value: str | None) -> str:
 
 
 def to_kafka(
-    event: CloudEvent, *, key: bytes | None, registry: SchemaRegistry | None = None
+    event: CloudEvent,
+    *,
+    key: bytes | None,
+    registry: SchemaRegistry | None = None,
+    value: bytes | None = None,
 ) -> KafkaRecord:
-    """The Kafka record of an event: binary content mode, value = Avro binary of `data`."""
+    """The Kafka record of an event: binary content mode, value = Avro binary of `data`.
+
+    `value`: that Avro binary (under `event.dataschema`) when the caller already has it,
+    checked or read from Kafka; otherwise `data` is checked and encoded here.
+    """
     errors = _outgoing_errors(event)
-    try:
-        value = encode_data(event, registry=registry)
-    except InvalidEvent as exc:
-        errors += exc.errors
+    if value is None:
+        try:
+            value = encode_data(event, registry=registry)
+        except InvalidEvent as exc:
+            errors += exc.errors
     _raise(errors)
     attributes = [
         ("specversion", event.specversion),
@@ -203,6 +214,7 @@ def to_kafka(
     ]
     headers = [(f"ce_{name}", v.encode()) for name, v in attributes if v is not None]
     headers.append(("content-type", AVRO_CONTENT_TYPE.encode()))
+    assert value is not None  # _raise raised when encoding failed
     return KafkaRecord(key=key, headers=tuple(headers), value=value)
 
 
@@ -211,6 +223,14 @@ def from_kafka(record: KafkaRecord, *, registry: SchemaRegistry | None = None) -
 
     `data` is resolved into the type's current schema, so `dataschema` names that version.
     """
+    return from_kafka_with_value(record, registry=registry)[0]
+
+
+def from_kafka_with_value(
+    record: KafkaRecord, *, registry: SchemaRegistry | None = None
+) -> tuple[CloudEvent, bytes | None]:
+    """`from_kafka`, and the record's value when it already is the Avro binary of `data` under
+    the current schema (written with it: reading and writing again gives the same bytes)."""
     reg = registry or _default_registry()
     errors: list[FieldError] = []
     attrs: dict[str, str] = {}
@@ -240,14 +260,18 @@ def from_kafka(record: KafkaRecord, *, registry: SchemaRegistry | None = None) -
     place = _Place("ce_", "missing_header")
     fields, extensions, binding = _envelope(attrs, place, reg, errors, frozenset(broken))
     data: dict[str, Any] = {}
+    value = None
     if binding is not None:
+        current = reg.current(binding.version.type)
         try:
-            data = decode_data(binding.version.dataschema, record.value, registry=reg)
-            fields["dataschema"] = reg.current(binding.version.type).dataschema
+            data = read_data(binding, current, record.value)
+            fields["dataschema"] = current.dataschema
+            if current is binding.version:
+                value = bytes(record.value)  # a copy only if it was no `bytes` already
         except InvalidEvent as exc:
             errors += exc.errors
     _raise(errors)
-    return CloudEvent(**fields, data=data, extensions=extensions)
+    return CloudEvent(**fields, data=data, extensions=extensions), value
 
 
 # --- HTTP ----------------------------------------------------------------------------------

@@ -14,10 +14,11 @@ from datetime import date, datetime
 from typing import Final
 
 from streams import attributes, codec, rules
+from streams.avrodata import write_data
 from streams.envelope import CloudEvent
 from streams.exceptions import FieldError, InvalidEvent
 from streams.topics import Topics
-from streams.validation import validate
+from streams.validation import Verdict, examine
 
 __all__ = ["DETAIL_HEADER", "ERROR_HEADER", "Accepted", "Gate", "Rejected"]
 
@@ -28,6 +29,11 @@ _DETAIL_LIMIT: Final = 4000
 # Extensions a publisher may send besides the routing attributes: W3C trace context only.
 # Anything else would become a Kafka header, and headers must carry no personal data.
 _PUBLISHER_EXTENSIONS: Final = frozenset({"traceparent", "tracestate"})
+# Per type: the extensions an event may carry (routing attributes are the bus's to check).
+_ALLOWED_EXTENSIONS: Final = {
+    t: _PUBLISHER_EXTENSIONS | frozenset(names)
+    for t, names in attributes.ROUTING_ATTRIBUTES.items()
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +75,18 @@ class Gate:
         if not pseudonym_key:
             raise ValueError("the pseudonym key is empty")
         self._topics = topics
-        self._key = pseudonym_key
+        self._key = attributes.PseudonymKey(pseudonym_key)
 
     def admit(
         self, event: CloudEvent, *, today: date | None = None, now: datetime | None = None
     ) -> CloudEvent:
         """The event with its derived attributes, or `InvalidEvent` listing every error."""
+        return self._admit(event, today, now)[0]
+
+    def _admit(
+        self, event: CloudEvent, today: date | None, now: datetime | None
+    ) -> tuple[CloudEvent, Verdict]:
+        allowed = _ALLOWED_EXTENSIONS.get(event.type, _PUBLISHER_EXTENSIONS)
         errors = [
             FieldError(
                 f"extensions.{name}",
@@ -82,15 +94,17 @@ class Gate:
                 "extension attribute not allowed for this type",
             )
             for name in event.extensions
-            if rules.is_extension_name(name)  # a malformed name is validation's error
-            and name not in _PUBLISHER_EXTENSIONS
-            and name not in attributes.ROUTING_ATTRIBUTES.get(event.type, ())
+            if name not in allowed
+            and rules.is_extension_name(name)  # a malformed name is validation's error
         ]
-        errors += validate(event, today=today, now=now)
+        verdict = examine(event, today=today, now=now)
+        errors += verdict.errors
         if errors:
             raise InvalidEvent(errors)
-        derived = attributes.routing_attributes(event.type, event.data)
-        return CloudEvent(
+        derived = verdict.routing
+        if derived is None:  # examine always reads the data of a valid event; to be sure
+            derived = attributes.routing_attributes(event.type, event.data)
+        admitted = CloudEvent(
             id=event.id,
             source=event.source,
             type=event.type,
@@ -101,14 +115,25 @@ class Gate:
             sequence=event.sequence,
             extensions={**event.extensions, **derived},
         )
+        return admitted, verdict
 
     def accept(
         self, event: CloudEvent, *, today: date | None = None, now: datetime | None = None
     ) -> Accepted:
         """Admit the event and encode it for `gemeentebus.events.<type>`."""
-        admitted = self.admit(event, today=today, now=now)
+        return self._accept(event, None, today, now)
+
+    def _accept(
+        self, event: CloudEvent, value: bytes | None, today: date | None, now: datetime | None
+    ) -> Accepted:
+        # `value`: the Avro bytes of `event.data` under the current schema, read from Kafka.
+        admitted, verdict = self._admit(event, today, now)
         key = attributes.partition_key(admitted.type, admitted.data, self._key)
-        record = codec.to_kafka(admitted, key=key)
+        if verdict.exact is None:
+            value = None  # not provably exact: `to_kafka` checks and encodes as ever
+        elif value is None:
+            value = write_data(verdict.exact, admitted.data)  # exact: passes the Avro check
+        record = codec.to_kafka(admitted, key=key, value=value)
         return Accepted(
             event=admitted,
             topic=self._topics.events(admitted.type),
@@ -119,7 +144,8 @@ class Gate:
     def from_record(self, record: codec.KafkaRecord) -> Accepted | Rejected:
         """Judge one record read from `gemeentebus.ingress`; never raises for bad input."""
         try:
-            return self.accept(codec.from_kafka(record))
+            event, value = codec.from_kafka_with_value(record)
+            return self._accept(event, value, None, None)
         except InvalidEvent as exc:
             return self.reject(record, exc.errors)
 
