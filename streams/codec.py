@@ -236,9 +236,11 @@ def from_kafka_with_value(
     attrs: dict[str, str] = {}
     broken: set[str] = set()
     for name, raw in record.headers:
-        lower = name.lower()
-        attr = lower if lower == "content-type" else name[3:] if name.startswith("ce_") else None
-        if attr is None:
+        if name.startswith("ce_"):
+            attr = name[3:]
+        elif name.lower() == "content-type":
+            attr = "content-type"
+        else:
             continue  # tracing and other headers are not ours to judge
         if attr in attrs or attr in broken:
             errors.append(FieldError(name, "duplicate_header", "header appears more than once"))
@@ -253,7 +255,11 @@ def from_kafka_with_value(
     content_type = attrs.pop("content-type", None)
     if content_type is None and "content-type" not in broken:
         errors.append(FieldError("content-type", "missing_header", "required header missing"))
-    elif content_type is not None and _media_type(content_type) != AVRO_CONTENT_TYPE:
+    elif (
+        content_type is not None
+        and content_type != AVRO_CONTENT_TYPE
+        and _media_type(content_type) != AVRO_CONTENT_TYPE
+    ):
         errors.append(
             FieldError("content-type", "unsupported_content_type", "not application/avro")
         )
