@@ -58,7 +58,8 @@ def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with `Z`: millisecond precision, microsecond when it has them."""
     if moment.utcoffset() is None:
         raise ValueError("naive datetime")
-    utc = moment.astimezone(UTC).replace(tzinfo=None)
+    # Already in UTC (what parse_time and fastavro give): no conversion needed.
+    utc = (moment if moment.tzinfo is UTC else moment.astimezone(UTC)).replace(tzinfo=None)
     spec = "milliseconds" if utc.microsecond % 1000 == 0 else "microseconds"
     return utc.isoformat(timespec=spec) + "Z"
 
