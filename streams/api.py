@@ -413,7 +413,8 @@ def make_api(
 
     `produce_timeout_s` bounds the wait for the broker's confirmation (default: the Kafka
     request timeout); `environ` is where JWT secrets are read (default: `os.environ`);
-    with a started `store`, the subscription routes are mounted too.
+    with a started `store`, the subscription and operator routes (replay, reconciliation,
+    pull) are mounted too.
     """
     auth = Authenticator(settings, environ=environ)
     timeout = (
@@ -431,7 +432,9 @@ def make_api(
     app.router.add_get("/health", api.health)
     app.router.add_get("/metrics", api.metrics)
     if store is not None:
+        from streams.api_operations import add_operation_routes
         from streams.api_subscriptions import add_subscription_routes  # it builds on this module
 
         add_subscription_routes(app, settings=settings, store=store)
+        add_operation_routes(app, settings=settings, store=store)
     return app

@@ -219,9 +219,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--role",
-        choices=("all", "api", "worker"),
+        choices=("all", "api", "worker", "delivery"),
         default="all",
-        help="all (default), or only the API or only the validating worker",
+        help="all (default); api: the HTTP API; worker: validator and router; "
+        "delivery: the webhook dispatcher",
     )
     run.set_defaults(func=cmd_run)
 

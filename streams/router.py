@@ -89,7 +89,9 @@ class Router:
         self.topics = Topics(settings.kafka.topic_prefix)
         self._key = settings.security.pseudonym_key_bytes()
         self.gate = Gate(self.topics, self._key)
-        self.store = store or SubscriptionStore(settings, name="router-store")
+        self.store = (
+            store if store is not None else SubscriptionStore(settings, name="router-store")
+        )
         self._own_store = store is None
         self.app = make_app(settings, "router")
         self.producer: AIOKafkaProducer = make_producer(settings, "router")

@@ -1,33 +1,41 @@
 """`gemeentebus run`: the HTTP API and the stream workers, together or as separate roles.
 
-Each role is a process that scales on its own: API processes share nothing but Kafka, and
-worker processes share the ingress partitions through their consumer group.
+Roles, each a process that scales on its own (they share nothing but Kafka):
+- `api`: the HTTP API (publishing, subscriptions, operations);
+- `worker`: the validating stream (ingress → events) and the router (events → deliver);
+- `delivery`: the webhook dispatcher (deliver topics → subscribers' endpoints);
+- `all`: the three in one process (the default, and what the demo runs).
+Several processes of a role share the work through Kafka consumer groups.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
+from connectors.delivery import Dispatcher
 from streams.app import make_producer
 from streams.config import Settings
+from streams.router import Router
 from streams.schemas import registry
+from streams.store import SubscriptionStore
 from streams.topics import bus_topics, create_topics
 from streams.validator import Validator
 
-__all__ = ["Bus", "Role", "run", "running_bus"]
+__all__ = ["ROLES", "Bus", "Role", "run", "running_bus"]
 
 log = logging.getLogger(__name__)
 
-Role = Literal["all", "api", "worker"]
+Role = Literal["all", "api", "worker", "delivery"]
+ROLES: tuple[Role, ...] = ("all", "api", "worker", "delivery")
 
 
 @dataclass
@@ -35,7 +43,10 @@ class Bus:
     """What one `run` process has started; `stop()` undoes it in reverse order."""
 
     settings: Settings
+    store: SubscriptionStore | None = None
     validator: Validator | None = None
+    router: Router | None = None
+    dispatcher: Dispatcher | None = None
     producer: AIOKafkaProducer | None = None
     runner: web.AppRunner | None = None
     site: web.TCPSite | None = None
@@ -43,11 +54,10 @@ class Bus:
     @property
     def url(self) -> str:
         """The API's base URL (with the real port when port 0 was asked)."""
-        if self.site is None:
+        if self.site is None or self.site._server is None:
             raise RuntimeError("this process runs no API")
-        server = self.site._server  # aiohttp exposes the bound port only here
-        assert server is not None
-        host, port = server.sockets[0].getsockname()[:2]  # type: ignore[attr-defined]
+        sockets = getattr(self.site._server, "sockets", None) or []
+        host, port = sockets[0].getsockname()[:2]
         return f"http://{host}:{port}"
 
 
@@ -57,15 +67,25 @@ async def start(settings: Settings, role: Role = "all") -> Bus:
     await create_topics(settings.kafka, bus_topics(settings.kafka, registry().types()))
     bus = Bus(settings)
     try:
+        bus.store = SubscriptionStore(settings, name=f"store-{role}")
+        await bus.store.start()
+        await bus.store.ready()
         if role in ("all", "worker"):
             bus.validator = Validator(settings)
             await bus.validator.start()
+            bus.router = Router(settings, store=bus.store)
+            await bus.router.start()
+        if role in ("all", "delivery"):
+            bus.dispatcher = Dispatcher(settings, bus.store)
+            await bus.dispatcher.start()
         if role in ("all", "api"):
             from streams.api import make_api
 
             bus.producer = make_producer(settings, "api")
             await bus.producer.start()
-            bus.runner = web.AppRunner(make_api(settings, producer=bus.producer), access_log=None)
+            app = make_api(settings, producer=bus.producer, store=bus.store)
+            # No access log: volgindicatie URLs carry a BSN.
+            bus.runner = web.AppRunner(app, access_log=None)
             await bus.runner.setup()
             bus.site = web.TCPSite(bus.runner, settings.http.host, settings.http.port)
             await bus.site.start()
@@ -77,19 +97,28 @@ async def start(settings: Settings, role: Role = "all") -> Bus:
 
 
 async def stop(bus: Bus) -> None:
-    """Stop what `start` started: API first (no new input), then the workers."""
+    """Stop what `start` started: the API first (no new input), then the streams."""
     if bus.runner is not None:
         await bus.runner.cleanup()
         bus.runner = bus.site = None
     if bus.producer is not None:
         await bus.producer.stop()
         bus.producer = None
+    if bus.dispatcher is not None:
+        await bus.dispatcher.stop()
+        bus.dispatcher = None
+    if bus.router is not None:
+        await bus.router.stop()
+        bus.router = None
     if bus.validator is not None:
         await bus.validator.stop()
         bus.validator = None
+    if bus.store is not None:
+        await bus.store.stop()
+        bus.store = None
 
 
-@contextlib.asynccontextmanager
+@asynccontextmanager
 async def running_bus(settings: Settings, role: Role = "all") -> AsyncIterator[Bus]:
     """The bus, running for the duration of a `with` block (demo, tests, benchmarks)."""
     bus = await start(settings, role)
