@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from connectors.kafka_local import LocalKafka
+from streams.cli_operations import add_operation_commands
 from streams.config import Settings, load_settings
 from streams.exceptions import GemeentebusError
 
@@ -274,6 +275,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     apply.add_argument("file", type=Path, metavar="FILE", help="YAML list of subscriptions")
     apply.set_defaults(func=cmd_subscriptions_apply)
+
+    add_operation_commands(commands)
 
     demo = commands.add_parser(
         "demo",
