@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import secrets
 import tempfile
@@ -24,19 +25,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
 from connectors.kafka_local import LocalKafka, free_port_range
 from streams import codec, metrics
 from streams.app import make_producer
-from streams.attributes import partition_key
+from streams.attributes import OVERLEDEN, VERHUISD, ZAAK_GEMUTEERD, partition_key
 from streams.config import ENV, ClientConfig, KafkaSettings, Settings
+from streams.demo_receivers import Receiver
 from streams.envelope import CloudEvent
 from streams.exceptions import InvalidEvent
 from streams.generators import EventFactory, invalid_corpus
-from streams.runner import running_bus
+from streams.runner import Bus, running_bus
 from streams.topics import Topics
 
 __all__ = ["DemoReport", "run_demo"]
@@ -52,6 +54,8 @@ class DemoReport:
     sent_invalid: int = 0
     http_accepted: int = 0
     http_rejected: Counter[str] = field(default_factory=Counter)
+    accepted: Counter[str] = field(default_factory=Counter)  # per type
+    receivers: list[Receiver] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -80,20 +84,109 @@ async def _broker(console: Console) -> AsyncIterator[str]:
             console.print("Kafka stopped")
 
 
-def _settings(bootstrap: str, token: str) -> Settings:
+def _settings(bootstrap: str, token: str, receivers: list[Receiver]) -> Settings:
+    def client(name: str, secret: str, **grants: Any) -> ClientConfig:
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        return ClientConfig.model_validate({"id": name, "token_sha256": digest, **grants})
+
+    subscribers = [
+        client(r.name, r.token, subscribe={"types": r.subscription["types"], "purpose": r.purpose})
+        for r in receivers
+    ]
     return Settings(
         mode="demo",
         kafka=KafkaSettings(bootstrap_servers=bootstrap, partitions=3),
         security={"pseudonym_key": secrets.token_hex(32)},  # type: ignore[arg-type]
         http={"host": "127.0.0.1", "port": 0},  # type: ignore[arg-type]
+        # Quick retries, so the failing receiver's recovery shows within the demo.
+        delivery={"initial_backoff_s": 0.5, "max_backoff_s": 2.0},  # type: ignore[arg-type]
         clients=(
-            ClientConfig(
-                id="demo-publisher",
-                token_sha256=hashlib.sha256(token.encode()).hexdigest(),
-                publish={"types": ["*"], "sources": ["*"]},  # type: ignore[arg-type]
-            ),
+            client("demo-publisher", token, publish={"types": ["*"], "sources": ["*"]}),
+            *subscribers,
         ),
     )
+
+
+def _receivers() -> list[Receiver]:
+    def gemeente(code: str, naam: str, fail_for_s: float = 0.0) -> Receiver:
+        return Receiver(
+            name=f"gemeente-{code}",
+            purpose=f"Basisregistratie personen: bijhouden inwoners {naam}",
+            token=secrets.token_urlsafe(24),
+            fail_for_s=fail_for_s,
+            subscription={
+                "protocol": "HTTP",
+                "types": [VERHUISD, OVERLEDEN],
+                "filters": [
+                    {
+                        "any": [
+                            {"exact": {"gemeentevan": code}},
+                            {"exact": {"gemeentenaar": code}},
+                            {"exact": {"gemeente": code}},
+                        ]
+                    }
+                ],
+                "fields": [
+                    "bsn",
+                    "soort",
+                    "nieuwAdres",
+                    "datumAanvangAdreshouding",
+                    "datumOverlijden",
+                    "gemeenteVanInschrijving",
+                ],
+            },
+        )
+
+    return [
+        gemeente("0363", "Amsterdam"),
+        gemeente("0344", "Utrecht", fail_for_s=4.0),  # down for maintenance, then back
+        Receiver(
+            name="brp",
+            purpose="BRP: landelijke verwerking",
+            token=secrets.token_urlsafe(24),
+            subscription={"protocol": "HTTP", "types": [VERHUISD, OVERLEDEN]},
+        ),
+        Receiver(
+            name="zaaksysteem",
+            purpose="Zaakgericht werken: archief en termijnen",
+            token=secrets.token_urlsafe(24),
+            subscription={
+                "protocol": "HTTP",
+                "types": [ZAAK_GEMUTEERD],
+                "filters": [
+                    {
+                        "not": {
+                            "any": [
+                                {"exact": {"vertrouwelijkheid": "geheim"}},
+                                {"exact": {"vertrouwelijkheid": "zeer_geheim"}},
+                            ]
+                        }
+                    }
+                ],
+            },
+        ),
+    ]
+
+
+async def _subscribe(url: str, receivers: list[Receiver]) -> None:
+    async with aiohttp.ClientSession() as session:
+        for r in receivers:
+            body = {
+                **r.subscription,
+                "sink": r.url,
+                "subscriberReference": r.name,
+                "sinkCredential": {
+                    "credentialType": "ACCESSTOKEN",
+                    "accessToken": secrets.token_urlsafe(16),
+                },
+            }
+            async with session.post(
+                f"{url}/subscriptions", json=body, headers={"Authorization": f"Bearer {r.token}"}
+            ) as response:
+                answer = await response.json()
+                if response.status != 201:
+                    raise RuntimeError(f"subscribing {r.name} failed: {answer}")
+                r.secret = answer["signingSecret"]
 
 
 def _traffic(n: int, seed: int) -> list[tuple[bool, CloudEvent]]:
@@ -169,48 +262,99 @@ def _counts() -> tuple[Counter[str], Counter[str]]:
     return accepted, rejected
 
 
-def _table(title: str, report: DemoReport) -> Table:
+def _table(title: str, report: DemoReport, receivers: list[Receiver], bus: Bus | None) -> Group:
     accepted, rejected = _counts()
-    table = Table(title=title)
-    table.add_column("what")
-    table.add_column("count", justify="right")
-    table.add_row("published (valid)", str(report.sent_valid))
-    table.add_row("published (invalid, on purpose)", str(report.sent_invalid))
+    inputs = Table(title=title, title_justify="left")
+    for column in ("input", "count"):
+        inputs.add_column(column, justify="right" if column == "count" else "left")
+    inputs.add_row("published", str(report.sent_valid + report.sent_invalid))
     for event_type, count in sorted(accepted.items()):
-        table.add_row(f"accepted  {event_type}", str(count))
+        inputs.add_row(f"accepted {event_type}", str(count))
     for code, count in rejected.most_common():
-        table.add_row(f"rejected  {code}", str(count))
-    return table
+        inputs.add_row(f"rejected: {code}", str(count))
+    outcomes = bus.dispatcher.counts if bus is not None and bus.dispatcher else {}
+    by_name = {s.subscriber_reference: s.id for s in bus.store} if bus and bus.store else {}
+    subscribers = Table()
+    for column in ("subscriber", "delivered", "retried", "dead-lettered", "duplicates"):
+        subscribers.add_column(column, justify="left" if column == "subscriber" else "right")
+    for r in receivers:
+        counts = outcomes.get(by_name.get(r.name, ""), Counter())
+        subscribers.add_row(
+            r.name,
+            str(r.total),
+            str(counts["retry"]),
+            str(counts["dead_lettered"]),
+            str(r.duplicates),
+        )
+    return Group(inputs, subscribers)
+
+
+async def _settled(
+    receivers: list[Receiver],
+    report: DemoReport,
+    expected: int,
+    live: Live,
+    bus: Bus,
+    deadline: float,
+) -> None:
+    """Wait until every input was judged and deliveries stopped changing for 3 s."""
+    last, quiet_since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        live.update(_table("gemeentebus demo: live", report, receivers, bus))
+        judged = sum(sum(c.values()) for c in _counts())
+        delivered = sum(r.total for r in receivers)
+        if delivered != last:
+            last, quiet_since = delivered, time.monotonic()
+        elif judged >= expected and time.monotonic() - quiet_since > 3.0:
+            return
+        await asyncio.sleep(0.25)
 
 
 async def run_demo(events: int = 2000, seed: int = 2026) -> DemoReport:
     """Run the demo end to end; returns what happened (the CLI prints it)."""
     console = Console()
     report = DemoReport()
+    # The broker's start-up chatter (leader elections) is no news in a demo.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     token = secrets.token_urlsafe(24)
-    async with _broker(console) as bootstrap:
-        settings = _settings(bootstrap, token)
-        async with running_bus(settings) as bus:
-            console.print(f"bus running: API on {bus.url}, validating worker on the ingress topic")
-            traffic = _traffic(events, seed)
-            report.sent_valid = sum(1 for ok, _ in traffic if ok)
-            report.sent_invalid = len(traffic) - report.sent_valid
-            half = len(traffic) // 2
-            started = time.monotonic()
-            sending = asyncio.gather(
-                _send_http(bus.url, token, traffic[:half], report),
-                _send_kafka(settings, traffic[half:]),
-            )
-            with Live(
-                _table("gemeentebus demo: live", report), console=console, refresh_per_second=4
-            ) as live:
-                while not sending.done() or sum(sum(c.values()) for c in _counts()) < len(traffic):
-                    live.update(_table("gemeentebus demo: live", report))
-                    await asyncio.sleep(0.25)
-                    if time.monotonic() - started > 120:
-                        break
-                await sending
-                report.seconds = time.monotonic() - started
-                live.update(_table("gemeentebus demo: live", report))
-        console.print(_table(f"summary ({report.seconds:.1f}s)", report))
+    receivers = _receivers()
+    for r in receivers:
+        await r.start()
+    try:
+        async with _broker(console) as bootstrap:
+            settings = _settings(bootstrap, token, receivers)
+            async with running_bus(settings) as bus:
+                console.print(
+                    f"bus running: API on {bus.url}; validator, router and "
+                    "webhook dispatcher on the local broker"
+                )
+                await _subscribe(bus.url, receivers)
+                console.print(
+                    "subscribed: "
+                    + ", ".join(r.name for r in receivers)
+                    + " (each passed the callback check)"
+                )
+                traffic = _traffic(events, seed)
+                report.sent_valid = sum(1 for ok, _ in traffic if ok)
+                report.sent_invalid = len(traffic) - report.sent_valid
+                half = len(traffic) // 2
+                started = time.monotonic()
+                with Live(
+                    _table("gemeentebus demo: live", report, receivers, bus),
+                    console=console,
+                    refresh_per_second=4,
+                ) as live:
+                    await asyncio.gather(
+                        _send_http(bus.url, token, traffic[:half], report),
+                        _send_kafka(settings, traffic[half:]),
+                    )
+                    await _settled(receivers, report, len(traffic), live, bus, started + 180)
+                    report.seconds = time.monotonic() - started
+                report.accepted = _counts()[0]
+                report.receivers = receivers
+                console.print(_table(f"summary ({report.seconds:.1f}s)", report, receivers, bus))
+    finally:
+        for r in receivers:
+            await r.stop()
+    console.print("everything the demo started is stopped")
     return report
