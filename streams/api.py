@@ -45,6 +45,7 @@ __all__ = [
     "BATCH_BODY_FACTOR",
     "MAX_BATCH_EVENTS",
     "METRICS_CONTENT_TYPE",
+    "answering",
     "make_api",
 ]
 
@@ -388,6 +389,12 @@ class _Api:
         return web.Response(body=metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
+def _route(request: web.Request) -> str:
+    # The route's pattern, never the path: a path may hold a BSN (volgindicaties).
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "?"
+
+
 @web.middleware
 async def _internal_errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
     """An unexpected error answers a bare 500: no stack trace, no input echoed."""
@@ -396,9 +403,23 @@ async def _internal_errors(request: web.Request, handler: _Handler) -> web.Strea
     except web.HTTPException:
         raise
     except Exception:
-        log.exception("internal error on %s %s", request.method, request.path)
+        log.exception("internal error on %s %s", request.method, _route(request))
         body = {"status": 500, "code": "internal_error", "message": "internal error"}
         return web.json_response(body, status=500)
+
+
+def answering(handler: _Handler) -> _Handler:
+    """A route handler whose `AuthError`s and failures become JSON answers (401/403/4xx/5xx)."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except AuthError as exc:
+            return _reply(exc.status, exc.code, exc.message, [])
+        except _Failure as failure:
+            return _reply(failure.status, failure.code, failure.message, failure.errors)
+
+    return answer
 
 
 def make_api(
@@ -432,9 +453,11 @@ def make_api(
     app.router.add_get("/health", api.health)
     app.router.add_get("/metrics", api.metrics)
     if store is not None:
+        from streams.api_audit import add_audit_routes
         from streams.api_operations import add_operation_routes
         from streams.api_subscriptions import add_subscription_routes  # it builds on this module
 
         add_subscription_routes(app, settings=settings, store=store)
         add_operation_routes(app, settings=settings, store=store)
+        add_audit_routes(app, settings=settings, store=store)
     return app

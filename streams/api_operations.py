@@ -24,8 +24,8 @@ from aiohttp import hdrs, web
 from aiokafka import TopicPartition
 from pydantic import TypeAdapter, ValidationError
 
-from streams.api import AUTHENTICATOR, _Failure, _json, _read, _reply
-from streams.auth import AuthError, Client, Forbidden
+from streams.api import AUTHENTICATOR, _Failure, _json, _read, answering
+from streams.auth import Client, Forbidden
 from streams.config import Settings
 from streams.reconcile import reconcile
 from streams.replay import (
@@ -220,19 +220,6 @@ class _Operations:
         return starts
 
 
-def _answering(handler: Any) -> Any:
-    async def answer(request: web.Request) -> web.StreamResponse:
-        try:
-            response: web.StreamResponse = await handler(request)
-        except AuthError as exc:
-            return _reply(exc.status, exc.code, exc.message, [])
-        except _Failure as failure:
-            return _reply(failure.status, failure.code, failure.message, failure.errors)
-        return response
-
-    return answer
-
-
 def add_operation_routes(
     app: web.Application, *, settings: Settings, store: SubscriptionStore
 ) -> None:
@@ -250,8 +237,8 @@ def add_operation_routes(
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
     one = "/subscriptions/{id}"
-    app.router.add_post(one + "/replays", _answering(ops.replay))
-    app.router.add_get(one + "/replays/{replay_id}", _answering(ops.replay_status))
-    app.router.add_get(one + "/reconciliation", _answering(ops.reconciliation))
-    app.router.add_post(one + "/reconciliation", _answering(ops.reconciliation))
-    app.router.add_get(one + "/events", _answering(ops.events))
+    app.router.add_post(one + "/replays", answering(ops.replay))
+    app.router.add_get(one + "/replays/{replay_id}", answering(ops.replay_status))
+    app.router.add_get(one + "/reconciliation", answering(ops.reconciliation))
+    app.router.add_post(one + "/reconciliation", answering(ops.reconciliation))
+    app.router.add_get(one + "/events", answering(ops.events))

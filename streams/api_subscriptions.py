@@ -27,9 +27,9 @@ from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
-from streams.api import AUTHENTICATOR, _Failure, _json, _read, _reply
+from streams.api import AUTHENTICATOR, _Failure, _json, _read, answering
 from streams.attributes import pseudonym
-from streams.auth import Authenticator, AuthError, Client, Forbidden
+from streams.auth import Authenticator, Client, Forbidden
 from streams.codec import STRUCTURED_CONTENT_TYPE
 from streams.config import Settings
 from streams.exceptions import KafkaUnavailable
@@ -413,27 +413,6 @@ def _unmasked(body: dict[str, Any], existing: Subscription) -> dict[str, Any]:
     return body
 
 
-def _answering(handler: _Handler) -> _Handler:
-    """Errors as JSON; an unexpected one is logged by route, since a path may hold a BSN."""
-
-    async def answer(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except AuthError as exc:
-            return _reply(exc.status, exc.code, exc.message, [])
-        except _Failure as failure:
-            return _reply(failure.status, failure.code, failure.message, failure.errors)
-        except web.HTTPException:
-            raise
-        except Exception:
-            route = request.match_info.route.resource
-            where = route.canonical if route is not None else "?"
-            log.exception("internal error on %s %s", request.method, where)
-            return _reply(500, "internal_error", "internal error", [])
-
-    return answer
-
-
 def add_subscription_routes(
     app: web.Application, *, settings: Settings, store: SubscriptionStore
 ) -> None:
@@ -444,10 +423,10 @@ def add_subscription_routes(
     api = _Subscriptions(settings, store, app[AUTHENTICATOR])
     one = "/subscriptions/{id}"
     volgindicatie = one + "/volgindicaties/{bsn}"
-    app.router.add_get("/subscriptions", _answering(api.listing))
-    app.router.add_post("/subscriptions", _answering(api.create))
-    app.router.add_get(one, _answering(api.get))
-    app.router.add_put(one, _answering(api.replace))
-    app.router.add_delete(one, _answering(api.delete))
-    app.router.add_put(volgindicatie, _answering(api.follow))
-    app.router.add_delete(volgindicatie, _answering(api.unfollow))
+    app.router.add_get("/subscriptions", answering(api.listing))
+    app.router.add_post("/subscriptions", answering(api.create))
+    app.router.add_get(one, answering(api.get))
+    app.router.add_put(one, answering(api.replace))
+    app.router.add_delete(one, answering(api.delete))
+    app.router.add_put(volgindicatie, answering(api.follow))
+    app.router.add_delete(volgindicatie, answering(api.unfollow))

@@ -1,0 +1,75 @@
+"""Audit routes: a subscription's delivery attempts, and a person's deliveries (operator).
+
+    GET  /subscriptions/{id}/deliveries?limit=   the owner or an operator
+    POST /audit/persons  {"bsn": "..."}          operators only; POST keeps the BSN out of URLs
+Every person query is itself recorded in the audit topic (who asked, when; not the BSN).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from aiohttp import hdrs, web
+
+from streams.api import AUTHENTICATOR, _Failure, _json, _read, answering
+from streams.app import make_producer
+from streams.audit import deliveries_of, person_deliveries
+from streams.auth import Forbidden
+from streams.config import Settings
+from streams.replay import audit
+from streams.store import SubscriptionStore
+from streams.topics import Topics
+
+__all__ = ["add_audit_routes"]
+
+_MAX_LIMIT = 1000
+
+
+def add_audit_routes(app: web.Application, *, settings: Settings, store: SubscriptionStore) -> None:
+    """Mount the audit routes on an API app built by `make_api`."""
+
+    async def deliveries(request: web.Request) -> web.Response:
+        client = request.app[AUTHENTICATOR].authenticate(request.headers.get(hdrs.AUTHORIZATION))
+        subscription = store.get(request.match_info["id"])
+        if subscription is None:
+            raise _Failure(404, "not_found", "no such subscription")
+        if not client.operator and subscription.owner != client.id:
+            raise Forbidden("not_the_owner", f"client {client.id} does not own this subscription")
+        try:
+            limit = min(int(request.query.get("limit", "100")), _MAX_LIMIT)
+        except ValueError:
+            raise _Failure(400, "invalid_limit", "limit is a whole number") from None
+        attempts = await deliveries_of(settings, subscription.id, limit=max(limit, 1))
+        return web.json_response({"deliveries": [a.as_dict() for a in attempts]})
+
+    async def person(request: web.Request) -> web.Response:
+        auth = request.app[AUTHENTICATOR]
+        client = auth.authenticate(request.headers.get(hdrs.AUTHORIZATION))
+        auth.require_operator(client)
+        try:
+            body = _json(await _read(request, 4096))
+        except ValueError:
+            raise _Failure(400, "invalid_json", "the body is not UTF-8 JSON") from None
+        bsn = body.get("bsn") if isinstance(body, dict) else None
+        if not isinstance(bsn, str):
+            raise _Failure(400, "invalid_body", 'expected {"bsn": "<9 digits>"}')
+        try:
+            found = await person_deliveries(settings, bsn)
+        except ValueError:
+            raise _Failure(400, "invalid_bsn", "not a BSN (9 digits, elfproef)") from None
+        producer = make_producer(settings, "audit")
+        await producer.start()
+        try:
+            await audit(
+                producer,
+                Topics(settings.kafka.topic_prefix),
+                "person_audit",
+                client.id,
+                results=len(found),
+            )
+        finally:
+            await producer.stop()
+        return web.json_response({"deliveries": [asdict(d) for d in found]})
+
+    app.router.add_get("/subscriptions/{id}/deliveries", answering(deliveries))
+    app.router.add_post("/audit/persons", answering(person))

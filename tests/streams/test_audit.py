@@ -1,0 +1,107 @@
+"""Logboek Dataverwerkingen end to end: deliver a person's events, then ask who received them."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from datetime import date
+
+import aiohttp
+import pytest
+
+from streams.attributes import VERHUISD
+from streams.client import KafkaPublisher
+from streams.config import ClientConfig, Settings
+from streams.demo_receivers import Receiver
+from streams.generators import EventFactory
+from streams.runner import running_bus
+
+pytestmark = pytest.mark.kafka
+
+OPERATOR, SUBSCRIBER = "operator-token", "subscriber-token"
+
+
+def _client(name: str, token: str, **grants: object) -> ClientConfig:
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    return ClientConfig.model_validate({"id": name, "token_sha256": digest, **grants})
+
+
+async def test_who_received_data_about_this_person(settings: Settings) -> None:
+    settings = settings.model_copy(
+        update={
+            "http": settings.http.model_copy(update={"port": 0}),
+            "clients": (
+                _client("beheer", OPERATOR, operator=True),
+                _client(
+                    "gemeente-0363",
+                    SUBSCRIBER,
+                    subscribe={"types": [VERHUISD], "purpose": "bijhouden inwoners"},
+                ),
+            ),
+        }
+    )
+    receiver = Receiver(
+        name="gemeente-0363",
+        token=SUBSCRIBER,
+        subscription={"protocol": "HTTP", "types": [VERHUISD]},
+    )
+    await receiver.start()
+    factory = EventFactory(3, today=date.today())
+    events = [factory.verhuisd() for _ in range(5)]
+    try:
+        async with running_bus(settings) as bus, aiohttp.ClientSession() as http:
+            body = {**receiver.subscription, "sink": receiver.url}
+            async with http.post(
+                f"{bus.url}/subscriptions",
+                json=body,
+                headers={"Authorization": f"Bearer {SUBSCRIBER}"},
+            ) as r:
+                created = await r.json()
+                assert r.status == 201, created
+            receiver.secret = created["signingSecret"]
+            async with KafkaPublisher(
+                settings.kafka.bootstrap_servers, topic_prefix=settings.kafka.topic_prefix
+            ) as publisher:
+                await publisher.publish(*events)
+            async with asyncio.timeout(60):
+                while receiver.total < len(events):  # noqa: ASYNC110 - polled by design
+                    await asyncio.sleep(0.1)
+
+            operator = {"Authorization": f"Bearer {OPERATOR}"}
+            bsn = events[0].data["bsn"]
+            about_person = {e.id for e in events if e.data["bsn"] == bsn}
+            async with asyncio.timeout(30):
+                while True:  # the delivery log is written just after the 2xx
+                    async with http.post(
+                        f"{bus.url}/audit/persons", json={"bsn": bsn}, headers=operator
+                    ) as r:
+                        assert r.status == 200
+                        found = (await r.json())["deliveries"]
+                    if len(found) >= len(about_person):
+                        break
+                    await asyncio.sleep(0.2)
+            assert {(d["subscription"], d["purpose"], d["event_id"]) for d in found} == {
+                (created["id"], "bijhouden inwoners", event_id) for event_id in about_person
+            }
+            assert bsn not in str(found)
+
+            async with http.post(
+                f"{bus.url}/audit/persons",
+                json={"bsn": bsn},
+                headers={"Authorization": f"Bearer {SUBSCRIBER}"},
+            ) as r:
+                assert r.status == 403
+            async with http.post(
+                f"{bus.url}/audit/persons", json={"bsn": "123456789"}, headers=operator
+            ) as r:
+                assert r.status == 400 and "123456789" not in await r.text()
+            async with http.get(
+                f"{bus.url}/subscriptions/{created['id']}/deliveries",
+                headers={"Authorization": f"Bearer {SUBSCRIBER}"},
+            ) as r:
+                attempts = (await r.json())["deliveries"]
+            assert {a["event_id"] for a in attempts if a["outcome"] == "delivered"} == {
+                e.id for e in events
+            }
+    finally:
+        await receiver.stop()
