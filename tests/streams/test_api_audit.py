@@ -105,3 +105,68 @@ async def test_who_received_data_about_this_person(settings: Settings) -> None:
             }
     finally:
         await receiver.stop()
+
+
+async def test_operator_lists_and_redrives_dead_letters(settings: Settings) -> None:
+    settings = settings.model_copy(
+        update={
+            "http": settings.http.model_copy(update={"port": 0}),
+            "delivery": settings.delivery.model_copy(
+                update={"retry_window_s": 1.0, "initial_backoff_s": 0.1, "max_backoff_s": 0.2}
+            ),
+            "clients": (
+                _client("beheer", OPERATOR, operator=True),
+                _client("gemeente-0363", SUBSCRIBER, subscribe={"types": [VERHUISD]}),
+            ),
+        }
+    )
+    receiver = Receiver(
+        name="gemeente-0363",
+        token=SUBSCRIBER,
+        fail_for_s=3600.0,
+        subscription={"protocol": "HTTP", "types": [VERHUISD]},
+    )
+    await receiver.start()
+    factory = EventFactory(4, today=date.today())
+    events = [factory.verhuisd() for _ in range(6)]
+    operator = {"Authorization": f"Bearer {OPERATOR}"}
+    try:
+        async with running_bus(settings) as bus, aiohttp.ClientSession() as http:
+            body = {**receiver.subscription, "sink": receiver.url}
+            async with http.post(
+                f"{bus.url}/subscriptions",
+                json=body,
+                headers={"Authorization": f"Bearer {SUBSCRIBER}"},
+            ) as r:
+                created = await r.json()
+            receiver.secret = created["signingSecret"]
+            async with KafkaPublisher(
+                settings.kafka.bootstrap_servers, topic_prefix=settings.kafka.topic_prefix
+            ) as publisher:
+                await publisher.publish(*events)
+            dlq = f"{bus.url}/subscriptions/{created['id']}/dlq"
+            async with asyncio.timeout(60):
+                while True:
+                    async with http.get(dlq, headers=operator) as r:
+                        letters = (await r.json())["deadLetters"]
+                    if len(letters) == len(events):
+                        break
+                    await asyncio.sleep(0.2)
+            assert {d["event_id"] for d in letters} == {e.id for e in events}
+            assert all(d["error"] == "http_503" for d in letters)
+            assert receiver.total == 0
+
+            receiver.fail_for_s = 0.0  # the subscriber is back
+            receiver._failing_until = None
+            async with http.post(
+                f"{dlq}/redrive", headers={"Authorization": f"Bearer {SUBSCRIBER}"}
+            ) as r:
+                assert r.status == 403  # redrive is for operators
+            async with http.post(f"{dlq}/redrive", headers=operator) as r:
+                assert (await r.json()) == {"redriven": len(events)}
+            async with asyncio.timeout(60):
+                while receiver.total < len(events):  # noqa: ASYNC110 - polled by design
+                    await asyncio.sleep(0.1)
+            assert receiver.duplicates == 0
+    finally:
+        await receiver.stop()
