@@ -5,7 +5,8 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY streams streams
 COPY connectors connectors
 COPY schemas schemas
-RUN pip install --no-cache-dir -c constraints.txt . \
+# Editable: the package reads schemas/avro/ from the source tree.
+RUN pip install --no-cache-dir -c constraints.txt -e . \
  && useradd --system --no-create-home gemeentebus
 USER gemeentebus
 EXPOSE 8080
