@@ -125,11 +125,12 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_dlq_redrive(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.console import Console
     from rich.progress import Progress
 
     from streams.dlq import redrive
 
-    with Progress() as bar:
+    with Progress(console=Console(stderr=True)) as bar:
         task = bar.add_task(f"redrive {args.subscription}", total=None)
 
         def progress(done: int, total: int) -> None:

@@ -528,6 +528,7 @@ async def run_replay_cli(
     progress: Callable[[ReplayStatus], None] | None = None,
 ) -> ReplayStatus:
     """`gemeentebus replay`: run one replay to the end with a rich progress bar (and ETA)."""
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     request = ReplayRequest.model_validate(
@@ -542,7 +543,11 @@ async def run_replay_cli(
         await replayer.start()
         status = await replayer.submit(subscription_id, request, actor=actor)
         columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[n]}"))
-        with Progress(*columns, TimeRemainingColumn(), transient=False) as bar:
+        # Progress on stderr: stdout carries the result, for scripts.
+        progress_console = Console(stderr=True)
+        with Progress(
+            *columns, TimeRemainingColumn(), transient=False, console=progress_console
+        ) as bar:
             task = bar.add_task(f"replay into {subscription_id}", total=status.total or 1, n="")
             while status.state in ("queued", "running"):
                 await asyncio.sleep(0.2)
