@@ -6,13 +6,13 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from streams.config import Settings
+from streams.subscriptions_cli import opened
 
 __all__ = ["add_operation_commands"]
 
@@ -32,19 +32,6 @@ def _ids(path: Path | None) -> set[str] | None:
     if path is None:
         return None
     return {line.strip() for line in path.read_text().splitlines() if line.strip()}
-
-
-@asynccontextmanager
-async def _store(settings: Settings) -> AsyncIterator[Any]:
-    from streams.store import SubscriptionStore
-
-    store = SubscriptionStore(settings, name="cli")
-    await store.start()
-    try:
-        await store.ready()
-        yield store
-    finally:
-        await store.stop()
 
 
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
@@ -92,7 +79,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from streams.reconcile import print_reconciliation, reconcile
 
     async def run() -> Any:
-        async with _store(settings) as store:
+        async with opened(settings) as store:
             return await reconcile(
                 settings,
                 store,
