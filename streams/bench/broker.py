@@ -1,0 +1,171 @@
+"""The bench's broker and its Kafka chores: a namespace per run, ingress data, cleanup.
+
+Scenarios that need Kafka get the broker `KAFKA_BOOTSTRAP_SERVERS` names, or a local broker
+on free ports in a temporary folder that is stopped at the end, even on error. Their topics
+live in a fresh namespace and are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Final
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from pydantic import SecretStr
+
+from connectors.kafka_local import LocalKafka, fetch_jars, free_port_range
+from streams import codec
+from streams.app import make_producer
+from streams.attributes import partition_key
+from streams.config import ENV, SecuritySettings, Settings
+from streams.generators import EventFactory
+
+__all__ = [
+    "BENCH_PSEUDONYM_KEY",
+    "Clock",
+    "broker",
+    "delete_topics",
+    "namespace",
+    "partitions",
+    "publish",
+    "watch",
+]
+
+log = logging.getLogger(__name__)
+
+# Synthetic data only: the bench never needs (or sees) the production pseudonym key.
+BENCH_PSEUDONYM_KEY: Final = "gemeentebus-bench"
+_PUBLISHER_KEY: Final = b"bench"
+_POLL_S: Final = 0.02
+_CHUNK: Final = 5_000
+
+
+def namespace(settings: Settings, bootstrap: str, role: str, token: str) -> Settings:
+    """`settings` on `bootstrap`, with topics and groups of this run alone, and the bench key."""
+    prefix = f"{settings.kafka.topic_prefix[:16]}-bench-{token}-{role}"
+    kafka = settings.kafka.model_copy(
+        update={"bootstrap_servers": bootstrap, "topic_prefix": prefix}
+    )
+    security = SecuritySettings(pseudonym_key=SecretStr(BENCH_PSEUDONYM_KEY))
+    return settings.model_copy(update={"kafka": kafka, "security": security})
+
+
+async def publish(settings: Settings, topics: Sequence[str], n: int) -> None:
+    """`n` valid ingress records into each of `topics`, as a publisher writes them (binary
+    mode, keyed by person), made in chunks so the bench's own data stays out of the RSS."""
+    factory = EventFactory(4, today=date.today())
+    producer = make_producer(settings, "bench-publisher")
+    await producer.start()
+    try:
+        for start in range(0, n, _CHUNK):
+            records = [
+                codec.to_kafka(e, key=partition_key(e.type, e.data, _PUBLISHER_KEY))
+                for e in factory.mixed(min(_CHUNK, n - start))
+            ]
+            futures = [
+                await producer.send(topic, r.value, key=r.key, headers=list(r.headers))
+                for topic in topics
+                for r in records
+            ]
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+@dataclass(slots=True)
+class Clock:
+    """When a run started, when its first output appeared and when the last one did."""
+
+    started: float
+    first: float | None = None
+    first_count: int = 0
+    done: float | None = None
+
+
+async def watch(
+    bootstrap: str,
+    tps: list[TopicPartition],
+    n: int,
+    clock: Clock,
+    on_count: Callable[[int], None] | None = None,
+) -> None:
+    """Poll the end offsets of `tps` (never consuming) until they hold `n` records."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        while True:
+            count = sum((await consumer.end_offsets(tps)).values())
+            now = time.perf_counter()
+            if on_count is not None:
+                on_count(count)
+            if count and clock.first is None:
+                clock.first, clock.first_count = now, count
+            if count >= n:
+                clock.done = now
+                return
+            await asyncio.sleep(_POLL_S)
+    finally:
+        await consumer.stop()
+
+
+async def delete_topics(settings: Settings, names: list[str]) -> None:
+    """Delete the bench's topics; best effort: the figures still count when this fails."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        await admin.start()
+        await admin.delete_topics(names)
+    except (KafkaError, OSError) as exc:
+        log.warning("could not delete the bench topics: %s", exc)
+    finally:
+        await admin.close()
+
+
+def partitions(names: Sequence[str], count: int) -> list[TopicPartition]:
+    """Every partition 0..count-1 of each topic in `names`."""
+    return [TopicPartition(name, p) for name in names for p in range(count)]
+
+
+@contextlib.contextmanager
+def broker(
+    settings: Settings, needed: bool, progress: Callable[[str], None]
+) -> Iterator[tuple[str | None, str | None]]:
+    """(bootstrap servers, broker version if known): the named cluster or a local one."""
+    if not needed:
+        yield None, None
+        return
+    if os.environ.get(ENV["bootstrap"]):
+        yield settings.kafka.bootstrap_servers, None
+        return
+    local = settings.local_kafka
+    with tempfile.TemporaryDirectory(prefix="gemeentebus-bench-") as data_dir:
+        kafka = LocalKafka(
+            data_dir=Path(data_dir),
+            cache_dir=local.cache_dir,
+            port=free_port_range(2),
+            heap_mb=local.heap_mb,
+            start_timeout_s=local.start_timeout_s,
+        )
+        try:
+            bootstrap = kafka.up(progress=progress)
+            yield bootstrap, jar_version(local.cache_dir, progress)
+        finally:
+            kafka.down()
+
+
+def jar_version(cache_dir: Path, progress: Callable[[str], None]) -> str | None:
+    """The Kafka version of the jars in the local broker's cache."""
+    jars = fetch_jars(cache_dir, progress=progress)
+    found = [re.fullmatch(r"kafka-clients-(.+)\.jar", p.name) for p in jars.iterdir()]
+    return next((m.group(1) for m in found if m), None)

@@ -1,0 +1,188 @@
+"""`gemeentebus bench`: every scenario, each figure against a baseline measured in the same run.
+
+A scenario is an async function from a `BenchContext` to a list of `Figure`s; `SCENARIOS`
+lists them in the order they run. Every figure is a ratio to a baseline measured on the
+same machine in the same run, so the numbers mean something on a noisy laptop too; a missed
+target is reported (with the why found by profiling, `WHY`), never raised: only a crash
+fails a run.
+
+Informational figures carry `target: null` and `met: null`: scale-out on a machine with
+fewer cores than worker processes shows where the curve flattens, which is not a verdict
+on the bus. The 1-process run is the baseline of the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Final
+
+from streams.bench.broker import broker
+from streams.bench.codec import codec_scenario
+from streams.bench.core import FULL, QUICK, BenchContext, Figure, Scenario, Size
+from streams.bench.validator import validator_scenario
+from streams.config import Settings
+
+__all__ = ["DEFAULT_OUTPUT", "SCENARIOS", "run_bench"]
+
+DEFAULT_OUTPUT: Final = Path("bench/results.json")
+
+SCENARIOS: Final[tuple[Scenario, ...]] = (
+    Scenario("codec", codec_scenario),
+    Scenario("validator", validator_scenario, needs_kafka=True),
+)
+
+# Why a figure misses its target, by figure-name prefix: what profiling (pyinstrument) found.
+WHY: Final[dict[str, str]] = {}
+
+
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+def _machine() -> dict[str, Any]:
+    cpu_model = platform.processor() or None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {
+        "cores": os.cpu_count(),
+        "memory_gb": round(memory / 2**30, 1),
+        "cpu_model": cpu_model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def _versions(broker: str | None) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for dist in ("gemeentebus", "faust-streaming", "aiokafka", "fastavro"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    out["kafka_broker"] = broker
+    return out
+
+
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def _verdict(target: float | None, met: bool | None) -> tuple[str, str]:
+    """(target, met) as the table shows them; an informational figure has neither."""
+    if target is None:
+        return "—", "info"
+    return f"≥ {target:.3g}", "yes" if met else "no"
+
+
+def _line(scenario: str, seconds: float, figures: list[Figure]) -> str:
+    shown = "; ".join(
+        f"{f.name}: {_num(f.value)} vs {_num(f.baseline)} {f.unit} (ratio {f.ratio:.2f}, "
+        f"target {_verdict(f.target, f.met)[0]} {'MISSED' if f.met is False else 'ok'})"
+        for f in figures
+    )
+    return f"[{scenario} {seconds:.1f}s] {shown}"
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    machine, versions = result["machine"], result["versions"]
+    lines = [
+        "# gemeentebus bench",
+        "",
+        f"{result['started']}, {'quick' if result['quick'] else 'full'} run, "
+        f"{result['duration_s']:.0f} s. {machine['cores']} cores, {machine['memory_gb']} GB, "
+        f"{machine['cpu_model']}, Python {machine['python']}.",
+        "",
+        "Versions: " + ", ".join(f"{k} {v or 'unknown'}" for k, v in versions.items()) + ".",
+        "",
+        "Ratio: measured ÷ baseline for throughput, baseline ÷ measured for times "
+        "(higher is better); both measured in the same run.",
+        "",
+        "| figure | value | baseline | unit | ratio | target | met |",
+        "|---|---:|---:|---|---:|---:|:---:|",
+    ]
+    for f in result["figures"]:
+        target, met = _verdict(f["target"], f["met"])
+        lines.append(
+            f"| {f['name']} | {_num(f['value'])} | {_num(f['baseline'])} | {f['unit']} "
+            f"| {f['ratio']:.2f} | {target} | {met} |"
+        )
+    missed = [f["name"] for f in result["figures"] if f["met"] is False]
+    whys = {why for name in missed for prefix, why in WHY.items() if name.startswith(prefix)}
+    if missed:
+        lines += ["", "## Why targets are missed (from profiling)", ""]
+        lines += [f"- {why}" for why in sorted(whys)] or ["- not profiled yet"]
+    runs = ", ".join(f"{r['name']} {r['duration_s']:.1f} s" for r in result["scenarios"])
+    lines += ["", f"Scenarios: {runs}. Peak RSS {result['peak_rss_mb']} MB.", ""]
+    return "\n".join(lines)
+
+
+async def _run_all(
+    scenarios: Sequence[Scenario], ctx: BenchContext
+) -> tuple[list[Figure], list[dict[str, Any]]]:
+    figures: list[Figure] = []
+    runs: list[dict[str, Any]] = []
+    for scenario in scenarios:
+        started = time.perf_counter()
+        found = await scenario.run(ctx)
+        seconds = time.perf_counter() - started
+        ctx.progress(_line(scenario.name, seconds, found))
+        figures += found
+        runs.append(
+            {"name": scenario.name, "duration_s": round(seconds, 2), "peak_rss_mb": _peak_rss_mb()}
+        )
+    return figures, runs
+
+
+def run_bench(
+    settings: Settings,
+    *,
+    quick: bool,
+    output: Path = DEFAULT_OUTPUT,
+    progress: Callable[[str], None] = print,
+    scenarios: Sequence[Scenario] = SCENARIOS,
+    size: Size | None = None,
+) -> dict[str, Any]:
+    """Run the scenarios; write `output` (JSON) and the same table as Markdown next to it.
+
+    Returns what was written. `size` overrides the work QUICK or FULL implies.
+    """
+    started = datetime.now(UTC)
+    clock = time.perf_counter()
+    with broker(settings, any(s.needs_kafka for s in scenarios), progress) as (bootstrap, ver):
+        ctx = BenchContext(
+            settings=settings,
+            quick=quick,
+            size=size or (QUICK if quick else FULL),
+            bootstrap=bootstrap,
+            progress=progress,
+        )
+        figures, runs = asyncio.run(_run_all(scenarios, ctx))
+    result: dict[str, Any] = {
+        "machine": _machine(),
+        "versions": _versions(ver),
+        "started": started.isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - clock, 1),
+        "quick": quick,
+        "figures": [asdict(f) for f in figures],
+        "scenarios": runs,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    output.with_suffix(".md").write_text(_markdown(result))
+    return result
