@@ -145,8 +145,9 @@ def broker(
     if not needed:
         yield None, None
         return
-    if os.environ.get(ENV["bootstrap"]):
-        yield settings.kafka.bootstrap_servers, None
+    named = os.environ.get(ENV["bootstrap"])
+    if named:
+        yield named, None
         return
     local = settings.local_kafka
     with tempfile.TemporaryDirectory(prefix="gemeentebus-bench-") as data_dir:

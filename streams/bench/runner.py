@@ -30,6 +30,7 @@ from typing import Any, Final
 from streams.bench.broker import broker
 from streams.bench.codec import codec_scenario
 from streams.bench.core import FULL, QUICK, BenchContext, Figure, Scenario, Size
+from streams.bench.replay import replay_scenario
 from streams.bench.router import router_scenario
 from streams.bench.validator import validator_scenario
 from streams.config import Settings
@@ -42,6 +43,7 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
     Scenario("codec", codec_scenario),
     Scenario("validator", validator_scenario, needs_kafka=True),
     Scenario("router", router_scenario),
+    Scenario("replay", replay_scenario, needs_kafka=True),
 )
 
 # Why a figure misses its target, by figure-name prefix: what profiling (pyinstrument) found.
