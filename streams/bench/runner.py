@@ -27,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Final
 
+from streams.bench.baseline import baseline_scenario
 from streams.bench.broker import broker
 from streams.bench.codec import codec_scenario
 from streams.bench.core import FULL, QUICK, BenchContext, Figure, Scenario, Size
@@ -40,6 +41,7 @@ __all__ = ["DEFAULT_OUTPUT", "SCENARIOS", "run_bench"]
 DEFAULT_OUTPUT: Final = Path("bench/results.json")
 
 SCENARIOS: Final[tuple[Scenario, ...]] = (
+    Scenario("baseline", baseline_scenario, needs_kafka=True),
     Scenario("codec", codec_scenario),
     Scenario("validator", validator_scenario, needs_kafka=True),
     Scenario("router", router_scenario),
