@@ -56,6 +56,7 @@ class DemoReport:
     http_rejected: Counter[str] = field(default_factory=Counter)
     accepted: Counter[str] = field(default_factory=Counter)  # per type
     receivers: list[Receiver] = field(default_factory=list)
+    before: tuple[Counter[str], Counter[str]] = (Counter(), Counter())
     seconds: float = 0.0
 
 
@@ -250,7 +251,7 @@ async def _send_kafka(settings: Settings, events: list[tuple[bool, CloudEvent]])
         await producer.stop()
 
 
-def _counts() -> tuple[Counter[str], Counter[str]]:
+def _metric_totals() -> tuple[Counter[str], Counter[str]]:
     accepted: Counter[str] = Counter()
     rejected: Counter[str] = Counter()
     for family in metrics.bus().registry.collect():
@@ -262,8 +263,14 @@ def _counts() -> tuple[Counter[str], Counter[str]]:
     return accepted, rejected
 
 
+def _counts(report: DemoReport) -> tuple[Counter[str], Counter[str]]:
+    """What the bus accepted and rejected since this demo began (metrics are per process)."""
+    accepted, rejected = _metric_totals()
+    return accepted - report.before[0], rejected - report.before[1]
+
+
 def _table(title: str, report: DemoReport, receivers: list[Receiver], bus: Bus | None) -> Group:
-    accepted, rejected = _counts()
+    accepted, rejected = _counts(report)
     inputs = Table(title=title, title_justify="left")
     for column in ("input", "count"):
         inputs.add_column(column, justify="right" if column == "count" else "left")
@@ -301,7 +308,7 @@ async def _settled(
     last, quiet_since = -1, time.monotonic()
     while time.monotonic() < deadline:
         live.update(_table("gemeentebus demo: live", report, receivers, bus))
-        judged = sum(sum(c.values()) for c in _counts())
+        judged = sum(sum(c.values()) for c in _counts(report))
         delivered = sum(r.total for r in receivers)
         if delivered != last:
             last, quiet_since = delivered, time.monotonic()
@@ -318,6 +325,7 @@ async def run_demo(events: int = 2000, seed: int = 2026) -> DemoReport:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     token = secrets.token_urlsafe(24)
     receivers = _receivers()
+    report.before = _metric_totals()
     for r in receivers:
         await r.start()
     try:
@@ -350,7 +358,7 @@ async def run_demo(events: int = 2000, seed: int = 2026) -> DemoReport:
                     )
                     await _settled(receivers, report, len(traffic), live, bus, started + 180)
                     report.seconds = time.monotonic() - started
-                report.accepted = _counts()[0]
+                report.accepted = _counts(report)[0]
                 report.receivers = receivers
                 console.print(_table(f"summary ({report.seconds:.1f}s)", report, receivers, bus))
     finally:
