@@ -22,12 +22,13 @@ class Size:
     route_events: int = 2_000  # router: events routed per pass
     delivery_rate: int = 200  # delivery: events/s offered
     delivery_s: float = 10.0  # delivery: seconds at that rate
+    delivery_burst: int = 3_000  # delivery: events published at once, for throughput
     replay_events: int = 20_000  # replay: events in the events topics
     rss_events: int = 50_000  # rss: ingress records fed to one worker process
     scale_events: int = 6_000  # scale-out: ingress records per worker count
 
 
-QUICK: Final = Size(events_per_type=2_000, repeats=5, kafka_records=20_000)
+QUICK: Final = Size(events_per_type=2_000, repeats=5, kafka_records=10_000)
 FULL: Final = Size(
     events_per_type=10_000,
     repeats=7,
@@ -36,6 +37,7 @@ FULL: Final = Size(
     route_events=10_000,
     delivery_rate=500,
     delivery_s=60.0,
+    delivery_burst=5_000,
     replay_events=200_000,
     rss_events=1_000_000,
     scale_events=40_000,

@@ -31,6 +31,7 @@ from streams.bench.baseline import baseline_scenario
 from streams.bench.broker import broker
 from streams.bench.codec import codec_scenario
 from streams.bench.core import FULL, QUICK, BenchContext, Figure, Scenario, Size
+from streams.bench.delivery import delivery_scenario
 from streams.bench.replay import replay_scenario
 from streams.bench.router import router_scenario
 from streams.bench.validator import validator_scenario
@@ -45,6 +46,7 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
     Scenario("codec", codec_scenario),
     Scenario("validator", validator_scenario, needs_kafka=True),
     Scenario("router", router_scenario),
+    Scenario("delivery", delivery_scenario, needs_kafka=True),
     Scenario("replay", replay_scenario, needs_kafka=True),
 )
 

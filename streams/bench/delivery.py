@@ -1,0 +1,230 @@
+"""The delivery scenario: publish→webhook latency through the whole running bus.
+
+The bus runs in this process (`running_bus`: store, validator, router, dispatcher, API) with
+one HTTP subscription to every type, pointing at a real aiohttp receiver on 127.0.0.1 that
+notes when each event arrives. Events go into ingress at a fixed rate through an idempotent
+producer, as a publisher writes them; the publish time of each is kept by event id, and
+latency is arrival − publish. The baseline is raw Kafka at the same rate in the same run:
+an aiokafka producer into one topic, an aiokafka consumer reading it, latency send → poll.
+Then a burst, as fast as the publisher can, gives delivery throughput to one fast receiver.
+
+Target: bus p99 ≤ 3 × raw p99 (ratio raw/bus ≥ 1/3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import statistics
+import time
+import uuid
+from base64 import b64encode
+from collections.abc import Awaitable, Callable
+from datetime import date
+from typing import Final
+
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer
+
+from streams import codec
+from streams.app import make_producer
+from streams.attributes import partition_key
+from streams.bench.broker import delete_topics, namespace, partitions
+from streams.bench.core import BenchContext, Figure
+from streams.config import Settings
+from streams.generators import EventFactory
+from streams.runner import running_bus
+from streams.schemas import registry
+from streams.subscriptions import Subscription
+from streams.topics import Topics, TopicSpec, bus_topics, create_topics
+
+__all__ = ["delivery_scenario"]
+
+_WARM_UP: Final = 30
+_PUBLISHER_KEY: Final = b"bench"
+
+
+class _Arrivals:
+    """A webhook receiver on 127.0.0.1 that notes when each event id first arrived."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, float] = {}
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._hook)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/hook"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        event = json.loads(await request.read())
+        self.at.setdefault(event["id"], time.time())
+        return web.Response(status=204)
+
+
+async def _paced(n: int, rate: float, send: Callable[[int], Awaitable[None]]) -> None:
+    """`send(i)` for i in 0..n-1 at `rate` per second (on schedule, never bunched later)."""
+    began = time.perf_counter()
+    for i in range(n):
+        ahead = began + i / rate - time.perf_counter()
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+        await send(i)
+
+
+async def _until(arrived: Callable[[], int], n: int, within: float) -> None:
+    async with asyncio.timeout(within):
+        while arrived() < n:  # noqa: ASYNC110 - a poll: counting arrivals signals nothing
+            await asyncio.sleep(0.02)
+
+
+def _percentiles(latencies: list[float]) -> tuple[float, float]:
+    """(p50, p99) in milliseconds."""
+    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
+    return cuts[49] * 1000, cuts[98] * 1000
+
+
+async def _raw(settings: Settings, n: int, rate: float | None) -> tuple[list[float], float]:
+    """Raw Kafka produce→consume: (latencies in s, seconds from first send to last poll)."""
+    topic = f"{settings.kafka.topic_prefix}.raw"
+    await create_topics(settings.kafka, [TopicSpec(topic, settings.kafka.partitions)])
+    records = [
+        codec.to_kafka(e, key=None) for e in EventFactory(5, today=date.today()).mixed(min(n, 2000))
+    ]
+    sent: dict[bytes, float] = {}
+    got: dict[bytes, float] = {}
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers,
+                                group_id=None, enable_auto_commit=False)  # fmt: skip
+    producer = make_producer(settings, "bench-raw")
+    await consumer.start()
+    await producer.start()
+    try:
+        consumer.assign(partitions([topic], settings.kafka.partitions))
+        await consumer.seek_to_beginning()
+
+        async def read() -> None:
+            while len(got) < n:
+                for part in (await consumer.getmany(timeout_ms=100)).values():
+                    now = time.time()
+                    for record in part:
+                        got.setdefault(record.key, now)
+
+        async def send(i: int) -> None:
+            key, record = str(i).encode(), records[i % len(records)]
+            sent[key] = time.time()
+            await producer.send(topic, record.value, key=key)
+
+        reader = asyncio.create_task(read())
+        began = time.perf_counter()
+        if rate is None:
+            for i in range(n):
+                await send(i)
+        else:
+            await _paced(n, rate, send)
+        async with asyncio.timeout(60.0 + n / 100):
+            await reader
+        seconds = time.perf_counter() - began
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return [got[k] - sent[k] for k in sent], seconds
+
+
+async def _bus(
+    settings: Settings, n: int, burst: int, rate: float, progress: Callable[[str], None]
+) -> tuple[list[float], float]:
+    """Through the bus: (latencies at `rate` in s, seconds to deliver a burst of `burst`)."""
+    receiver = _Arrivals()
+    await receiver.start()
+    factory = EventFactory(6, today=date.today())
+    producer = make_producer(settings, "bench-publisher")
+    sent: dict[str, float] = {}
+    try:
+        async with running_bus(settings) as bus:
+            assert bus.store is not None
+            secret = "whsec_" + b64encode(secrets.token_bytes(24)).decode()
+            await bus.store.put(Subscription.model_validate(
+                {"id": "bench-webhook", "sink": receiver.url, "protocol": "HTTP",
+                 "types": list(registry().types()), "owner": "bench", "purpose": "bench",
+                 "signingSecret": secret}
+            ))  # fmt: skip
+            await producer.start()
+            ingress = Topics(settings.kafka.topic_prefix).ingress
+
+            async def send(_: int) -> None:
+                (event,) = factory.mixed(1)
+                record = codec.to_kafka(
+                    event, key=partition_key(event.type, event.data, _PUBLISHER_KEY)
+                )
+                sent[event.id] = time.time()
+                await producer.send(ingress, record.value, key=record.key,
+                                    headers=list(record.headers))  # fmt: skip
+
+            for i in range(_WARM_UP):  # joins groups and warms up before the clock counts
+                await send(i)
+            await _until(lambda: len(receiver.at), _WARM_UP, 120.0)
+            sent.clear()
+            receiver.at.clear()
+            await _paced(n, rate, send)
+            try:
+                await _until(lambda: len(receiver.at), n, 60.0 + n / 50)
+            except TimeoutError:
+                progress(f"  delivery: only {len(receiver.at)} of {n} arrived in time")
+            latencies = [receiver.at[i] - sent[i] for i in sent if i in receiver.at]
+
+            receiver.at.clear()
+            began = time.perf_counter()
+            for i in range(burst):
+                await send(i)
+            await _until(lambda: len(receiver.at), burst, 120.0 + burst / 50)
+            return latencies, time.perf_counter() - began
+    finally:
+        await producer.stop()
+        await receiver.stop()
+
+
+async def delivery_scenario(ctx: BenchContext) -> list[Figure]:
+    """Publish→webhook p50/p99 at a fixed rate and burst throughput, against raw Kafka."""
+    assert ctx.bootstrap is not None
+    rate, n = ctx.size.delivery_rate, int(ctx.size.delivery_rate * ctx.size.delivery_s)
+    burst = ctx.size.delivery_burst
+    settings = namespace(ctx.settings, ctx.bootstrap, "deliv", uuid.uuid4().hex[:8])
+    http = settings.http.model_copy(update={"host": "127.0.0.1", "port": 0})
+    settings = settings.model_copy(update={"http": http})
+    try:
+        raw_latencies, _ = await _raw(settings, n, rate)
+        _, raw_burst_s = await _raw(
+            settings.model_copy(update={"kafka": settings.kafka.model_copy(
+                update={"topic_prefix": settings.kafka.topic_prefix + "-burst"})}),
+            burst, None,
+        )  # fmt: skip
+        bus_latencies, bus_burst_s = await _bus(settings, n, burst, rate, ctx.progress)
+    finally:
+        names = [s.name for s in bus_topics(settings.kafka, registry().types())]
+        prefix = settings.kafka.topic_prefix
+        await delete_topics(settings, [*names, f"{prefix}.raw", f"{prefix}-burst.raw"])
+    raw_p50, raw_p99 = _percentiles(raw_latencies)
+    bus_p50, bus_p99 = _percentiles(bus_latencies)
+    at = f"{rate}/s for {ctx.size.delivery_s:g} s"
+    return [
+        Figure.of(f"delivery: publish→webhook p50 vs raw Kafka produce→consume p50, {at}",
+                  value=bus_p50, baseline=raw_p50, unit="ms", target=None,
+                  higher_is_better=False),
+        Figure.of(f"delivery: publish→webhook p99 vs raw Kafka p99, {at} (target bus ≤ 3× raw)",
+                  value=bus_p99, baseline=raw_p99, unit="ms", target=1 / 3,
+                  higher_is_better=False),
+        Figure.of(f"delivery: burst of {burst} to one fast receiver vs raw Kafka produce→consume",
+                  value=burst / bus_burst_s, baseline=burst / raw_burst_s, unit="events/s",
+                  target=None),
+    ]  # fmt: skip
