@@ -35,6 +35,7 @@ from streams.bench.delivery import delivery_scenario
 from streams.bench.replay import replay_scenario
 from streams.bench.router import router_scenario
 from streams.bench.validator import validator_scenario
+from streams.bench.workers import rss_scenario, scale_out_scenario
 from streams.config import Settings
 
 __all__ = ["DEFAULT_OUTPUT", "SCENARIOS", "run_bench"]
@@ -48,6 +49,8 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
     Scenario("router", router_scenario),
     Scenario("delivery", delivery_scenario, needs_kafka=True),
     Scenario("replay", replay_scenario, needs_kafka=True),
+    Scenario("rss", rss_scenario, needs_kafka=True),
+    Scenario("scale-out", scale_out_scenario, needs_kafka=True),
 )
 
 # Why a figure misses its target, by figure-name prefix: what profiling (pyinstrument) found.

@@ -14,7 +14,13 @@ from streams.bench import SCENARIOS, BenchContext, Figure, Scenario, Size, run_b
 from streams.config import ENV, Settings
 
 FIGURE_KEYS = {"name", "value", "baseline", "unit", "ratio", "target", "met"}
-TINY = Size(events_per_type=20, repeats=1, kafka_records=300)
+TINY = Size(
+    events_per_type=20,
+    repeats=1,
+    kafka_records=300,
+    route_events=20,
+    replay_events=300,
+)
 
 
 async def _tiny(ctx: BenchContext) -> list[Figure]:
@@ -91,3 +97,28 @@ def test_validator_scenario_against_the_broker(
     assert all(f["value"] > 0 and f["baseline"] > 0 and f["ratio"] > 0 for f in figures)
     assert all(f["unit"] == "records/s" and f["target"] == 0.8 for f in figures)
     assert result["peak_rss_mb"] > 0
+
+
+@pytest.mark.kafka
+def test_router_and_replay_scenarios_at_tiny_sizes(
+    settings: Settings, kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV["bootstrap"], kafka_bootstrap)
+    chosen = [s for s in SCENARIOS if s.name in ("router", "replay")]
+
+    result = run_bench(
+        settings,
+        quick=True,
+        output=tmp_path / "r.json",
+        progress=lambda _: None,
+        scenarios=chosen,
+        size=TINY,
+    )
+
+    figures = {f["name"]: f for f in result["figures"]}
+    routing = [f for name, f in figures.items() if name.startswith("router: cost per event")]
+    assert len(routing) == 4  # 3 (the baseline), 10, 100 and 1,000 subscriptions
+    assert all(f["unit"] == "µs/event" and f["target"] == 0.8 for f in routing)
+    (replay,) = [f for name, f in figures.items() if name.startswith("replay into")]
+    assert replay["value"] > 0 and replay["baseline"] > 0 and replay["target"] == 0.5
+    assert all(isinstance(f["met"], bool) for f in result["figures"])

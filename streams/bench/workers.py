@@ -1,0 +1,200 @@
+"""The worker-process scenarios: memory over a long stream, and scale-out over processes.
+
+Both run `gemeentebus run --role worker` (validator and router) as subprocesses configured
+the way an operator would, through environment variables, on an ingress topic of 4+
+partitions, fed while they run (after a warm-up), and read the processes from /proc.
+
+- rss: one worker eats N events; its RSS when 10% and when 100% of them are out. Target:
+  growth ≤ 10% after that warm-up (ratio rss10/rss100 ≥ 1/1.1).
+- scale-out: 1, 2 and 4 workers on the same amount of events; throughput (publish start
+  to last output; the bench's publisher runs alongside, on the same cores) and CPU cores
+  busy. Informational (`target: null`): on a 2-core machine the curve flattens at 2,
+  which says how many cores there are, not how good the bus is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Final
+
+from streams.bench.broker import (
+    BENCH_PSEUDONYM_KEY,
+    Clock,
+    delete_topics,
+    namespace,
+    partitions,
+    publish,
+    watch,
+)
+from streams.bench.core import BenchContext, Figure
+from streams.config import ENV, Settings
+from streams.schemas import registry
+from streams.topics import Topics, bus_topics, create_topics
+
+__all__ = ["WORKER_COUNTS", "rss_scenario", "scale_out_scenario"]
+
+WORKER_COUNTS: Final = (1, 2, 4)
+MIN_PARTITIONS: Final = 4
+_TICKS: Final = os.sysconf("SC_CLK_TCK")
+_WARM_UP: Final = 200  # events handled before the clock starts
+_SETTLE_S: Final = 5.0
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process now (VmRSS), in MB; 0 once it is gone."""
+    return _status_kb(pid, "VmRSS") / 1024
+
+
+def _status_kb(pid: int, field: str) -> float:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return float(line.split()[1])
+    return 0.0
+
+
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds the processes used so far."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICKS
+
+
+def _worker_env(settings: Settings) -> dict[str, str]:
+    return os.environ | {
+        ENV["bootstrap"]: settings.kafka.bootstrap_servers,
+        f"{ENV['prefix']}KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+        f"{ENV['prefix']}KAFKA__PARTITIONS": str(settings.kafka.partitions),
+        ENV["pseudonym_key"]: BENCH_PSEUDONYM_KEY,
+    }
+
+
+async def _spawn(settings: Settings, count: int) -> list[asyncio.subprocess.Process]:
+    command = Path(sys.executable).with_name("gemeentebus")
+    return [
+        await asyncio.create_subprocess_exec(
+            str(command),
+            "run",
+            "--role",
+            "worker",
+            env=_worker_env(settings),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        for _ in range(count)
+    ]
+
+
+async def _stop(processes: list[asyncio.subprocess.Process]) -> None:
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            async with asyncio.timeout(30.0):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+def _wide(ctx: BenchContext, role: str) -> Settings:
+    assert ctx.bootstrap is not None
+    settings = namespace(ctx.settings, ctx.bootstrap, role, uuid.uuid4().hex[:8])
+    parts = max(MIN_PARTITIONS, settings.kafka.partitions)
+    return settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"partitions": parts})}
+    )
+
+
+async def _run_workers(
+    ctx: BenchContext, role: str, n: int, count: int, at_count: dict[float, float]
+) -> tuple[float, float, float]:
+    """Run `count` workers over `n` ingress records published while they run.
+
+    The workers first handle a warm-up batch and settle their group; the clock starts when
+    publishing the `n` starts. `at_count` maps fractions of `n` to the workers' RSS when
+    that fraction was out (filled in). Returns (CPU seconds, peak RSS in MB, seconds).
+    """
+    settings = _wide(ctx, role)
+    topics = Topics(settings.kafka.topic_prefix)
+    specs = bus_topics(settings.kafka, registry().types())
+    events = partitions([topics.events(t) for t in registry().types()], settings.kafka.partitions)
+    bootstrap = settings.kafka.bootstrap_servers
+    try:
+        await create_topics(settings.kafka, specs)
+        processes = await _spawn(settings, count)
+        pids = [p.pid for p in processes]
+
+        def seen(out: int) -> None:
+            for fraction in at_count:
+                if out - _WARM_UP >= fraction * n and not at_count[fraction]:
+                    at_count[fraction] = sum(rss_mb(pid) for pid in pids)
+
+        try:
+            async with asyncio.timeout(180.0):
+                await publish(settings, [topics.ingress], _WARM_UP)
+                await watch(bootstrap, events, _WARM_UP, Clock(0.0))
+            await asyncio.sleep(_SETTLE_S)  # later joiners' rebalances are over
+            clock = Clock(time.perf_counter())
+            cpu_before = cpu_s(pids)
+            async with asyncio.timeout(180.0 + n / 200), asyncio.TaskGroup() as group:
+                group.create_task(publish(settings, [topics.ingress], n))
+                group.create_task(watch(bootstrap, events, _WARM_UP + n, clock, on_count=seen))
+            cpu = cpu_s(pids) - cpu_before
+            peak = sum(_status_kb(pid, "VmHWM") for pid in pids) / 1024
+        finally:
+            await _stop(processes)
+    finally:
+        await delete_topics(settings, [s.name for s in specs])
+    assert clock.done is not None
+    return cpu, peak, clock.done - clock.started
+
+
+async def rss_scenario(ctx: BenchContext) -> list[Figure]:
+    """One worker process's RSS at 10% and at 100% of a stream of N events."""
+    n = ctx.size.rss_events
+    at_count = {0.1: 0.0, 1.0: 0.0}
+    _, peak, seconds = await _run_workers(ctx, "rss", n, 1, at_count)
+    ctx.progress(f"  rss: {n} events in {seconds:.0f} s, RSS {at_count}, peak {peak:.0f} MB")
+    return [
+        Figure.of(
+            f"rss: worker RSS after {n:,} events vs after 10% (target growth ≤ 10%)",
+            value=at_count[1.0], baseline=at_count[0.1], unit="MB", target=1 / 1.1,
+            higher_is_better=False,
+        ),
+        Figure.of(
+            "rss: worker peak RSS (VmHWM) vs RSS after 10%",
+            value=peak, baseline=at_count[0.1], unit="MB", target=None, higher_is_better=False,
+        ),
+    ]  # fmt: skip
+
+
+async def scale_out_scenario(ctx: BenchContext) -> list[Figure]:
+    """Validator throughput and CPU with 1, 2 and 4 worker processes (informational)."""
+    n = ctx.size.scale_events
+    rates: dict[int, float] = {}
+    cores: dict[int, float] = {}
+    for count in WORKER_COUNTS:
+        cpu, _, seconds = await _run_workers(ctx, f"scale{count}", n, count, {})
+        rates[count] = n / seconds
+        cores[count] = cpu / seconds
+    figures = []
+    for count in WORKER_COUNTS:
+        figures += [
+            Figure.of(f"scale-out: validator throughput, {count} worker(s) vs 1",
+                      value=rates[count], baseline=rates[1], unit="events/s", target=None),
+            Figure.of(f"scale-out: CPU cores busy, {count} worker(s) vs 1",
+                      value=cores[count], baseline=cores[1], unit="cores", target=None),
+        ]  # fmt: skip
+    return figures
