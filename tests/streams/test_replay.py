@@ -227,7 +227,8 @@ async def test_two_replays_of_one_subscription_run_one_after_the_other(
     other = await store.put(subscription("s5"))
     start = datetime.now(UTC) - timedelta(seconds=1)
     accepted = await publish(settings, bus_topics, 200)
-    replayer = await replayers(rate=250.0)
+    # slow enough (about 3 s a replay) that the first is surely still running when checked
+    replayer = await replayers(rate=60.0)
     request = ReplayRequest.model_validate({"from": start.isoformat()})
     one = await replayer.submit(sub.id, request, actor="beheer")
     two = await replayer.submit(sub.id, request, actor="beheer")
