@@ -60,8 +60,8 @@ WHY: Final[dict[str, str]] = {
     "and the Avro write 13%; bare fastavro only writes. Python-level checks, not a bug.",
     "decode vs bare": "decode: `from_kafka` spends a third in the Avro read and the rest "
     "parsing ce_* headers and building the frozen `CloudEvent`, which bare fastavro skips.",
-    "validator vs raw": "validator: not profiled in this issue. Per record it spends ~450 µs "
-    "against ~36 µs for the raw copy, while `Gate.accept` alone costs 27-50 µs (codec rows), "
+    "validator vs raw": "validator: not profiled in this issue. Per record it spends ~300-450 µs "
+    "against ~40 µs for the raw copy, while `Gate.accept` alone costs 27-50 µs (codec rows), "
     "so most of the gap lies outside validation, in the Faust per-message path.",
     "delivery: publish→webhook p99": "delivery p99: an event crosses three Kafka hops "
     "(ingress → events/routing → deliver), each an acks=all produce with linger plus a "
@@ -71,9 +71,10 @@ WHY: Final[dict[str, str]] = {
     "alone 17%), 32% re-encoding each event as CloudEvents JSON (`codec.to_json` walks the "
     "Avro unions), 15% `producer.send`, 9% the timestamp merge. The raw read decodes "
     "nothing; ~270 µs of Python per event cannot reach half of a bare fetch.",
-    "rss: worker RSS after": "rss: RSS still climbs while Faust and aiokafka fill their "
-    "fetch buffers and the interpreter's arenas; at 10% of a 50,000-event quick run that "
-    "warm-up is not over (compare the full run over 1,000,000 events).",
+    "rss: worker RSS after": "rss: not profiled (tracemalloc on the worker is the next step). "
+    "The full run grew 131 → 148 MB between 100,000 and 1,000,000 events, ~19 bytes per "
+    "event: small, but not flat, so it is not only buffers warming up; the quick run's 10% "
+    "point (5,000 events) is also still inside the warm-up.",
 }
 
 
