@@ -63,7 +63,7 @@ WHY: Final[dict[str, str]] = {
     "validator vs raw": "validator: not profiled in this issue. Per record it spends ~300-450 µs "
     "against ~40 µs for the raw copy, while `Gate.accept` alone costs 27-50 µs (codec rows), "
     "so most of the gap lies outside validation, in the Faust per-message path.",
-    "delivery: publish→webhook p99": "delivery p99: an event crosses three Kafka hops "
+    "delivery: publish→webhook p99": "delivery p99 (not profiled; from the design): an event crosses three Kafka hops "
     "(ingress → events/routing → deliver), each an acks=all produce with linger plus a "
     "consumer fetch and a batching window (validator and router `noack_take(500, within=50 ms)`), "
     "and the courier's delivery-log write, all in one process on 2 cores; raw is one hop.",
@@ -156,7 +156,7 @@ def _markdown(result: dict[str, Any]) -> str:
     missed = [f["name"] for f in result["figures"] if f["met"] is False]
     whys = {why for name in missed for prefix, why in WHY.items() if name.startswith(prefix)}
     if missed:
-        lines += ["", "## Why targets are missed (from profiling)", ""]
+        lines += ["", "## Why targets are missed (profiled where a line says so)", ""]
         lines += [f"- {why}" for why in sorted(whys)] or ["- not profiled"]
     runs = ", ".join(f"{r['name']} {r['duration_s']:.1f} s" for r in result["scenarios"])
     lines += ["", f"Scenarios: {runs}. Peak RSS {result['peak_rss_mb']} MB.", ""]
