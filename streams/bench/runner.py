@@ -63,9 +63,10 @@ WHY: Final[dict[str, str]] = {
     "validator vs raw": "validator: not profiled in this issue. Per record it spends ~300-450 µs "
     "against ~40 µs for the raw copy, while `Gate.accept` alone costs 27-50 µs (codec rows), "
     "so most of the gap lies outside validation, in the Faust per-message path.",
-    "delivery: publish→webhook p99": "delivery p99 (not profiled; from the design): an event crosses three Kafka hops "
-    "(ingress → events/routing → deliver), each an acks=all produce with linger plus a "
-    "consumer fetch and a batching window (validator and router `noack_take(500, within=50 ms)`), "
+    "delivery: publish→webhook p99": "delivery p99 (not profiled; from the design): an "
+    "event crosses three Kafka hops (ingress → events/routing → deliver), each an acks=all "
+    "produce with linger plus a consumer fetch and a batching window (validator and router "
+    "`noack_take(500, within=50 ms)`), "
     "and the courier's delivery-log write, all in one process on 2 cores; raw is one hop.",
     "replay into": "replay: profiled, 20,000 events: 34% decode + matching (`from_kafka` "
     "alone 17%), 32% re-encoding each event as CloudEvents JSON (`codec.to_json` walks the "
