@@ -28,18 +28,10 @@ from streams.api import AUTHENTICATOR, _Failure, _json, _read, answering
 from streams.auth import Client, Forbidden
 from streams.config import Settings
 from streams.reconcile import reconcile
-from streams.replay import (
-    BeyondRetention,
-    Replayer,
-    ReplayError,
-    ReplayRequest,
-    consumer,
-    merged,
-    offsets_at,
-    partitions,
-)
+from streams.replay import BeyondRetention, Replayer, ReplayError, ReplayRequest
 from streams.store import SubscriptionStore
 from streams.subscriptions import Subscription
+from streams.window import consumer, merged, offsets_at, partitions
 
 __all__ = ["REPLAYER", "add_operation_routes"]
 

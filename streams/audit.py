@@ -16,8 +16,8 @@ from aiokafka import AIOKafkaConsumer
 from streams import attributes, rules
 from streams.config import Settings
 from streams.deliverylog import DeliveryAttempt, decode_attempt
-from streams.replay import partitions
 from streams.topics import Topics
+from streams.window import partitions
 
 __all__ = ["PersonDelivery", "deliveries_of", "person_deliveries"]
 

@@ -27,9 +27,10 @@ from aiokafka import TopicPartition
 from streams.app import make_producer
 from streams.config import Settings
 from streams.deliverylog import decode_attempt
-from streams.replay import Matcher, audit, consumer, merged, offsets_at, partitions
+from streams.replay import audit
 from streams.store import SubscriptionStore
 from streams.topics import Topics
+from streams.window import Matcher, consumer, merged, offsets_at, partitions
 
 __all__ = ["Reconciliation", "digest", "print_reconciliation", "reconcile"]
 
