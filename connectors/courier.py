@@ -297,12 +297,15 @@ class Courier:
     async def _lane(self, lane: tuple[int, bytes | None], queue: deque[_Record]) -> None:
         try:
             while queue and not self._stopping.is_set():
-                if not await self._deliver(queue[0]):
-                    return  # stopping or retired: the record stays uncommitted
+                try:
+                    if not await self._deliver(queue[0]):
+                        return  # stopping or retired: the record stays uncommitted
+                except Exception:  # a bug must not stall the key: retry it
+                    # The record stays at the head of its lane, uncommitted, and is tried again.
+                    log.exception("courier %s: delivering failed; retrying", self.subscription.id)
+                    await self._pause(KAFKA_RETRY_S)
+                    continue
                 queue.popleft()
-        except Exception:
-            # the record stays unfinished (uncommitted); the key's next record retries it
-            log.exception("courier %s: a lane failed", self.subscription.id)
         finally:
             if self._lane_tasks.get(lane) is asyncio.current_task():
                 del self._lane_tasks[lane]

@@ -25,6 +25,7 @@ from aiokafka.structs import ConsumerRecord
 from standardwebhooks import Webhook
 
 from connectors.delivery import Dispatcher
+from connectors.webhook import WebhookSender
 from streams.app import make_producer
 from streams.config import DeliverySettings, Settings
 from streams.deliverylog import decode_attempt
@@ -525,3 +526,34 @@ async def test_a_restart_mid_stream_loses_nothing_and_keeps_key_order(
     for r in receiver.accepted:
         firsts.setdefault(r.event["data"]["seq"], r)
     assert in_key_order(sorted(firsts.values(), key=lambda r: r.at), key_of)
+
+
+# -- a bug while delivering ------------------------------------------------------------------
+
+
+async def test_an_unexpected_error_retries_the_record_and_keeps_order(
+    settings: Settings,
+    store: SubscriptionStore,
+    writer: Writer,
+    receivers: list[Receiver],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = WebhookSender.send
+    failures = iter([True])
+
+    async def buggy_once(self: WebhookSender, *args: Any, **kwargs: Any) -> int:
+        if next(failures, False):
+            raise RuntimeError("a bug, not an answer of the subscriber")
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(WebhookSender, "send", buggy_once)
+    receiver = await Receiver().start()
+    receivers.append(receiver)
+    await store.put(subscription("buggy", receiver.url))
+    dispatcher = await dispatcher_for(settings, store, fast())
+    try:
+        await writer.write("buggy", [(i, pseudonym(0)) for i in range(3)])
+        await until(lambda: len(receiver.accepted) == 3)
+    finally:
+        await dispatcher.stop()
+    assert [r.event["data"]["seq"] for r in receiver.accepted] == [0, 1, 2]
