@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import time
 import uuid
@@ -13,7 +12,7 @@ from typing import Any
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from aiokafka import AIOKafkaConsumer
+from kafka_reading import consume
 
 from connectors import zgw
 from streams import codec
@@ -175,25 +174,6 @@ async def api(settings: Settings, bus_topics: Topics) -> AsyncIterator[TestClien
             yield http
     finally:
         await producer.stop()
-
-
-async def consume(settings: Settings, topic: str, count: int) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        group_id=f"{settings.kafka.topic_prefix}.reader-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        async with asyncio.timeout(20):
-            while len(records) < count:
-                for part in (await consumer.getmany(timeout_ms=500)).values():
-                    records.extend(part)
-    finally:
-        await consumer.stop()
-    return records
 
 
 def _now() -> str:

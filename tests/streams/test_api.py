@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import uuid
 from collections.abc import AsyncIterator
 from datetime import date
 from typing import Any
@@ -15,6 +13,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from kafka_reading import consume
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams import codec
@@ -89,26 +88,6 @@ async def api(
     app = make_api(with_clients(settings), producer=producer, produce_timeout_s=10.0)
     async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
         yield client
-
-
-async def consume(settings: Settings, topic: str, count: int, within: float = 20.0) -> list[Any]:
-    """The first `count` records of `topic`; fails loudly when fewer arrive in time."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        group_id=f"{settings.kafka.topic_prefix}.reader-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        async with asyncio.timeout(within):
-            while len(records) < count:
-                for part in (await consumer.getmany(timeout_ms=500)).values():
-                    records.extend(part)
-    finally:
-        await consumer.stop()
-    return records
 
 
 async def topic_size(settings: Settings, topic: str) -> int:

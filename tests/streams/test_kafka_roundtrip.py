@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-
 import pytest
-from aiokafka import AIOKafkaConsumer
+from kafka_reading import consume
 
 from streams.app import make_app, make_producer
 from streams.config import Settings
 from streams.topics import TopicSpec, create_topics
 
 pytestmark = pytest.mark.kafka
-
-
-async def _consume(settings: Settings, topic: str, count: int, within: float = 30.0) -> list:
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        group_id=f"{settings.kafka.topic_prefix}.reader-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    records: list = []
-    try:
-        async with asyncio.timeout(within):
-            while len(records) < count:
-                batch = await consumer.getmany(timeout_ms=500)
-                for part in batch.values():
-                    records.extend(part)
-    finally:
-        await consumer.stop()
-    return records
 
 
 async def test_aiokafka_round_trip(settings: Settings) -> None:
@@ -52,7 +29,7 @@ async def test_aiokafka_round_trip(settings: Settings) -> None:
         await producer.stop()
     assert all(meta.offset >= 0 for meta in sent)
 
-    records = await _consume(settings, topic, 50)
+    records = await consume(settings, topic, 50)
     assert sorted(r.value for r in records) == sorted(f"v{i}".encode() for i in range(50))
     for key in (f"k{i}".encode() for i in range(5)):
         values = [int(r.value[1:]) for r in records if r.key == key]
@@ -85,7 +62,7 @@ async def test_faust_agent_moves_records_and_awaits_delivery(settings: Settings)
                 await writer.send_and_wait(source_name, f"msg-{i}".encode(), key=b"same-key")
         finally:
             await writer.stop()
-        records = await _consume(settings, sink_name, 20)
+        records = await consume(settings, sink_name, 20)
     finally:
         await app.stop()
         await producer.stop()
