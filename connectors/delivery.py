@@ -51,6 +51,11 @@ class Dispatcher:
         """The ids of the subscriptions being delivered now."""
         return frozenset(self._couriers)
 
+    @property
+    def pending(self) -> int:
+        """Records read from delivery topics and not finished yet (retries included)."""
+        return sum(courier.pending for courier in self._couriers.values())
+
     def totals(self) -> Counter[str]:
         """Outcomes over every subscription."""
         total: Counter[str] = Counter()

@@ -3,9 +3,11 @@
 `make_api(settings, producer=...)` builds the aiohttp application; the caller starts and
 stops the producer and runs the app. `POST /events` authenticates, checks the grant for what
 each event claims (403), decodes and validates every event through the gate, and then either
-- sends every record and answers 202 with the ids once the broker confirmed all of them
-  (`acks=all`), or 503 when it did not in time: nothing is claimed, a retry dedupes on
-  source+id (records confirmed before the timeout do stay in their topic);
+- sends every record, each accepted event routed like the validator routes it (its
+  events-topic record, then its delivery records), and answers 202 with the ids once the
+  broker confirmed all of them (`acks=all`), or 503 when it did not in time: nothing is
+  claimed, a retry dedupes on source+id (records confirmed before the timeout do stay in
+  their topic);
 - or publishes nothing of the request, writes each rejected event to the invalid topic, and
   answers 400 with every error of every event.
 Responses, logs and metrics carry codes, paths, types and client ids, never event data.
@@ -29,13 +31,15 @@ from multidict import CIMultiDict
 
 from connectors import zgw
 from streams import codec, metrics
+from streams.app import send_all
 from streams.attributes import ZAAK_GEMUTEERD
 from streams.auth import Authenticator, AuthError, Client, Forbidden
 from streams.config import Settings
-from streams.exceptions import FieldError, InvalidEvent
+from streams.exceptions import FieldError, InvalidEvent, KafkaUnavailable
 from streams.ingress import Accepted, Gate, Rejected
+from streams.router import Router
 from streams.topics import Topics
-from streams.validator import produce
+from streams.validator import outputs_for, produce
 
 if TYPE_CHECKING:
     from streams.store import SubscriptionStore
@@ -161,8 +165,11 @@ class _Api:
         producer: AIOKafkaProducer,
         timeout_s: float,
         auth: Authenticator,
+        store: SubscriptionStore,
     ) -> None:
         self.producer, self.timeout_s, self.auth = producer, timeout_s, auth
+        self.store = store
+        self.router = Router(settings, store=store)
         self.max_event = settings.http.max_event_bytes
         self.gate = Gate(
             Topics(settings.kafka.topic_prefix), settings.security.pseudonym_key_bytes()
@@ -312,11 +319,13 @@ class _Api:
             )
 
     async def _publish(self, accepted: list[Accepted]) -> None:
-        """Send and wait for the broker's confirmation of every record, or a 503."""
+        """Route, send and wait for the broker's confirmation of every record, or a 503."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                await produce(self.producer, accepted)
-        except (KafkaError, TimeoutError) as exc:
+                # every subscription written before this request takes part
+                await self.store.sync()
+                await send_all(self.producer, outputs_for(self.router, accepted))
+        except (KafkaError, KafkaUnavailable, TimeoutError) as exc:
             log.warning("broker did not confirm %d records: %s", len(accepted), type(exc).__name__)
             message = "the broker did not confirm in time; nothing is accepted, send it again"
             raise _Failure(503, "kafka_unavailable", message) from exc
@@ -427,21 +436,21 @@ def make_api(
     *,
     producer: AIOKafkaProducer,
     produce_timeout_s: float | None = None,
+    store: SubscriptionStore,
     environ: Mapping[str, str] | None = None,
-    store: SubscriptionStore | None = None,
 ) -> web.Application:
-    """The HTTP API over a started idempotent producer (`streams.app.make_producer`).
+    """The HTTP API over a started idempotent producer (`streams.app.make_producer`) and a
+    started subscription `store`: what it accepts is routed against that set, and the
+    subscription and operator routes (replay, reconciliation, pull) work on it.
 
     `produce_timeout_s` bounds the wait for the broker's confirmation (default: the Kafka
-    request timeout); `environ` is where JWT secrets are read (default: `os.environ`);
-    with a started `store`, the subscription and operator routes (replay, reconciliation,
-    pull) are mounted too.
+    request timeout); `environ` is where JWT secrets are read (default: `os.environ`).
     """
     auth = Authenticator(settings, environ=environ)
     timeout = (
         produce_timeout_s if produce_timeout_s is not None else settings.kafka.request_timeout_s
     )
-    api = _Api(settings, producer, timeout, auth)
+    api = _Api(settings, producer, timeout, auth, store)
     # aiohttp's own limit backs up `_read`'s: never buffer more than a full batch.
     app = web.Application(
         middlewares=[_internal_errors],
@@ -452,12 +461,11 @@ def make_api(
     app.router.add_post("/api/v1/notificaties", api.notificaties)
     app.router.add_get("/health", api.health)
     app.router.add_get("/metrics", api.metrics)
-    if store is not None:
-        from streams.api_audit import add_audit_routes
-        from streams.api_operations import add_operation_routes
-        from streams.api_subscriptions import add_subscription_routes  # it builds on this module
+    from streams.api_audit import add_audit_routes
+    from streams.api_operations import add_operation_routes
+    from streams.api_subscriptions import add_subscription_routes  # it builds on this module
 
-        add_subscription_routes(app, settings=settings, store=store)
-        add_operation_routes(app, settings=settings, store=store)
-        add_audit_routes(app, settings=settings, store=store)
+    add_subscription_routes(app, settings=settings, store=store)
+    add_operation_routes(app, settings=settings, store=store)
+    add_audit_routes(app, settings=settings, store=store)
     return app

@@ -8,14 +8,18 @@ idempotent inside transactions, and its `send()` returns before the broker has t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
 
+from streams.codec import KafkaRecord
 from streams.config import Settings
 
-__all__ = ["make_app", "make_producer"]
+__all__ = ["EventBatches", "make_app", "make_producer", "send_all"]
 
 
 def _kafka_url(bootstrap: str) -> list[str]:
@@ -55,9 +59,80 @@ def make_producer(settings: Settings, name: str, **overrides: Any) -> AIOKafkaPr
         "client_id": f"{settings.kafka.client_id}-{name}",
         "enable_idempotence": True,
         "acks": "all",
-        "linger_ms": 5,
+        "linger_ms": 0,
         "max_batch_size": 256 * 1024,
         "request_timeout_ms": int(settings.kafka.request_timeout_s * 1000),
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)
+
+
+async def send_all(producer: AIOKafkaProducer, outputs: Iterable[tuple[str, KafkaRecord]]) -> None:
+    """Send every (topic, record) in order; return once the broker has all of them.
+
+    With `acks=all` and idempotence, records to one partition land in the order sent.
+    """
+    futures = [
+        await producer.send(topic, record.value, key=record.key, headers=list(record.headers))
+        for topic, record in outputs
+    ]
+    if futures:
+        await asyncio.gather(*futures)
+
+
+class EventBatches:
+    """A Faust stream read in batches of whatever has arrived, acked by hand.
+
+    Unlike `Stream.noack_take`, no batch waits for a window to close: the first event that
+    arrives after a batch was taken starts the next one at once, and while a batch is being
+    handled (validated, produced, confirmed) the events arriving meanwhile gather for the
+    next. Quiet input gives batches of one at the latency of one; a backlog gives batches of
+    `max_size`. Nothing is acked here: `ack` the events of a batch once their outputs are
+    confirmed.
+    """
+
+    def __init__(self, stream: faust.StreamT[Any], max_size: int) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self._stream = stream.noack()  # type: ignore[attr-defined]
+        self._max = max_size
+        self._arrived: list[faust.EventT[Any]] = []
+        self._more = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def ack(self, events: Iterable[faust.EventT[Any]]) -> None:
+        for event in events:
+            await self._stream.ack(event)
+
+    def __aiter__(self) -> AsyncIterator[list[faust.EventT[Any]]]:
+        return self._batches()
+
+    async def _pump(self) -> None:
+        async for event in self._stream.events():
+            self._arrived.append(event)
+            self._more.set()
+            while len(self._arrived) >= self._max:  # hold the stream: a batch is full
+                self._room.clear()
+                await self._room.wait()
+
+    async def _batches(self) -> AsyncIterator[list[faust.EventT[Any]]]:
+        pump = asyncio.create_task(self._pump(), name="event-batches")
+        try:
+            while True:
+                if not self._arrived:
+                    arrival = asyncio.ensure_future(self._more.wait())
+                    await asyncio.wait({pump, arrival}, return_when=asyncio.FIRST_COMPLETED)
+                    if pump.done():
+                        arrival.cancel()
+                        pump.result()  # the stream's error, if it failed
+                        return
+                self._more.clear()
+                batch = self._arrived[: self._max]
+                del self._arrived[: self._max]
+                self._room.set()
+                yield batch
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump

@@ -133,8 +133,18 @@ def cmd_dlq_redrive(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from streams.bench import run_bench
+    from streams.bench.runner import SCENARIOS
 
-    results = run_bench(settings, quick=args.quick, output=args.output)
+    chosen = SCENARIOS
+    if args.only:
+        wanted = [name.strip() for name in args.only.split(",") if name.strip()]
+        known = {s.name: s for s in SCENARIOS}
+        unknown = [name for name in wanted if name not in known]
+        if unknown:
+            print(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(known)}")
+            return 2
+        chosen = tuple(known[name] for name in wanted)
+    results = run_bench(settings, quick=args.quick, output=args.output, scenarios=chosen)
     met = sum(1 for f in results["figures"] if f["met"])
     print(
         f"{met}/{len(results['figures'])} targets met; results in {args.output} "
@@ -202,4 +212,7 @@ def add_operation_commands(commands: Any) -> None:
     )
     bench.add_argument("--quick", action="store_true", help="small sizes (about 2 minutes)")
     bench.add_argument("--output", type=Path, default=Path("bench/results.json"))
+    bench.add_argument(
+        "--only", metavar="NAME[,NAME]", help="run only these scenarios (for profiling)"
+    )
     bench.set_defaults(func=cmd_bench)

@@ -304,7 +304,8 @@ async def _settled(
     bus: Bus,
     deadline: float,
 ) -> None:
-    """Wait until every input was judged and deliveries stopped changing for 3 s."""
+    """Wait until every input was judged, nothing is waiting for a retry, and deliveries
+    stopped changing for 3 s."""
     last, quiet_since = -1, time.monotonic()
     while time.monotonic() < deadline:
         live.update(_table("gemeentebus demo: live", report, receivers, bus))
@@ -312,7 +313,11 @@ async def _settled(
         delivered = sum(r.total for r in receivers)
         if delivered != last:
             last, quiet_since = delivered, time.monotonic()
-        elif judged >= expected and time.monotonic() - quiet_since > 3.0:
+        elif (
+            judged >= expected
+            and time.monotonic() - quiet_since > 3.0
+            and (bus.dispatcher is None or bus.dispatcher.pending == 0)
+        ):
             return
         await asyncio.sleep(0.25)
 
@@ -333,7 +338,7 @@ async def run_demo(events: int = 2000, seed: int = 2026) -> DemoReport:
             settings = _settings(bootstrap, token, receivers)
             async with running_bus(settings) as bus:
                 console.print(
-                    f"bus running: API on {bus.url}; validator, router and "
+                    f"bus running: API on {bus.url}; validating and routing worker, "
                     "webhook dispatcher on the local broker"
                 )
                 await _subscribe(bus.url, receivers)

@@ -38,13 +38,11 @@ _ALLOWED_EXTENSIONS: Final = {
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """A valid event and the record that carries it to its events topic (and, the same
-    record, to the routing topic: `also`)."""
+    """A valid event and the record that carries it to its events topic."""
 
     event: CloudEvent
     topic: str
     record: codec.KafkaRecord
-    also: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +136,6 @@ class Gate:
             event=admitted,
             topic=self._topics.events(admitted.type),
             record=record,
-            also=(self._topics.routing,),
         )
 
     def from_record(self, record: codec.KafkaRecord) -> Accepted | Rejected:

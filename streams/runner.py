@@ -2,7 +2,7 @@
 
 Roles, each a process that scales on its own (they share nothing but Kafka):
 - `api`: the HTTP API (publishing, subscriptions, operations);
-- `worker`: the validating stream (ingress → events) and the router (events → deliver);
+- `worker`: the validating stream (ingress → events, routed to the deliver topics);
 - `delivery`: the webhook dispatcher (deliver topics → subscribers' endpoints);
 - `all`: the three in one process (the default, and what the demo runs).
 Several processes of a role share the work through Kafka consumer groups.
@@ -24,7 +24,6 @@ from aiokafka import AIOKafkaProducer
 from connectors.delivery import Dispatcher
 from streams.app import make_producer
 from streams.config import Settings
-from streams.router import Router
 from streams.schemas import registry
 from streams.store import SubscriptionStore
 from streams.topics import bus_topics, create_topics
@@ -45,7 +44,6 @@ class Bus:
     settings: Settings
     store: SubscriptionStore | None = None
     validator: Validator | None = None
-    router: Router | None = None
     dispatcher: Dispatcher | None = None
     producer: AIOKafkaProducer | None = None
     runner: web.AppRunner | None = None
@@ -71,10 +69,8 @@ async def start(settings: Settings, role: Role = "all") -> Bus:
         await bus.store.start()
         await bus.store.ready()
         if role in ("all", "worker"):
-            bus.validator = Validator(settings)
+            bus.validator = Validator(settings, store=bus.store)
             await bus.validator.start()
-            bus.router = Router(settings, store=bus.store)
-            await bus.router.start()
         if role in ("all", "delivery"):
             bus.dispatcher = Dispatcher(settings, bus.store)
             await bus.dispatcher.start()
@@ -107,9 +103,6 @@ async def stop(bus: Bus) -> None:
     if bus.dispatcher is not None:
         await bus.dispatcher.stop()
         bus.dispatcher = None
-    if bus.router is not None:
-        await bus.router.stop()
-        bus.router = None
     if bus.validator is not None:
         await bus.validator.stop()
         bus.validator = None

@@ -67,6 +67,15 @@ class SubscriptionStore:
             fetch_max_wait_ms=100,
             request_timeout_ms=int(settings.kafka.request_timeout_s * 1000),
         )
+        # End offsets are asked on a connection of their own: on the reader's, Kafka would
+        # answer them only after its pending long-poll fetch (up to fetch_max_wait_ms).
+        self._offsets = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+            client_id=f"{settings.kafka.client_id}-{name}-offsets",
+            group_id=None,
+            enable_auto_commit=False,
+            request_timeout_ms=int(settings.kafka.request_timeout_s * 1000),
+        )
         self._partitions: list[TopicPartition] = []
         self._applied: dict[TopicPartition, int] = {}  # next offset to apply, per partition
         self._moved = asyncio.Condition()
@@ -85,6 +94,7 @@ class SubscriptionStore:
         await create_topics(self.settings.kafka, specs)
         await self._producer.start()
         await self._consumer.start()
+        await self._offsets.start()
         try:
             parts = await self._partitions_of(self.topics.subscriptions)
         except BaseException:
@@ -108,6 +118,7 @@ class SubscriptionStore:
                     await task
         self._reader = self._readying = None
         await self._consumer.stop()
+        await self._offsets.stop()
         await self._producer.stop()
 
     async def ready(self) -> None:
@@ -186,7 +197,7 @@ class SubscriptionStore:
         return parts
 
     async def _end_offsets(self) -> dict[TopicPartition, int]:
-        ends = await self._consumer.end_offsets(self._partitions)
+        ends = await self._offsets.end_offsets(self._partitions)
         return {tp: int(offset) for tp, offset in ends.items()}
 
     async def _wait_applied(self, targets: Mapping[TopicPartition, int]) -> None:

@@ -39,13 +39,6 @@ class Topics:
         return f"{self.prefix}.invalid"
 
     @property
-    def routing(self) -> str:
-        """Internal: every accepted event of every type, keyed like its events topic, in the
-        order the bus accepted it — what the router reads, so one person's events of
-        different types keep their order (the per-type events topics cannot give that)."""
-        return f"{self.prefix}.routing"
-
-    @property
     def subscriptions(self) -> str:
         """Internal: the subscription set (compacted, key = subscription id)."""
         return f"{self.prefix}.subscriptions"
@@ -104,7 +97,6 @@ def bus_topics(settings: KafkaSettings, event_types: Iterable[str]) -> list[Topi
     specs = [
         TopicSpec(t.ingress, p, _retention(7)),
         TopicSpec(t.invalid, p, _retention(settings.invalid_retention_days)),
-        TopicSpec(t.routing, p, _retention(7)),
         TopicSpec(t.subscriptions, 1, {"cleanup.policy": "compact"}),
         TopicSpec(t.replays, 1, {"cleanup.policy": "compact"}),
         # The delivery log answers "who received what about this person" (Logboek

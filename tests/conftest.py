@@ -16,6 +16,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -24,6 +25,9 @@ from aiokafka.structs import ConsumerRecord
 from connectors.kafka_local import LocalKafka, free_port_range
 from streams.config import ENV, KafkaSettings, Settings, load_settings
 from streams.topics import Topics
+
+if TYPE_CHECKING:
+    from streams.store import SubscriptionStore
 
 KAFKA_IMAGE = "apache/kafka:4.1.2"
 
@@ -93,6 +97,18 @@ async def bus_topics(settings: Settings) -> AsyncIterator[Topics]:
 
     await create_topics(settings.kafka, specs(settings.kafka, registry().types()))
     yield Topics(settings.kafka.topic_prefix)
+
+
+@pytest.fixture
+async def store(settings: Settings, bus_topics: Topics) -> AsyncIterator[SubscriptionStore]:
+    """The subscription set of this test's namespace, started and read."""
+    from streams.store import SubscriptionStore
+
+    subscriptions = SubscriptionStore(settings, name="test-store")
+    await subscriptions.start()
+    await subscriptions.ready()
+    yield subscriptions
+    await subscriptions.stop()
 
 
 async def _read_topic(

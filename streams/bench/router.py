@@ -115,7 +115,6 @@ async def router_scenario(ctx: BenchContext) -> list[Figure]:
         try:
             (best,) = best_of(ctx.size.repeats, route_all)
         finally:
-            await router.producer.stop()  # never started: closed so nothing warns
             await store.stop()
         costs[size] = best / len(records) * 1e6
         await asyncio.sleep(0)

@@ -183,15 +183,6 @@ def fast(**changes: float) -> DeliverySettings:
 
 
 @pytest.fixture
-async def store(settings: Settings, bus_topics: Topics) -> AsyncIterator[SubscriptionStore]:
-    subscriptions = SubscriptionStore(settings, name="test-store")
-    await subscriptions.start()
-    await subscriptions.ready()
-    yield subscriptions
-    await subscriptions.stop()
-
-
-@pytest.fixture
 async def writer(settings: Settings) -> AsyncIterator[Writer]:
     out = Writer(settings)
     await out.producer.start()

@@ -22,6 +22,7 @@ from streams.attributes import ZAAK_GEMUTEERD
 from streams.config import ClientConfig, Settings
 from streams.exceptions import InvalidEvent
 from streams.ingress import ERROR_HEADER, Gate
+from streams.store import SubscriptionStore
 from streams.topics import Topics
 
 SECRET = "open-zaak-notificaties-secret-32-bytes+"
@@ -156,7 +157,9 @@ def zgw_jwt(secret: str = SECRET, client_id: str = "open-zaak") -> str:
 
 
 @pytest.fixture
-async def api(settings: Settings, bus_topics: Topics) -> AsyncIterator[TestClient[Any, Any]]:
+async def api(
+    settings: Settings, bus_topics: Topics, store: SubscriptionStore
+) -> AsyncIterator[TestClient[Any, Any]]:
     client = ClientConfig(
         id="open-zaak",
         jwt_secret_env="OPENZAAK_JWT_SECRET",
@@ -169,6 +172,7 @@ async def api(settings: Settings, bus_topics: Topics) -> AsyncIterator[TestClien
             settings.model_copy(update={"clients": (client,)}),
             producer=producer,
             environ={"OPENZAAK_JWT_SECRET": SECRET},
+            store=store,
         )
         async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as http:
             yield http

@@ -23,6 +23,7 @@ from streams.attributes import VERHUISD, ZAAK_GEMUTEERD, partition_key
 from streams.config import ClientConfig, Settings
 from streams.generators import BRP_SOURCE, EventFactory
 from streams.ingress import ERROR_HEADER
+from streams.store import SubscriptionStore
 from streams.topics import Topics
 
 pytestmark = pytest.mark.kafka
@@ -82,10 +83,10 @@ async def producer(settings: Settings, bus_topics: Topics) -> AsyncIterator[AIOK
 
 @pytest.fixture
 async def api(
-    settings: Settings, producer: AIOKafkaProducer
+    settings: Settings, producer: AIOKafkaProducer, store: SubscriptionStore
 ) -> AsyncIterator[TestClient[Any, Any]]:
     """A client of the API served on 127.0.0.1 by a real aiohttp server."""
-    app = make_api(with_clients(settings), producer=producer, produce_timeout_s=10.0)
+    app = make_api(with_clients(settings), producer=producer, produce_timeout_s=10.0, store=store)
     async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
         yield client
 

@@ -32,15 +32,6 @@ TODAY = date.today()
 DEADLINE_S = 60.0
 
 
-@pytest.fixture
-async def store(settings: Settings, bus_topics: Topics) -> AsyncIterator[SubscriptionStore]:
-    s = SubscriptionStore(settings, name="test-store")
-    await s.start()
-    await s.ready()
-    yield s
-    await s.stop()
-
-
 class Bus:
     """Writes what the validator, router and dispatcher would: events, deliveries, the log."""
 

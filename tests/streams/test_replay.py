@@ -66,15 +66,6 @@ async def publish(settings: Settings, topics: Topics, n: int, seed: int = 7) -> 
 
 
 @pytest.fixture
-async def store(settings: Settings, bus_topics: Topics) -> AsyncIterator[SubscriptionStore]:
-    s = SubscriptionStore(settings, name="test-store")
-    await s.start()
-    await s.ready()
-    yield s
-    await s.stop()
-
-
-@pytest.fixture
 async def replayers(
     settings: Settings, store: SubscriptionStore
 ) -> AsyncIterator[Callable[..., Awaitable[Replayer]]]:

@@ -1,9 +1,10 @@
-"""The router against a real broker, in the municipal setup: who receives what, and how fast.
+"""Routing against a real broker, in the municipal setup: who receives what, and how fast.
 
 Amsterdam and Utrecht follow moves into and out of their gemeente and deaths of residents,
 each seeing only its `fields`; the BRP receives every person event whole; a zaaksysteem the
 zaak events of its bronorganisatie; a pension fund three persons it follows (volgindicaties).
-Events go straight into the events topics, as the validator writes them.
+Events go into ingress as a publisher writes them; the stream worker validates and routes
+them in one pass.
 """
 
 from __future__ import annotations
@@ -18,8 +19,15 @@ from typing import Any
 import pytest
 
 from streams import codec
-from streams.app import make_producer
-from streams.attributes import OVERLEDEN, PERSON_TYPES, VERHUISD, ZAAK_GEMUTEERD, pseudonym
+from streams.app import make_producer, send_all
+from streams.attributes import (
+    OVERLEDEN,
+    PERSON_TYPES,
+    VERHUISD,
+    ZAAK_GEMUTEERD,
+    partition_key,
+    pseudonym,
+)
 from streams.config import Settings
 from streams.envelope import CloudEvent
 from streams.generators import BRP_SOURCE, EventFactory
@@ -28,7 +36,7 @@ from streams.router import CONTENT_TYPE, UNDECODABLE, Router
 from streams.store import SubscriptionStore
 from streams.subscriptions import Subscription
 from streams.topics import Topics
-from streams.validator import produce
+from streams.validator import Validator
 
 pytestmark = pytest.mark.kafka
 
@@ -123,15 +131,21 @@ def moves_between(factory: EventFactory, van: str, naar: str, n: int) -> Iterato
 
 
 class Publisher:
-    """Writes accepted events where the validator writes them, in order."""
+    """Writes events into ingress in order, keyed by person as publishers do; returns what
+    the bus will accept of them (to compare with)."""
 
     def __init__(self, settings: Settings, topics: Topics) -> None:
         self.gate = Gate(topics, KEY)
+        self.ingress = topics.ingress
         self.producer = make_producer(settings, "test-publisher")
 
     async def publish(self, events: list[CloudEvent]) -> list[Accepted]:
         accepted = [self.gate.accept(e, today=TODAY) for e in events]
-        await produce(self.producer, accepted)  # events topics and the routing topic
+        records = [
+            (self.ingress, codec.to_kafka(e, key=partition_key(e.type, e.data, b"publisher")))
+            for e in events
+        ]
+        await send_all(self.producer, records)
         return accepted
 
 
@@ -144,20 +158,17 @@ async def publisher(settings: Settings, bus_topics: Topics) -> AsyncIterator[Pub
 
 
 @pytest.fixture
-async def api_store(settings: Settings, bus_topics: Topics) -> AsyncIterator[SubscriptionStore]:
+def api_store(store: SubscriptionStore) -> SubscriptionStore:
     """The subscription set as the HTTP API's process holds it."""
-    store = SubscriptionStore(settings, name="api-store")
-    await store.start()
-    yield store
-    await store.stop()
+    return store
 
 
 @pytest.fixture
-async def router(settings: Settings, api_store: SubscriptionStore) -> AsyncIterator[Router]:
-    """A router with its own store: another process than the API's."""
-    r = Router(settings)
-    yield r
-    await r.stop()
+async def router(settings: Settings, api_store: SubscriptionStore) -> AsyncIterator[Validator]:
+    """A stream worker with its own store: another process than the API's."""
+    worker = Validator(settings)
+    yield worker
+    await worker.stop()
 
 
 def _headers(record: Any) -> dict[str, str]:
@@ -165,7 +176,7 @@ def _headers(record: Any) -> dict[str, str]:
 
 
 async def test_each_subscriber_receives_its_events_and_fields_only(
-    settings: Settings, bus_topics: Topics, api_store: SubscriptionStore, router: Router,
+    settings: Settings, bus_topics: Topics, api_store: SubscriptionStore, router: Validator,
     publisher: Publisher, read_topic: Any,
 ) -> None:  # fmt: skip
     factory = EventFactory(11, today=TODAY)
@@ -257,7 +268,7 @@ async def test_each_subscriber_receives_its_events_and_fields_only(
 
 
 async def test_a_new_subscription_receives_what_is_published_after_put(
-    settings: Settings, bus_topics: Topics, api_store: SubscriptionStore, router: Router,
+    settings: Settings, bus_topics: Topics, api_store: SubscriptionStore, router: Validator,
     publisher: Publisher, read_topic: Any,
 ) -> None:  # fmt: skip
     await router.start()
@@ -290,17 +301,33 @@ async def test_a_new_subscription_receives_what_is_published_after_put(
     )
 
 
-async def test_an_undecodable_record_is_dead_lettered(
-    settings: Settings, bus_topics: Topics, router: Router, publisher: Publisher,
-    read_topic: Any,
-) -> None:  # fmt: skip
-    await router.start()
-    good = await publisher.publish(EventFactory(3, today=TODAY).mixed(1))
-    broken = codec.KafkaRecord(key=b"k", headers=good[0].record.headers, value=b"\x01garbage")
-    await (
-        await publisher.producer.send(
-            bus_topics.routing, broken.value, key=broken.key, headers=list(broken.headers)
-        )
+async def test_an_undecodable_record_is_dead_lettered(settings: Settings) -> None:
+    store = SubscriptionStore(settings, name="unstarted")  # no subscriptions needed
+    router = Router(settings, store=store)
+    await store.stop()  # never started: closed so nothing warns
+    good = Gate(Topics(settings.kafka.topic_prefix), KEY).accept(
+        EventFactory(3, today=TODAY).mixed(1)[0], today=TODAY
     )
-    invalid = await read_topic(bus_topics.invalid, count=1)
-    assert [(_headers(r)[ERROR_HEADER], r.value) for r in invalid] == [(UNDECODABLE, broken.value)]
+    broken = codec.KafkaRecord(key=b"k", headers=good.record.headers, value=b"\x01garbage")
+    [(topic, dead)] = router.route(broken, today=TODAY)
+    assert topic == Topics(settings.kafka.topic_prefix).invalid
+    assert (dict(dead.headers)[ERROR_HEADER], dead.value) == (UNDECODABLE.encode(), broken.value)
+    assert dead.key is None  # the key is not kept: it could be anything
+
+
+async def test_a_failure_while_routing_dead_letters_the_event(settings: Settings) -> None:
+    store = SubscriptionStore(settings, name="unstarted")
+    router = Router(settings, store=store)
+    await store.stop()
+    accepted = Gate(Topics(settings.kafka.topic_prefix), KEY).accept(
+        EventFactory(3, today=TODAY).mixed(1)[0], today=TODAY
+    )
+
+    def broken_match(*_: Any) -> list[Subscription]:
+        raise RuntimeError("a bug")
+
+    store.index.match = broken_match  # type: ignore[method-assign]
+    [(topic, dead)] = router.fan_out(accepted.event, accepted.record, today=TODAY)
+    assert topic == Topics(settings.kafka.topic_prefix).invalid
+    assert dict(dead.headers)[ERROR_HEADER] == b"router_internal_error"
+    assert dead.value == accepted.record.value
