@@ -9,7 +9,7 @@ subscription id, so one subscription's attempts stay in order on one partition.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
@@ -40,12 +40,16 @@ class DeliveryAttempt:
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form of the record."""
-        out = asdict(self)
+        # flat fields only: a shallow copy, not `asdict`'s deep one (this runs per delivery)
+        out = {name: getattr(self, name) for name in _FIELDS}
         out["at"] = self.at.astimezone(UTC).isoformat()
         out["event_time"] = (
             self.event_time.astimezone(UTC).isoformat() if self.event_time is not None else None
         )
         return out
+
+
+_FIELDS: Final = tuple(f.name for f in fields(DeliveryAttempt))
 
 
 def encode_attempt(attempt: DeliveryAttempt) -> tuple[bytes, bytes]:

@@ -11,6 +11,7 @@ Several processes of a role share the work through Kafka consumer groups.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -121,6 +122,16 @@ async def running_bus(settings: Settings, role: Role = "all") -> AsyncIterator[B
         await stop(bus)
 
 
+def settle_garbage_collector() -> None:
+    """Keep full garbage collections short: everything built while starting (modules,
+    schemas, clients, the subscription set) lives as long as the process, so it is collected
+    once and frozen out of later collections. Unfrozen, each full collection walks it all:
+    34 ms measured on a worker, a stall every ~16 s at 500 events/s that was most of the
+    publish→webhook p99."""
+    gc.collect()
+    gc.freeze()
+
+
 async def run(settings: Settings, role: Role = "all") -> None:
     """Run until SIGTERM or SIGINT, then stop cleanly."""
     stopping = asyncio.Event()
@@ -128,6 +139,7 @@ async def run(settings: Settings, role: Role = "all") -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     async with running_bus(settings, role) as bus:
+        settle_garbage_collector()
         where = f" on {bus.url}" if bus.site is not None else ""
         print(f"gemeentebus running (role {role}){where}; Ctrl-C to stop", flush=True)
         await stopping.wait()

@@ -38,7 +38,7 @@ from streams.config import ENV, Settings
 from streams.schemas import registry
 from streams.topics import Topics, bus_topics, create_topics
 
-__all__ = ["WORKER_COUNTS", "rss_scenario", "scale_out_scenario"]
+__all__ = ["WORKER_COUNTS", "rss_scenario", "scale_out_scenario", "spawn", "stop"]
 
 WORKER_COUNTS: Final = (1, 2, 4)
 MIN_PARTITIONS: Final = 4
@@ -79,14 +79,17 @@ def _worker_env(settings: Settings) -> dict[str, str]:
     }
 
 
-async def _spawn(settings: Settings, count: int) -> list[asyncio.subprocess.Process]:
+async def spawn(
+    settings: Settings, count: int, role: str = "worker"
+) -> list[asyncio.subprocess.Process]:
+    """`count` processes of `gemeentebus run --role <role>` on `settings`' topics."""
     command = Path(sys.executable).with_name("gemeentebus")
     return [
         await asyncio.create_subprocess_exec(
             str(command),
             "run",
             "--role",
-            "worker",
+            role,
             env=_worker_env(settings),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
@@ -95,7 +98,8 @@ async def _spawn(settings: Settings, count: int) -> list[asyncio.subprocess.Proc
     ]
 
 
-async def _stop(processes: list[asyncio.subprocess.Process]) -> None:
+async def stop(processes: list[asyncio.subprocess.Process]) -> None:
+    """SIGTERM, wait (30 s at most), then SIGKILL."""
     for process in processes:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
@@ -133,7 +137,7 @@ async def _run_workers(
     bootstrap = settings.kafka.bootstrap_servers
     try:
         await create_topics(settings.kafka, specs)
-        processes = await _spawn(settings, count)
+        processes = await spawn(settings, count)
         pids = [p.pid for p in processes]
 
         def seen(out: int) -> None:
@@ -154,7 +158,7 @@ async def _run_workers(
             cpu = cpu_s(pids) - cpu_before
             peak = sum(_status_kb(pid, "VmHWM") for pid in pids) / 1024
         finally:
-            await _stop(processes)
+            await stop(processes)
     finally:
         await delete_topics(settings, [s.name for s in specs])
     assert clock.done is not None
