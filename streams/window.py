@@ -9,6 +9,7 @@ volgindicaties and fields to what was read.
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict, deque
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from datetime import UTC, date, datetime
@@ -85,33 +86,42 @@ async def merged(
     starts: Mapping[TopicPartition, int],
     ends: Mapping[TopicPartition, int],
 ) -> AsyncGenerator[ConsumerRecord[bytes, bytes], None]:
-    """The records of [start, end) of every partition: each in offset order, merged by timestamp."""
+    """The records of [start, end) of every partition: each in offset order, merged by timestamp.
+
+    A heap holds the head record of every partition that has one buffered; a partition whose
+    buffer runs dry is read again before the next record is chosen, so the choice always
+    sees the head of every unfinished partition.
+    """
     active = [tp for tp in starts if starts[tp] < ends[tp]]
     reader.assign(active)
     for tp in active:
         reader.seek(tp, starts[tp])
     buffers: dict[TopicPartition, deque[ConsumerRecord[bytes, bytes]]] = defaultdict(deque)
-    done: set[TopicPartition] = set()
-    while len(done) < len(active):
-        hungry = [tp for tp in active if tp not in done and not buffers[tp]]
+    heads: list[tuple[int, TopicPartition]] = []  # (timestamp of the head record, partition)
+
+    async def fill(hungry: list[TopicPartition]) -> None:
+        """Read until each of `hungry` has a record buffered or is read to its end."""
         while hungry:
             batches = await reader.getmany(*hungry, timeout_ms=200, max_records=2000)
             for tp, records in batches.items():
                 buffers[tp].extend(r for r in records if r.offset < ends[tp])
+            still = []
             for tp in hungry:
-                if not buffers[tp] and await reader.position(tp) >= ends[tp]:
-                    done.add(tp)
-            hungry = [tp for tp in hungry if tp not in done and not buffers[tp]]
-        heads = [
-            (buffers[tp][0].timestamp, tp.topic, tp.partition) for tp in buffers if buffers[tp]
-        ]
-        if not heads:
-            continue
-        _, topic, partition = min(heads)
-        tp = TopicPartition(topic, partition)
+                if buffers[tp]:
+                    heapq.heappush(heads, (buffers[tp][0].timestamp, tp))
+                elif await reader.position(tp) < ends[tp]:
+                    still.append(tp)
+            hungry = still
+
+    await fill(active)
+    while heads:
+        _, tp = heapq.heappop(heads)
         record = buffers[tp].popleft()
-        if record.offset + 1 >= ends[tp] and not buffers[tp]:
-            done.add(tp)
+        if record.offset + 1 < ends[tp]:
+            if buffers[tp]:
+                heapq.heappush(heads, (buffers[tp][0].timestamp, tp))
+            else:
+                await fill([tp])
         yield record
 
 
