@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from streams.codec import KafkaRecord
 from streams.config import Settings
+from streams.partitioner import KeyPartitioner
 
 __all__ = ["EventBatches", "make_app", "make_producer", "send_all"]
 
@@ -61,6 +62,7 @@ def make_producer(settings: Settings, name: str, **overrides: Any) -> AIOKafkaPr
         "acks": "all",
         "linger_ms": 0,
         "max_batch_size": 256 * 1024,
+        "partitioner": KeyPartitioner(),
         "request_timeout_ms": int(settings.kafka.request_timeout_s * 1000),
     }
     options.update(overrides)

@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,10 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     from streams import codec
     from streams.client import KafkaPublisher
     from streams.generators import EventFactory
+    from streams.validation import dutch_today
 
     if args.generate:
-        events = EventFactory(args.seed, today=date.today()).mixed(args.generate)
+        events = EventFactory(args.seed, today=dutch_today()).mixed(args.generate)
     else:
         raw = json.loads(Path(args.file).read_text()) if args.file else json.load(sys.stdin)
         events = [codec.from_json(obj) for obj in (raw if isinstance(raw, list) else [raw])]

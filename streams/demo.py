@@ -20,7 +20,6 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from streams.exceptions import InvalidEvent
 from streams.generators import EventFactory, invalid_corpus
 from streams.runner import Bus, running_bus
 from streams.topics import Topics
+from streams.validation import dutch_today
 
 __all__ = ["DemoReport", "run_demo"]
 
@@ -192,7 +192,7 @@ async def _subscribe(url: str, receivers: list[Receiver]) -> None:
 
 def _traffic(n: int, seed: int) -> list[tuple[bool, CloudEvent]]:
     """`n` events, about 5% of them invalid (every rule of the corpus in turn)."""
-    today = date.today()
+    today = dutch_today()
     valid = EventFactory(seed, today=today).mixed(n - n // 20)
     corpus = [event for _, event in invalid_corpus(seed, today=today)]
     traffic = [(True, e) for e in valid]

@@ -34,12 +34,27 @@ from streams.exceptions import FieldError
 from streams.models import MODELS
 from streams.schemas import registry
 
-__all__ = ["CLOCK_SKEW", "ERROR_CODES", "TIMEZONE", "Verdict", "examine", "validate"]
+__all__ = [
+    "CLOCK_SKEW",
+    "ERROR_CODES",
+    "TIMEZONE",
+    "Verdict",
+    "dutch_today",
+    "examine",
+    "validate",
+]
 
 # Dates in the BRP and ZGW are Dutch calendar days.
 TIMEZONE: Final = ZoneInfo("Europe/Amsterdam")
 # Sources' clocks may run this far ahead of ours before `time` counts as "in the future".
 CLOCK_SKEW: Final = timedelta(minutes=5)
+
+
+def dutch_today() -> date:
+    """Today's calendar day in the Netherlands: the day date rules are judged against (an
+    hour or two ahead of UTC's, which `date.today()` gives on a UTC machine)."""
+    return datetime.now(TIMEZONE).date()
+
 
 # Every code `validate` can return, with its message (fixed: never the offending value).
 ERROR_CODES: Final[Mapping[str, str]] = {

@@ -16,7 +16,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import Final
 
@@ -31,6 +30,7 @@ from streams.app import make_producer
 from streams.attributes import partition_key
 from streams.config import ENV, SecuritySettings, Settings
 from streams.generators import EventFactory
+from streams.validation import dutch_today
 
 __all__ = [
     "BENCH_PSEUDONYM_KEY",
@@ -65,7 +65,7 @@ def namespace(settings: Settings, bootstrap: str, role: str, token: str) -> Sett
 async def publish(settings: Settings, topics: Sequence[str], n: int) -> None:
     """`n` valid ingress records into each of `topics`, as a publisher writes them (binary
     mode, keyed by person), made in chunks so the bench's own data stays out of the RSS."""
-    factory = EventFactory(4, today=date.today())
+    factory = EventFactory(4, today=dutch_today())
     producer = make_producer(settings, "bench-publisher")
     await producer.start()
     try:

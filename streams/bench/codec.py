@@ -19,6 +19,7 @@ from streams.generators import EventFactory
 from streams.ingress import Gate
 from streams.schemas import registry
 from streams.topics import Topics
+from streams.validation import dutch_today
 
 __all__ = ["best_of", "codec_scenario"]
 
@@ -47,7 +48,7 @@ def _events_of(event_type: str, count: int, today: date) -> list[CloudEvent]:
 
 async def codec_scenario(ctx: BenchContext) -> list[Figure]:
     """Per event type: `Gate.accept` vs bare `schemaless_writer`, `from_kafka` vs bare reader."""
-    today = date.today()
+    today = dutch_today()
     gate = Gate(Topics("bench"), BENCH_PSEUDONYM_KEY.encode())
     figures = []
     for event_type in registry().types():

@@ -23,7 +23,6 @@ import time
 import uuid
 from base64 import b64encode
 from collections.abc import Awaitable, Callable
-from datetime import date
 from typing import Final
 
 from aiohttp import web
@@ -41,6 +40,7 @@ from streams.schemas import registry
 from streams.store import SubscriptionStore
 from streams.subscriptions import Subscription
 from streams.topics import Topics, TopicSpec, bus_topics, create_topics
+from streams.validation import dutch_today
 
 __all__ = ["delivery_scenario"]
 
@@ -103,7 +103,8 @@ async def _raw(settings: Settings, n: int, rate: float | None) -> tuple[list[flo
     topic = f"{settings.kafka.topic_prefix}.raw"
     await create_topics(settings.kafka, [TopicSpec(topic, settings.kafka.partitions)])
     records = [
-        codec.to_kafka(e, key=None) for e in EventFactory(5, today=date.today()).mixed(min(n, 2000))
+        codec.to_kafka(e, key=None)
+        for e in EventFactory(5, today=dutch_today()).mixed(min(n, 2000))
     ]
     sent: dict[bytes, float] = {}
     got: dict[bytes, float] = {}
@@ -155,7 +156,7 @@ async def _bus(
     """
     receiver = _Arrivals()
     await receiver.start()
-    factory = EventFactory(6, today=date.today())
+    factory = EventFactory(6, today=dutch_today())
     producer = make_producer(settings, "bench-publisher")
     store = SubscriptionStore(settings, name="bench-store")
     sent: dict[str, float] = {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from aiokafka import AIOKafkaConsumer
@@ -28,6 +28,7 @@ from streams.schemas import registry
 from streams.store import SubscriptionStore
 from streams.subscriptions import Subscription
 from streams.topics import Topics, bus_topics, create_topics
+from streams.validation import dutch_today
 
 __all__ = ["fill_events_topics", "replay_scenario"]
 
@@ -37,7 +38,7 @@ _UNLIMITED: Final = 1e9  # events/s: the rate limit never holds a replay back
 
 async def fill_events_topics(settings: Settings, n: int) -> None:
     """`n` mixed events into their events topics, as the validator writes them."""
-    today = date.today()
+    today = dutch_today()
     gate = Gate(Topics(settings.kafka.topic_prefix), settings.security.pseudonym_key_bytes())
     factory = EventFactory(11, today=today)
     producer = make_producer(settings, "bench-events")

@@ -29,6 +29,7 @@ from streams.router import Router
 from streams.store import SubscriptionStore
 from streams.subscriptions import Subscription
 from streams.topics import Topics
+from streams.validation import dutch_today
 
 __all__ = ["SET_SIZES", "router_scenario", "subscription_set"]
 
@@ -95,7 +96,7 @@ def _moves(n: int, today: date) -> list[CloudEvent]:
 async def router_scenario(ctx: BenchContext) -> list[Figure]:
     """Cost per routed event with 3 (baseline), 10, 100 and 1,000 subscriptions."""
     settings = namespace(ctx.settings, ctx.bootstrap or "localhost:9092", "router", "inproc")
-    today = date.today()
+    today = dutch_today()
     gate = Gate(Topics(settings.kafka.topic_prefix), settings.security.pseudonym_key_bytes())
     records = [gate.accept(e, today=today).record for e in _moves(ctx.size.route_events, today)]
     costs: dict[int, float] = {}

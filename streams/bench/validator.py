@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import date
 
 from aiokafka import AIOKafkaConsumer
 
@@ -20,6 +19,7 @@ from streams.generators import EventFactory
 from streams.ingress import Gate
 from streams.schemas import registry
 from streams.topics import Topics, TopicSpec, bus_topics, create_topics
+from streams.validation import dutch_today
 from streams.validator import BATCH_SIZE, Validator
 
 _GATE_SAMPLE = 5_000
@@ -73,7 +73,7 @@ def gate_seconds_per_record(settings: Settings, repeats: int) -> float:
     gate = Gate(Topics(settings.kafka.topic_prefix), settings.security.pseudonym_key_bytes())
     records = [
         codec.to_kafka(e, key=partition_key(e.type, e.data, b"bench"))
-        for e in EventFactory(4, today=date.today()).mixed(_GATE_SAMPLE)
+        for e in EventFactory(4, today=dutch_today()).mixed(_GATE_SAMPLE)
     ]
 
     def judge_all() -> None:

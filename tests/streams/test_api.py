@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterator
-from datetime import date
 from typing import Any
 from urllib.parse import quote
 
@@ -25,6 +24,7 @@ from streams.generators import BRP_SOURCE, EventFactory
 from streams.ingress import ERROR_HEADER
 from streams.store import SubscriptionStore
 from streams.topics import Topics
+from streams.validation import dutch_today
 
 pytestmark = pytest.mark.kafka
 
@@ -108,12 +108,12 @@ def headers_of(record: Any) -> dict[str, str]:
 
 def events(n: int, seed: int = 1) -> list[dict[str, Any]]:
     """`n` valid persoon-verhuisd events as structured-mode JSON."""
-    factory = EventFactory(seed, today=date.today())
+    factory = EventFactory(seed, today=dutch_today())
     return [codec.to_json(factory.verhuisd(soort="INTERGEMEENTELIJK")) for _ in range(n)]
 
 
 def zaak_event(seed: int = 2) -> dict[str, Any]:
-    return codec.to_json(EventFactory(seed, today=date.today()).zaak_gemuteerd())
+    return codec.to_json(EventFactory(seed, today=dutch_today()).zaak_gemuteerd())
 
 
 def counts(text: str, metric: str) -> dict[tuple[tuple[str, str], ...], float]:

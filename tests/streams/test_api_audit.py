@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from datetime import date
 
 import aiohttp
 import pytest
@@ -15,6 +14,7 @@ from streams.config import ClientConfig, Settings
 from streams.demo_receivers import Receiver
 from streams.generators import EventFactory
 from streams.runner import running_bus
+from streams.validation import dutch_today
 
 pytestmark = pytest.mark.kafka
 
@@ -46,7 +46,7 @@ async def test_who_received_data_about_this_person(settings: Settings) -> None:
         subscription={"protocol": "HTTP", "types": [VERHUISD]},
     )
     await receiver.start()
-    factory = EventFactory(3, today=date.today())
+    factory = EventFactory(3, today=dutch_today())
     events = [factory.verhuisd() for _ in range(5)]
     try:
         async with running_bus(settings) as bus, aiohttp.ClientSession() as http:
@@ -127,7 +127,7 @@ async def test_operator_lists_and_redrives_dead_letters(settings: Settings) -> N
         subscription={"protocol": "HTTP", "types": [VERHUISD]},
     )
     await receiver.start()
-    factory = EventFactory(4, today=date.today())
+    factory = EventFactory(4, today=dutch_today())
     events = [factory.verhuisd() for _ in range(6)]
     operator = {"Authorization": f"Bearer {OPERATOR}"}
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -25,6 +25,7 @@ from streams.router import delivery_record
 from streams.store import SubscriptionStore
 from streams.subscriptions import Subscription
 from streams.topics import Topics
+from streams.validation import dutch_today
 
 pytestmark = pytest.mark.kafka
 
@@ -61,7 +62,7 @@ async def api(
         )
     )  # fmt: skip
     gate, producer = Gate(bus_topics, KEY), make_producer(op_settings, "test-publisher")
-    accepted = [gate.accept(e) for e in EventFactory(9, today=date.today()).mixed(120)]
+    accepted = [gate.accept(e) for e in EventFactory(9, today=dutch_today()).mixed(120)]
     accepted = [a for a in accepted if a.event.type in sub.types]
     await producer.start()
     try:

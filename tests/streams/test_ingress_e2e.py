@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import json
 from collections import Counter, defaultdict
-from datetime import date
 
 import aiohttp
 import pytest
@@ -21,6 +20,7 @@ from streams.generators import EventFactory, invalid_corpus
 from streams.ingress import ERROR_HEADER
 from streams.runner import running_bus
 from streams.topics import Topics
+from streams.validation import dutch_today
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -96,7 +96,7 @@ async def test_ten_thousand_mixed_events_land_exactly(settings: Settings, read_t
             ),  # type: ignore[arg-type]
         }
     )
-    today = date.today()
+    today = dutch_today()
     valid = EventFactory(5, today=today).mixed(TOTAL - INVALID)
     corpus = [e for _, e in invalid_corpus(5, today=today)]
     invalid = [corpus[i % len(corpus)] for i in range(INVALID)]  # every rule, many times

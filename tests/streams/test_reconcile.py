@@ -7,7 +7,7 @@ import asyncio
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -24,11 +24,12 @@ from streams.router import delivery_record
 from streams.store import SubscriptionStore
 from streams.subscriptions import Subscription, projection
 from streams.topics import Topics
+from streams.validation import dutch_today
 
 pytestmark = pytest.mark.kafka
 
 KEY = b"test-pseudonym-key"
-TODAY = date.today()
+TODAY = dutch_today()
 DEADLINE_S = 60.0
 
 

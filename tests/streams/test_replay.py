@@ -7,7 +7,7 @@ import asyncio
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -23,11 +23,12 @@ from streams.replay import BeyondRetention, Replayer, ReplayRequest, ReplayStatu
 from streams.store import SubscriptionStore
 from streams.subscriptions import Subscription
 from streams.topics import Topics
+from streams.validation import dutch_today
 
 pytestmark = pytest.mark.kafka
 
 KEY = b"test-pseudonym-key"
-TODAY = date.today()
+TODAY = dutch_today()
 DEADLINE_S = 60.0
 FIELDS = ["soort", "nieuwAdres.gemeentecode", "datumOverlijden", "actie", "bronorganisatie"]
 

@@ -13,7 +13,7 @@ import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -36,12 +36,13 @@ from streams.router import CONTENT_TYPE, UNDECODABLE, Router
 from streams.store import SubscriptionStore
 from streams.subscriptions import Subscription
 from streams.topics import Topics
+from streams.validation import dutch_today
 from streams.validator import Validator
 
 pytestmark = pytest.mark.kafka
 
 KEY = b"test-pseudonym-key"  # the `settings` fixture's pseudonym key
-TODAY = date.today()
+TODAY = dutch_today()
 DEADLINE_S = 60.0
 
 AMSTERDAM_FIELDS = [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
-from datetime import date
 
 import pytest
 
@@ -17,11 +16,12 @@ from streams.exceptions import InvalidEvent
 from streams.generators import EventFactory, invalid_corpus
 from streams.ingress import DETAIL_HEADER, ERROR_HEADER
 from streams.topics import Topics
+from streams.validation import dutch_today
 from streams.validator import Validator
 
 pytestmark = pytest.mark.kafka
 
-TODAY = date.today()
+TODAY = dutch_today()
 
 
 def _header(record: object, name: str) -> str | None:

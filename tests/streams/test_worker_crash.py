@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 from collections import Counter, defaultdict
-from datetime import date
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -19,6 +18,7 @@ from streams.attributes import partition_key
 from streams.config import Settings
 from streams.generators import EventFactory
 from streams.topics import Topics
+from streams.validation import dutch_today
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -83,7 +83,7 @@ async def _collect(settings: Settings, topics: list[str], want: set[str], within
 
 
 async def test_sigkill_mid_stream_loses_no_event(settings: Settings, bus_topics: Topics) -> None:
-    events = EventFactory(11, today=date.today()).mixed(TOTAL)
+    events = EventFactory(11, today=dutch_today()).mixed(TOTAL)
     producer = make_producer(settings, "publisher")
     await producer.start()
     try:
