@@ -70,17 +70,21 @@ WHY: Final[dict[str, str]] = {
     "delivery: publish→webhook p99": "delivery p99: profiled per hop from record timestamps. "
     "Fixed on the way: a third Kafka hop (the routing topic), 50 ms batching windows, a "
     "subscription sync queued behind a 100 ms long poll, and 34 ms full garbage collections "
-    "every ~16 s (360 → ~60 ms at 500/s). What is left is CPU: at 500/s the worker and "
-    "delivery processes and the broker share 2 cores, and each hop waits its turn (worker "
-    "hop ~5 ms p50, webhook hop ~4 ms p50, stalls of tens of ms under load); raw is one hop "
-    "with no work.",
+    "every ~16 s (p99 360 → 45 ms at 500/s, full runs of 2026-11-23). What is left is CPU: "
+    "at 500/s the worker and delivery processes and the broker share 2 cores, and each "
+    "hop waits its turn (worker hop ~5 ms p50, webhook hop ~4 ms p50, stalls of tens of ms "
+    "under load); raw is one hop with no work.",
     "replay into": "replay: profiled (py-spy --gil, 20,000 events): 25% decoding each event "
     "(`from_kafka`), 13% matching and projection, 25% the structured-mode JSON of the "
     "delivery record, 17% `producer.send`. The raw read decodes nothing; ~150 µs of Python "
     "per event cannot reach half of a bare fetch (~10 µs).",
-    "rss: worker RSS after": "rss: the worker now reads a constant backlog; the RSS curve is "
-    "in the run's log line. Python objects stay flat (gc.get_objects over 200,000 events); "
-    "what grows is allocator and buffer memory, a few MB, settling as the run goes on.",
+    "rss: worker RSS after": "rss: not met, not yet explained. A worker process reading a "
+    "constant backlog grows steadily (full run: 118 → 149 MB from 100,000 to 1,000,000 "
+    "events, ~35 bytes per event). Ruled out by measurement: Python containers "
+    "(sys.getallocatedblocks and gc object counts stay flat over 300,000 events in process), "
+    "glibc arenas (MALLOC_ARENA_MAX=1 grows alike), gc.freeze (grows without it too), the "
+    "partitioner's key cache (full at 65,536 keys before the 10% point). Next: tracemalloc "
+    "snapshots inside the worker process.",
 }
 
 
