@@ -222,7 +222,7 @@ def _parser() -> argparse.ArgumentParser:
         "--role",
         choices=("all", "api", "worker", "delivery"),
         default="all",
-        help="all (default); api: the HTTP API; worker: validator and router; "
+        help="all (default); api: the HTTP API; worker: validate and route; "
         "delivery: the webhook dispatcher",
     )
     run.set_defaults(func=cmd_run)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,22 @@ from aiohttp import web
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-__all__ = ["Receiver"]
+__all__ = ["Receiver", "serve_hook"]
+
+
+async def serve_hook(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> tuple[web.AppRunner, str]:
+    """Serve `POST /hook` with `handler` on 127.0.0.1, on a free port: (runner, its URL).
+    `await runner.cleanup()` stops it."""
+    app = web.Application()
+    app.router.add_post("/hook", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}/hook"
 
 
 @dataclass
@@ -40,14 +56,7 @@ class Receiver:
     url: str = ""
 
     async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self._hook)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}/hook"
+        self._runner, self.url = await serve_hook(self._hook)
 
     async def stop(self) -> None:
         if self._runner is not None:

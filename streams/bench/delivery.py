@@ -35,6 +35,7 @@ from streams.bench.broker import delete_topics, namespace, partitions
 from streams.bench.core import BenchContext, Figure
 from streams.bench.workers import spawn, stop
 from streams.config import Settings
+from streams.demo_receivers import serve_hook
 from streams.generators import EventFactory
 from streams.schemas import registry
 from streams.store import SubscriptionStore
@@ -57,14 +58,7 @@ class _Arrivals:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self._hook)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}/hook"
+        self._runner, self.url = await serve_hook(self._hook)
 
     async def stop(self) -> None:
         if self._runner is not None:
