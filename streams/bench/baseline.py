@@ -18,11 +18,9 @@ import time
 import uuid
 from typing import Final
 
-from aiokafka import AIOKafkaConsumer
-
 from connectors.kafka_local import fetch_jars
 from streams.app import make_producer
-from streams.bench.broker import delete_topics, namespace, partitions
+from streams.bench.broker import delete_topics, namespace, raw_read_seconds
 from streams.bench.core import BenchContext, Figure
 from streams.config import Settings
 from streams.topics import TopicSpec, create_topics
@@ -82,23 +80,7 @@ async def _aiokafka_rates(settings: Settings, topic: str, n: int) -> tuple[float
         produced = n / (time.perf_counter() - started)
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    try:
-        consumer.assign(partitions([topic], settings.kafka.partitions))
-        await consumer.seek_to_beginning()
-        started, read = time.perf_counter(), 0
-        while read < n:
-            batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
-            read += sum(len(part) for part in batches.values())
-        consumed = n / (time.perf_counter() - started)
-    finally:
-        await consumer.stop()
+    consumed = n / await raw_read_seconds(settings, [topic], n)
     return produced, consumed
 
 

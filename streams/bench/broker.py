@@ -40,6 +40,7 @@ __all__ = [
     "namespace",
     "partitions",
     "publish",
+    "raw_read_seconds",
     "watch",
 ]
 
@@ -170,3 +171,25 @@ def jar_version(cache_dir: Path, progress: Callable[[str], None]) -> str | None:
     jars = fetch_jars(cache_dir, progress=progress)
     found = [re.fullmatch(r"kafka-clients-(.+)\.jar", p.name) for p in jars.iterdir()]
     return next((m.group(1) for m in found if m), None)
+
+
+async def raw_read_seconds(settings: Settings, topics: Sequence[str], n: int) -> float:
+    """Seconds one aiokafka consumer takes to read `n` records of `topics` from the start,
+    doing nothing with them: the raw read the bench compares against."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        consumer.assign(partitions(topics, settings.kafka.partitions))
+        await consumer.seek_to_beginning()
+        started, read = time.perf_counter(), 0
+        while read < n:
+            batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            read += sum(len(part) for part in batches.values())
+        return time.perf_counter() - started
+    finally:
+        await consumer.stop()

@@ -15,10 +15,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from aiokafka import AIOKafkaConsumer
-
 from streams.app import make_producer
-from streams.bench.broker import delete_topics, namespace, partitions
+from streams.bench.broker import delete_topics, namespace, raw_read_seconds
 from streams.bench.core import BenchContext, Figure
 from streams.config import Settings
 from streams.generators import EventFactory
@@ -56,29 +54,6 @@ async def fill_events_topics(settings: Settings, n: int) -> None:
         await producer.stop()
 
 
-async def _raw_read(settings: Settings, n: int) -> float:
-    """Seconds one aiokafka consumer takes to read `n` records of the events topics."""
-    topics = Topics(settings.kafka.topic_prefix)
-    names = [topics.events(t) for t in registry().types()]
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
-    try:
-        consumer.assign(partitions(names, settings.kafka.partitions))
-        await consumer.seek_to_beginning()
-        started, read = time.perf_counter(), 0
-        while read < n:
-            batches = await consumer.getmany(timeout_ms=200, max_records=10_000)
-            read += sum(len(part) for part in batches.values())
-        return time.perf_counter() - started
-    finally:
-        await consumer.stop()
-
-
 async def replay_scenario(ctx: BenchContext) -> list[Figure]:
     """Replay throughput into a KAFKA subscription vs a raw read of the same events."""
     assert ctx.bootstrap is not None
@@ -90,7 +65,9 @@ async def replay_scenario(ctx: BenchContext) -> list[Figure]:
         await create_topics(settings.kafka, specs)
         since = datetime.now(UTC) - timedelta(seconds=5)
         await fill_events_topics(settings, n)
-        raw_s = await _raw_read(settings, n)
+        topics = Topics(settings.kafka.topic_prefix)
+        events = [topics.events(t) for t in registry().types()]
+        raw_s = await raw_read_seconds(settings, events, n)
         await store.start()
         await store.ready()
         subscription = Subscription.model_validate(
