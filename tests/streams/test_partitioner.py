@@ -39,7 +39,8 @@ def test_the_partition_is_the_default_partitioners() -> None:
         key = rng.randbytes(rng.randrange(1, 40))
         parts = list(range(rng.choice((1, 3, 6, 12, 50))))
         assert ours(key, parts, parts) == theirs(key, parts, parts)
-        assert ours(key, parts, parts) == ours(key, parts, parts)  # cached: the same answer
+        assert ours(key, parts, parts) == ours(key, parts, parts)  # remembered: the same answer
+        assert ours(bytearray(key), parts, parts) == theirs(key, parts, parts)
 
 
 def test_an_unkeyed_record_goes_to_an_available_partition() -> None:
