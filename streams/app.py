@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -32,8 +34,12 @@ def make_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
 
     Safe defaults: no web server (Faust's `/table/` views are unauthenticated), no
     auto-created internal topics beyond Faust's own, start at the earliest offset for a new
-    group, commit often.
+    group, commit often. Faust's data directory (empty: tables live in memory) goes under the
+    system's temporary directory, not into whatever directory the process was started in.
     """
+    app_id = f"{settings.kafka.topic_prefix}.{name}"
+    datadir = Path(tempfile.gettempdir()) / "gemeentebus-faust"
+    datadir.mkdir(exist_ok=True)
     options: dict[str, Any] = {
         "broker": _kafka_url(settings.kafka.bootstrap_servers),
         "broker_client_id": f"{settings.kafka.client_id}-{name}",
@@ -48,9 +54,10 @@ def make_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
         "autodiscover": False,
         "store": "memory://",
         "table_cleanup_interval": 3600.0,
+        "datadir": datadir / f"{app_id}-data",
     }
     options.update(overrides)
-    return faust.App(f"{settings.kafka.topic_prefix}.{name}", **options)
+    return faust.App(app_id, **options)
 
 
 def make_producer(settings: Settings, name: str, **overrides: Any) -> AIOKafkaProducer:
