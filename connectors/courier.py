@@ -39,10 +39,11 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from connectors.webhook import SubscriberGone, WebhookFailed, WebhookSender
+from streams.app import make_consumer
 from streams.config import DeliverySettings, Settings
 from streams.deliverylog import Outcome
 from streams.dlq import EventRef, Headers, dead_letter_headers, event_ref, log_attempt
@@ -132,16 +133,13 @@ class Courier:
         self._producer = producer
         self._sender = WebhookSender(subscription, settings.delivery, connections=CONCURRENCY)
         self._old_senders: list[WebhookSender] = []
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka.bootstrap_servers,
-            client_id=f"{settings.kafka.client_id}-deliver-{subscription.id}",
-            group_id=f"{settings.kafka.topic_prefix}.deliver.{subscription.id}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        self._consumer = make_consumer(
+            settings,
+            f"deliver-{subscription.id}",
+            group=f"{settings.kafka.topic_prefix}.deliver.{subscription.id}",
             fetch_max_wait_ms=_POLL_MS,
             max_poll_records=500,
             metadata_max_age_ms=30_000,  # also notices partitions added later
-            request_timeout_ms=int(settings.kafka.request_timeout_s * 1000),
         )
         self._requests = asyncio.Semaphore(CONCURRENCY)
         self._lanes: dict[tuple[int, bytes | None], deque[_Record]] = {}

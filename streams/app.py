@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.codec import KafkaRecord
 from streams.config import Settings
 from streams.partitioner import KeyPartitioner
 
-__all__ = ["EventBatches", "make_app", "make_producer", "send_all"]
+__all__ = ["EventBatches", "make_app", "make_consumer", "make_producer", "send_all"]
 
 
 def _kafka_url(bootstrap: str) -> list[str]:
@@ -74,6 +74,24 @@ def make_producer(settings: Settings, name: str, **overrides: Any) -> AIOKafkaPr
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)
+
+
+def make_consumer(
+    settings: Settings, name: str, *, group: str | None = None, **overrides: Any
+) -> AIOKafkaConsumer:
+    """A consumer that commits only by hand, starts a new group (or a group-less reader) at
+    the earliest offset and long-polls at most 100 ms; call `start()` on it."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka.bootstrap_servers,
+        "client_id": f"{settings.kafka.client_id}-{name}",
+        "group_id": group,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "fetch_max_wait_ms": 100,
+        "request_timeout_ms": int(settings.kafka.request_timeout_s * 1000),
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(**options)
 
 
 async def send_all(producer: AIOKafkaProducer, outputs: Iterable[tuple[str, KafkaRecord]]) -> None:

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer
-
 from streams import attributes, rules
+from streams.app import make_consumer
 from streams.config import Settings
 from streams.deliverylog import DeliveryAttempt, decode_attempt
 from streams.topics import Topics
@@ -49,12 +48,7 @@ async def _scan(
     settings: Settings, keep: Callable[[bytes | None, DeliveryAttempt], bool]
 ) -> list[DeliveryAttempt]:
     topic = Topics(settings.kafka.topic_prefix).deliveries
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        enable_auto_commit=False,
-        group_id=None,
-        auto_offset_reset="earliest",
-    )
+    consumer = make_consumer(settings, "audit")
     await consumer.start()
     found: list[DeliveryAttempt] = []
     try:

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from streams.app import make_producer
+from streams.app import make_consumer, make_producer
 from streams.attributes import PERSON_TYPES
 from streams.config import Settings
 from streams.deliverylog import DeliveryAttempt, Outcome, encode_attempt
@@ -169,15 +169,7 @@ class DeadLetter:
 
 
 def _consumer(settings: Settings, group: str | None) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        client_id=f"{settings.kafka.client_id}-dlq",
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=100,
-        request_timeout_ms=int(settings.kafka.request_timeout_s * 1000),
-    )
+    return make_consumer(settings, "dlq", group=group)
 
 
 def _redrive_group(settings: Settings, subscription_id: str) -> str:

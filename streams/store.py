@@ -20,12 +20,12 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
-from streams.app import make_producer
+from streams.app import make_consumer, make_producer
 from streams.config import Settings
 from streams.exceptions import KafkaUnavailable
 from streams.matching import SubscriptionIndex
@@ -58,24 +58,10 @@ class SubscriptionStore:
         self._name = name
         self._all: dict[str, Subscription] = {}  # retired ones too (the index has active only)
         self._producer: AIOKafkaProducer = make_producer(settings, f"{name}-writer", linger_ms=0)
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka.bootstrap_servers,
-            client_id=f"{settings.kafka.client_id}-{name}-reader",
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=100,
-            request_timeout_ms=int(settings.kafka.request_timeout_s * 1000),
-        )
+        self._consumer = make_consumer(settings, f"{name}-reader")
         # End offsets are asked on a connection of their own: on the reader's, Kafka would
         # answer them only after its pending long-poll fetch (up to fetch_max_wait_ms).
-        self._offsets = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka.bootstrap_servers,
-            client_id=f"{settings.kafka.client_id}-{name}-offsets",
-            group_id=None,
-            enable_auto_commit=False,
-            request_timeout_ms=int(settings.kafka.request_timeout_s * 1000),
-        )
+        self._offsets = make_consumer(settings, f"{name}-offsets")
         self._partitions: list[TopicPartition] = []
         self._applied: dict[TopicPartition, int] = {}  # next offset to apply, per partition
         self._moved = asyncio.Condition()

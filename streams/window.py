@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from streams import attributes, codec
+from streams.app import make_consumer
 from streams.config import Settings
 from streams.envelope import CloudEvent
 from streams.exceptions import InvalidEvent
@@ -30,15 +31,7 @@ __all__ = ["Matcher", "consumer", "merged", "offsets_at", "oldest_kept", "partit
 
 def consumer(settings: Settings) -> AIOKafkaConsumer:
     """A group-less reader for explicit partitions and offsets."""
-    return AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        client_id=f"{settings.kafka.client_id}-replay-reader",
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=100,
-        request_timeout_ms=int(settings.kafka.request_timeout_s * 1000),
-    )
+    return make_consumer(settings, "replay-reader")
 
 
 async def partitions(reader: AIOKafkaConsumer, topics: Iterable[str]) -> list[TopicPartition]:
