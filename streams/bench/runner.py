@@ -70,10 +70,14 @@ WHY: Final[dict[str, str]] = {
     "delivery: publish→webhook p99": "delivery p99: profiled per hop from record timestamps. "
     "Fixed on the way: a third Kafka hop (the routing topic), 50 ms batching windows, a "
     "subscription sync queued behind a 100 ms long poll, and 34 ms full garbage collections "
-    "every ~16 s (p99 360 → 45 ms at 500/s, full runs of 2026-11-23). What is left is CPU: "
-    "at 500/s the worker and delivery processes and the broker share 2 cores, and each "
-    "hop waits its turn (worker hop ~5 ms p50, webhook hop ~4 ms p50, stalls of tens of ms "
-    "under load); raw is one hop with no work.",
+    "every ~16 s (p99 360 → 45 ms at 500/s, full runs of 2026-11-23). What is left is CPU, "
+    "and it varies: six 60 s runs of the same code gave p99 45 to 286 ms (p50 14 to 38 ms). "
+    "The slowest 1% cluster in a few seconds of a run, both hops at once. In those seconds "
+    "the broker answers the worker's produce and fetch requests within 52 ms, the publishing "
+    "process's loop never stalls, and the worker's and delivery process's event loops spend "
+    "50-110 ms iterations in select, not in Python code: waiting, not working. Likeliest, "
+    "they wait for a core, shared on 2 cores with the publisher, the receiver and the "
+    "broker (unconfirmed: that needs scheduler traces). Raw is one hop with no work.",
     "replay into": "replay: profiled (py-spy --gil, 20,000 events): 25% decoding each event "
     "(`from_kafka`), 13% matching and projection, 25% the structured-mode JSON of the "
     "delivery record, 17% `producer.send`. The raw read decodes nothing; ~150 µs of Python "
