@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from typing import Any
 
 import aiohttp
 import pytest
@@ -24,6 +25,17 @@ OPERATOR, SUBSCRIBER = "operator-token", "subscriber-token"
 def _client(name: str, token: str, **grants: object) -> ClientConfig:
     digest = hashlib.sha256(token.encode()).hexdigest()
     return ClientConfig.model_validate({"id": name, "token_sha256": digest, **grants})
+
+
+async def _subscribe(http: aiohttp.ClientSession, url: str, receiver: Receiver) -> dict[str, Any]:
+    """Subscribe `receiver` as the subscriber client; it verifies with the returned secret."""
+    body = {**receiver.subscription, "sink": receiver.url}
+    headers = {"Authorization": f"Bearer {SUBSCRIBER}"}
+    async with http.post(f"{url}/subscriptions", json=body, headers=headers) as r:
+        created: dict[str, Any] = await r.json()
+        assert r.status == 201, created
+    receiver.secret = created["signingSecret"]
+    return created
 
 
 async def test_who_received_data_about_this_person(settings: Settings) -> None:
@@ -50,15 +62,7 @@ async def test_who_received_data_about_this_person(settings: Settings) -> None:
     events = [factory.verhuisd() for _ in range(5)]
     try:
         async with running_bus(settings) as bus, aiohttp.ClientSession() as http:
-            body = {**receiver.subscription, "sink": receiver.url}
-            async with http.post(
-                f"{bus.url}/subscriptions",
-                json=body,
-                headers={"Authorization": f"Bearer {SUBSCRIBER}"},
-            ) as r:
-                created = await r.json()
-                assert r.status == 201, created
-            receiver.secret = created["signingSecret"]
+            created = await _subscribe(http, bus.url, receiver)
             async with KafkaPublisher(
                 settings.kafka.bootstrap_servers, topic_prefix=settings.kafka.topic_prefix
             ) as publisher:
@@ -132,14 +136,7 @@ async def test_operator_lists_and_redrives_dead_letters(settings: Settings) -> N
     operator = {"Authorization": f"Bearer {OPERATOR}"}
     try:
         async with running_bus(settings) as bus, aiohttp.ClientSession() as http:
-            body = {**receiver.subscription, "sink": receiver.url}
-            async with http.post(
-                f"{bus.url}/subscriptions",
-                json=body,
-                headers={"Authorization": f"Bearer {SUBSCRIBER}"},
-            ) as r:
-                created = await r.json()
-            receiver.secret = created["signingSecret"]
+            created = await _subscribe(http, bus.url, receiver)
             async with KafkaPublisher(
                 settings.kafka.bootstrap_servers, topic_prefix=settings.kafka.topic_prefix
             ) as publisher:
