@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import tempfile
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -38,8 +39,8 @@ def make_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
     system's temporary directory, not into whatever directory the process was started in.
     """
     app_id = f"{settings.kafka.topic_prefix}.{name}"
-    datadir = Path(tempfile.gettempdir()) / "gemeentebus-faust"
-    datadir.mkdir(exist_ok=True)
+    datadir = Path(tempfile.gettempdir()) / f"gemeentebus-faust-{os.getuid()}"  # one per user
+    datadir.mkdir(mode=0o700, exist_ok=True)
     options: dict[str, Any] = {
         "broker": _kafka_url(settings.kafka.bootstrap_servers),
         "broker_client_id": f"{settings.kafka.client_id}-{name}",
