@@ -25,7 +25,7 @@ from streams.attributes import (
     subject_for,
 )
 from streams.envelope import CloudEvent
-from streams.validation import TIMEZONE
+from streams.validation import TIMEZONE, dutch_today
 
 __all__ = ["BRP_SOURCE", "EventFactory", "invalid_corpus"]
 
@@ -111,7 +111,7 @@ class EventFactory:
 
     def __init__(self, seed: int = 0, *, today: date | None = None) -> None:
         self.rng = random.Random(seed)  # noqa: S311 - test data, reproducible by design
-        self.today = today if today is not None else datetime.now(TIMEZONE).date()
+        self.today = today if today is not None else dutch_today()
         self._end = datetime.combine(self.today, time(), TIMEZONE).astimezone(UTC)
         self._clock = self._end - timedelta(days=30)
         self._codes = gemeenten.current_codes()

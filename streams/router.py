@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import date, datetime
+from datetime import date
 from typing import Final
 
 from streams import attributes, codec
@@ -34,7 +34,7 @@ from streams.ingress import Gate
 from streams.store import SubscriptionStore
 from streams.subscriptions import Subscription, projection
 from streams.topics import Topics
-from streams.validation import TIMEZONE
+from streams.validation import dutch_today
 
 __all__ = ["CONTENT_TYPE", "UNDECODABLE", "Output", "Router", "delivery_record"]
 
@@ -93,7 +93,7 @@ class Router:
         """The delivery records of an accepted `event` (whose events-topic record is
         `record`); an unexpected failure dead-letters the record instead of raising."""
         try:
-            return self._fan_out(event, record.key, today or datetime.now(TIMEZONE).date())
+            return self._fan_out(event, record.key, today or dutch_today())
         except Exception as exc:  # noqa: BLE001 - the agent must never lose a record to a bug
             # the type only: an exception's message could quote event data
             log.error(

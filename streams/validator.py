@@ -25,7 +25,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -42,7 +41,7 @@ from streams.ingress import Accepted, Gate, Rejected
 from streams.router import Output, Router
 from streams.store import SubscriptionStore
 from streams.topics import Topics
-from streams.validation import TIMEZONE
+from streams.validation import dutch_today
 
 __all__ = ["BATCH_SIZE", "Validator", "outcome_for", "outputs_for", "produce"]
 
@@ -76,7 +75,7 @@ def _record(message: Any) -> KafkaRecord:
 def outputs_for(router: Router, outcomes: Iterable[Accepted | Rejected]) -> list[Output]:
     """Every record the outcomes produce, in send order: each accepted event's own record,
     then its delivery records; each rejected input's dead letter."""
-    today = datetime.now(TIMEZONE).date()
+    today = dutch_today()
     outputs: list[Output] = []
     for outcome in outcomes:
         outputs.append((outcome.topic, outcome.record))

@@ -24,7 +24,7 @@ from streams.envelope import CloudEvent
 from streams.exceptions import InvalidEvent
 from streams.matching import SubscriptionIndex
 from streams.subscriptions import Subscription, projection
-from streams.validation import TIMEZONE
+from streams.validation import dutch_today
 
 __all__ = ["Matcher", "consumer", "merged", "offsets_at", "oldest_kept", "partitions"]
 
@@ -124,7 +124,7 @@ class Matcher:
     def __init__(self, subscription: Subscription, key: bytes) -> None:
         self.subscription, self._key = subscription, key
         self._index = SubscriptionIndex([subscription])
-        self._today: date = datetime.now(TIMEZONE).date()
+        self._today: date = dutch_today()
 
     def match(self, record: ConsumerRecord[bytes, bytes]) -> CloudEvent | None:
         """The event, projected, if the subscription receives it (undecodable: None)."""
