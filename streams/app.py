@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from streams.codec import KafkaRecord
 from streams.config import Settings
 from streams.partitioner import KeyPartitioner
+from streams.retry import spoils_producer
 
-__all__ = ["EventBatches", "make_app", "make_consumer", "make_producer", "send_all"]
+__all__ = ["EventBatches", "Producer", "make_app", "make_consumer", "make_producer", "send_all"]
+
+log = logging.getLogger(__name__)
 
 
 def _kafka_url(bootstrap: str) -> list[str]:
@@ -61,7 +65,7 @@ def make_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
     return faust.App(app_id, **options)
 
 
-def make_producer(settings: Settings, name: str, **overrides: Any) -> AIOKafkaProducer:
+def make_producer(settings: Settings, name: str, **overrides: Any) -> Producer:
     """An idempotent producer (`acks=all`, ordered per partition); call `start()` on it."""
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka.bootstrap_servers,
@@ -74,7 +78,110 @@ def make_producer(settings: Settings, name: str, **overrides: Any) -> AIOKafkaPr
         "request_timeout_ms": int(settings.kafka.request_timeout_s * 1000),
     }
     options.update(overrides)
-    return AIOKafkaProducer(**options)
+    return Producer(options)
+
+
+class Producer:
+    """An idempotent aiokafka producer that replaces its client once the client is spoiled.
+
+    A batch that expired while the broker was away used up its sequence numbers, and from
+    then on the client fails every send (`OutOfOrderSequenceNumber`, for good). The first
+    send after any spoiling error (`streams.retry.spoils_producer`) therefore stops the old
+    client and starts a new one (a new producer id, sequences from zero). The records that
+    failed are the caller's to send again: their futures raised, so they were never acked.
+    `replaced` counts the replacements (a gauge of trouble, not of progress).
+    """
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self._options = options
+        self._client = AIOKafkaProducer(**options)
+        self._started = False
+        self._spoiled: BaseException | None = None
+        self._replacing: asyncio.Lock | None = None
+        self.replaced = 0
+
+    @property
+    def client(self) -> Any:
+        """aiokafka's client of the current producer (cluster metadata, readiness)."""
+        return self._client.client
+
+    @property
+    def spoiled(self) -> BaseException | None:
+        """The error that spoiled the current client, until it is replaced."""
+        return self._spoiled
+
+    async def start(self) -> None:
+        await self._client.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        self._started = False
+        await self._client.stop()
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        partitions: set[int] = await self._client.partitions_for(topic)
+        return partitions
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        headers: Sequence[tuple[str, bytes | None]] | None = None,
+        partition: int | None = None,
+    ) -> asyncio.Future[Any]:
+        """Queue one record; returns a future of its metadata (raises when not confirmed)."""
+        if self._spoiled is not None:
+            await self._replace()
+        future: asyncio.Future[Any] = await self._client.send(
+            topic,
+            value,
+            key=key,
+            headers=None if headers is None else list(headers),
+            partition=partition,
+        )
+        client = self._client
+        future.add_done_callback(lambda done: self._check(client, done))
+        return future
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        headers: Sequence[tuple[str, bytes | None]] | None = None,
+        partition: int | None = None,
+    ) -> Any:
+        """Send one record and return its metadata once the broker has it."""
+        future = await self.send(topic, value, key, headers=headers, partition=partition)
+        return await future
+
+    def _check(self, client: AIOKafkaProducer, done: asyncio.Future[Any]) -> None:
+        if done.cancelled() or client is not self._client:
+            return
+        error = done.exception()
+        if error is not None and spoils_producer(error) and self._spoiled is None:
+            self._spoiled = error
+            log.warning(
+                "producer %s is spoiled (%s): replacing it",
+                self._options.get("client_id"),
+                type(error).__name__,
+            )
+
+    async def _replace(self) -> None:
+        if self._replacing is None:
+            self._replacing = asyncio.Lock()
+        async with self._replacing:
+            if self._spoiled is None:
+                return  # another sender replaced it meanwhile
+            old, self._client = self._client, AIOKafkaProducer(**self._options)
+            self._spoiled = None
+            with contextlib.suppress(Exception):  # the old client is broken: close what closes
+                await asyncio.wait_for(old.stop(), timeout=5.0)
+            await self._client.start()
+            self.replaced += 1
 
 
 def make_consumer(
@@ -95,7 +202,7 @@ def make_consumer(
     return AIOKafkaConsumer(**options)
 
 
-async def send_all(producer: AIOKafkaProducer, outputs: Iterable[tuple[str, KafkaRecord]]) -> None:
+async def send_all(producer: Producer, outputs: Iterable[tuple[str, KafkaRecord]]) -> None:
     """Send every (topic, record) in order; return once the broker has all of them.
 
     With `acks=all` and idempotence, records to one partition land in the order sent.

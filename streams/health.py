@@ -1,0 +1,123 @@
+"""Readiness that tells the truth: does each role of this process make progress?
+
+A role (`api`, `worker`, `delivery`) is made of *parts*: the worker's stream, one courier per
+subscription, a producer. Each part reports what it sees:
+- `advanced()` when it finished work (records acked, deliveries committed);
+- `waiting(n)` how much input is available to it (lag), 0 when it is caught up;
+- `broken(reason)` / `mended()` when it cannot work at all (a producer that fails every
+  send, a reader that died), with a reason that holds no personal data.
+
+A part is not ready when it is broken, or when input has been waiting longer than
+`stall_after_s` without progress. A role is ready when it has started and all its parts
+are ready. `/ready` answers per role, with the reasons.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+__all__ = ["Health", "Progress", "RoleState"]
+
+
+class Progress:
+    """What one part of a role reports about its own progress."""
+
+    def __init__(self, name: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self._clock = clock
+        self.last_progress = clock()
+        self.lag = 0
+        self._waiting_since: float | None = None
+        self.broken_reason: str | None = None
+
+    def advanced(self) -> None:
+        """Work was finished just now."""
+        now = self._clock()
+        self.last_progress = now
+        if self._waiting_since is not None:
+            self._waiting_since = now
+
+    def waiting(self, lag: int) -> None:
+        """`lag` records of input are available and not yet finished."""
+        self.lag = max(0, lag)
+        if self.lag == 0:
+            self._waiting_since = None
+        elif self._waiting_since is None:
+            self._waiting_since = self._clock()
+
+    def broken(self, reason: str) -> None:
+        """The part cannot work at all (why, without personal data)."""
+        self.broken_reason = reason
+
+    def mended(self) -> None:
+        self.broken_reason = None
+
+    def since_progress(self) -> float:
+        """Seconds since the last progress."""
+        return self._clock() - self.last_progress
+
+    def problem(self, stall_after_s: float) -> str | None:
+        """Why this part is not ready, or None."""
+        if self.broken_reason is not None:
+            return f"{self.name}: {self.broken_reason}"
+        if self._waiting_since is not None:
+            stalled = self._clock() - max(self._waiting_since, self.last_progress)
+            if stalled > stall_after_s:
+                return (
+                    f"{self.name}: no progress for {stalled:.0f}s with {self.lag} records waiting"
+                )
+        return None
+
+
+@dataclass
+class RoleState:
+    """One role's readiness as `/ready` answers it."""
+
+    role: str
+    started: bool = False
+    parts: dict[str, Progress] = field(default_factory=dict)
+
+    def problems(self, stall_after_s: float) -> list[str]:
+        if not self.started:
+            return [f"{self.role}: starting"]
+        found = (p.problem(stall_after_s) for p in self.parts.values())
+        return [problem for problem in found if problem is not None]
+
+
+class Health:
+    """The readiness of every role this process runs."""
+
+    def __init__(
+        self, *, stall_after_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.stall_after_s = stall_after_s
+        self._clock = clock
+        self._roles: dict[str, RoleState] = {}
+
+    def role(self, role: str) -> RoleState:
+        """The state of `role`, created (not started) on first use."""
+        return self._roles.setdefault(role, RoleState(role))
+
+    def part(self, role: str, name: str) -> Progress:
+        """The progress of one part of `role`, created on first use."""
+        state = self.role(role)
+        if name not in state.parts:
+            state.parts[name] = Progress(name, clock=self._clock)
+        return state.parts[name]
+
+    def drop(self, role: str, name: str) -> None:
+        """Forget a part that no longer exists (a stopped courier)."""
+        self.role(role).parts.pop(name, None)
+
+    def started(self, role: str) -> None:
+        self.role(role).started = True
+
+    def __iter__(self) -> Iterator[RoleState]:
+        return iter(list(self._roles.values()))
+
+    def ready(self) -> tuple[bool, dict[str, list[str]]]:
+        """Whether every role is ready, and per role the reasons it is not."""
+        problems = {state.role: state.problems(self.stall_after_s) for state in self}
+        return all(not p for p in problems.values()), problems
