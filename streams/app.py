@@ -118,6 +118,10 @@ class Producer:
         self._started = False
         await self._client.stop()
 
+    async def flush(self) -> None:
+        """Wait until every record queued so far was sent (confirmed or failed)."""
+        await self._client.flush()
+
     async def partitions_for(self, topic: str) -> set[int]:
         partitions: set[int] = await self._client.partitions_for(topic)
         return partitions
