@@ -25,13 +25,12 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
 
 from aiohttp import hdrs, web
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from multidict import CIMultiDict
 
 from connectors import zgw
 from streams import codec, metrics
-from streams.app import send_all
+from streams.app import Producer, send_all
 from streams.attributes import ZAAK_GEMUTEERD
 from streams.auth import Authenticator, AuthError, Client, Forbidden
 from streams.config import Settings
@@ -141,10 +140,8 @@ def _reply(status: int, code: str, message: str, errors: list[dict[str, Any]]) -
     return web.json_response(body, status=status, headers=headers)
 
 
-async def _producer_ready(producer: AIOKafkaProducer) -> bool:
-    # aiokafka has no public "running" state: started (sender task alive) and not stopped.
-    sender = getattr(getattr(producer, "_sender", None), "sender_task", None)
-    if getattr(producer, "_closed", True) or sender is None or sender.done():
+async def _producer_ready(producer: Producer) -> bool:
+    if not producer.running:
         return False
     try:
         async with asyncio.timeout(_HEALTH_TIMEOUT_S):
@@ -162,7 +159,7 @@ class _Api:
     def __init__(
         self,
         settings: Settings,
-        producer: AIOKafkaProducer,
+        producer: Producer,
         timeout_s: float,
         auth: Authenticator,
         store: SubscriptionStore,
@@ -434,7 +431,7 @@ def answering(handler: _Handler) -> _Handler:
 def make_api(
     settings: Settings,
     *,
-    producer: AIOKafkaProducer,
+    producer: Producer,
     produce_timeout_s: float | None = None,
     store: SubscriptionStore,
     environ: Mapping[str, str] | None = None,

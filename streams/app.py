@@ -110,6 +110,12 @@ class Producer:
         """The error that spoiled the current client, until it is replaced."""
         return self._spoiled
 
+    @property
+    def running(self) -> bool:
+        """Started, not stopped, and its sender task alive (aiokafka has no public state)."""
+        sender = getattr(getattr(self._client, "_sender", None), "sender_task", None)
+        return self._started and sender is not None and not sender.done()
+
     async def start(self) -> None:
         await self._client.start()
         self._started = True

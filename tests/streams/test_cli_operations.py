@@ -52,6 +52,11 @@ async def test_publish_replay_reconcile_dlq(settings: Settings, read_topic) -> N
     await validator.start()
     try:
         await store.ready()
+        # every event is routed before the subscription exists: it is to receive them by replay
+        async with asyncio.timeout(60):
+            while validator.processed < 60:  # noqa: ASYNC110 - polled by design
+                await asyncio.sleep(0.1)
+        topics = Topics(settings.kafka.topic_prefix)
         sub = await store.put(
             Subscription.model_validate(
                 {
@@ -64,10 +69,6 @@ async def test_publish_replay_reconcile_dlq(settings: Settings, read_topic) -> N
                 }
             )
         )
-        topics = Topics(settings.kafka.topic_prefix)
-        async with asyncio.timeout(60):
-            while validator.processed < 60:  # noqa: ASYNC110 - polled by design
-                await asyncio.sleep(0.1)
     finally:
         await validator.stop()
         await store.stop()
