@@ -20,6 +20,7 @@ from streams.config import Settings
 from streams.generators import EventFactory
 from streams.ingress import Accepted, Gate
 from streams.replay import BeyondRetention, Replayer, ReplayRequest, ReplayStatus
+from streams.replay_log import supersedes
 from streams.store import SubscriptionStore
 from streams.subscriptions import Subscription
 from streams.topics import Topics
@@ -271,3 +272,24 @@ async def test_a_move_and_a_death_in_one_millisecond_come_back_in_acceptance_ord
     await finished(replayer, await replayer.submit(sub.id, request, actor="beheer"))
     records = await read_topic(bus_topics.deliver(sub.id), count=2)
     assert [e["id"] for e in replayed(records)] == [e.id for e in events]
+
+
+def test_one_owner_at_a_time_a_claim_counts_only_after_the_lease() -> None:
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    lease = timedelta(seconds=30)
+
+    def written(owner: str, when: datetime, state: str = "running") -> ReplayStatus:
+        return ReplayStatus.model_validate(
+            {"id": "r", "subscription": "s", "request": {}, "requested_by": "beheer",
+             "requested_at": at, "state": state, "owner": owner, "saved_at": when,
+             "lease_until": when + lease if state == "running" else None}
+        )  # fmt: skip
+
+    a = written("a", at)
+    assert supersedes(None, a) and supersedes(a, written("a", at + timedelta(seconds=10)))
+    assert not supersedes(a, written("b", at + timedelta(seconds=29)))  # still a's lease
+    b = written("b", at + timedelta(seconds=31))
+    assert supersedes(a, b)  # a's lease ran out: b's claim counts
+    assert not supersedes(b, written("a", at + timedelta(seconds=32)))  # a woke up too late
+    done = written("b", at + timedelta(seconds=40), state="done")
+    assert supersedes(b, done) and not supersedes(done, written("b", at + timedelta(days=1)))
