@@ -317,13 +317,15 @@ class Replayer:
             except KafkaError as exc:  # retried next round; unrenewed, the lease passes on
                 log.warning("renewing replay leases failed (%s); trying again", type(exc).__name__)
 
-    async def _renew(self) -> None:
+    async def _renew(self, only: ReplayStatus | None = None) -> None:
+        """Write each unfinished replay's last status again with a fresh lease (`only`: that
+        one, raising `_Lost` if it is no longer this process's)."""
         sent = []
         async with self._writing:
             now = datetime.now(UTC)
             for replay_id, saved in list(self._saved.items()):
                 mine = self._mine.get(replay_id)
-                if mine is None or not mine.unfinished:
+                if mine is None or not mine.unfinished or only not in (None, mine):
                     continue
                 renewed = saved.model_copy(
                     update={"saved_at": now, "lease_until": now + self.lease}
@@ -331,9 +333,15 @@ class Replayer:
                 self._saved[replay_id] = renewed
                 mine.saved_at, mine.lease_until = renewed.saved_at, renewed.lease_until
                 sent.append((mine, await self._log.send(renewed)))
+        if only is not None and not sent:
+            raise _Lost(only.id)
         for mine, future in sent:
-            with contextlib.suppress(_Lost):  # the worker sees it and stops
+            try:
                 await self._confirm(mine, await future)
+            except _Lost:
+                if only is not None:
+                    raise
+                # otherwise the worker sees it and stops
 
     async def _adopt(self) -> None:
         now = datetime.now(UTC)
@@ -464,6 +472,8 @@ class Replayer:
             async for record in merged(reader, starts, ends):
                 if self._mine.get(status.id) is not status:
                     raise _Lost(status.id)
+                if status.lease_until is None or datetime.now(UTC) >= status.lease_until:
+                    await self._renew(only=status)  # never write past its lease unconfirmed
                 status.scanned += 1
                 event = matcher.match(record) if not ids or _id_of(record) in ids else None
                 if event is not None:
