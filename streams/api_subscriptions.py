@@ -248,7 +248,9 @@ class _Subscriptions:
             if owner is not None:
                 check_purpose(self.auth, owner, body.get("types"))
             record = existing.record_dict()
-            kept = ("id", "owner", "purpose", "created", "volgindicaties", "signingSecret")
+            kept = ("id", "owner", "purpose", "created", "signingSecret")
+            # volgindicaties left out: they are records of their own, which a put never
+            # removes, so a replace cannot undo a volgindicatie set meanwhile elsewhere
             server = {name: record[name] for name in kept if name in record}
             subscription = self._validate(_unmasked(body, existing), server)
             await self._callback_check(subscription)
@@ -270,22 +272,21 @@ class _Subscriptions:
 
     async def follow(self, request: web.Request) -> web.Response:
         client = self._caller(request)
-        async with self.locks[request.match_info["id"]]:
-            existing = self._own(request, client)
-            key = self._pseudonym(request)
-            einddatum = await self._einddatum(request)
-            if key not in existing.volgindicaties or existing.volgindicaties[key] != einddatum:
-                await self._write(self.store.put(existing.with_volgindicatie(key, einddatum)))
+        existing = self._own(request, client)
+        key = self._pseudonym(request)
+        einddatum = await self._einddatum(request)
+        # one record per volgindicatie: no read-modify-write, so no lock and no lost update
+        if key not in existing.volgindicaties or existing.volgindicaties[key] != einddatum:
+            await self._write(self.store.follow(existing.id, key, einddatum))
         log.info("client %s set a volgindicatie on %s", client.id, existing.id)
         return web.Response(status=204)
 
     async def unfollow(self, request: web.Request) -> web.Response:
         client = self._caller(request)
-        async with self.locks[request.match_info["id"]]:
-            existing = self._own(request, client)
-            key = self._pseudonym(request)
-            if key in existing.volgindicaties:
-                await self._write(self.store.put(existing.without_volgindicatie(key)))
+        existing = self._own(request, client)
+        key = self._pseudonym(request)
+        if key in existing.volgindicaties:
+            await self._write(self.store.unfollow(existing.id, key))
         log.info("client %s removed a volgindicatie from %s", client.id, existing.id)
         return web.Response(status=204)
 

@@ -29,6 +29,7 @@ __all__ = [
     "KafkaSettings",
     "LocalKafkaSettings",
     "PublishGrant",
+    "ReplaySettings",
     "SecuritySettings",
     "Settings",
     "SubscribeGrant",
@@ -129,6 +130,16 @@ class DeliverySettings(BaseModel):
     max_backoff_s: float = Field(default=600.0, gt=0)
 
 
+class ReplaySettings(BaseModel):
+    """Replays: their pace, checkpoints, and the lease an API process holds on one it runs."""
+
+    model_config = _FROZEN
+
+    rate: float = Field(default=2000.0, gt=0)  # events written per second
+    checkpoint_every: int = Field(default=1000, ge=1)  # records scanned between checkpoints
+    lease_s: float = Field(default=30.0, gt=0)  # unrenewed this long: another process resumes
+
+
 class PublishGrant(BaseModel):
     """What a publisher may publish: type patterns (`nl.brp.*`) and sources (`*` for any)."""
 
@@ -182,6 +193,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = SecuritySettings()
     http: HttpSettings = HttpSettings()
     delivery: DeliverySettings = DeliverySettings()
+    replay: ReplaySettings = ReplaySettings()
     clients: tuple[ClientConfig, ...] = ()
 
     @field_validator("clients")

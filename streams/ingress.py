@@ -8,6 +8,7 @@ byte-for-byte record for `gemeentebus.invalid`. Pure: no Kafka client here.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -20,9 +21,13 @@ from streams.exceptions import FieldError, InvalidEvent
 from streams.topics import Topics
 from streams.validation import Verdict, examine
 
-__all__ = ["DETAIL_HEADER", "ERROR_HEADER", "Accepted", "Gate", "Rejected"]
+__all__ = ["DETAIL_HEADER", "ERROR_HEADER", "ORDER_HEADER", "Accepted", "Gate", "Rejected"]
 
 ERROR_HEADER: Final = "gemeentebus_error"
+# The acceptance order of an events-topic record: nanoseconds since the epoch when this
+# process accepted it, strictly increasing per process (ASCII digits, no personal data).
+# Replays merge the events topics by record time and break a millisecond's ties with it.
+ORDER_HEADER: Final = "gemeentebus_order"
 DETAIL_HEADER: Final = "gemeentebus_error_detail"
 _DETAIL_LIMIT: Final = 4000
 
@@ -74,6 +79,7 @@ class Gate:
             raise ValueError("the pseudonym key is empty")
         self._topics = topics
         self._key = attributes.PseudonymKey(pseudonym_key)
+        self._last_order = 0
 
     def admit(
         self, event: CloudEvent, *, today: date | None = None, now: datetime | None = None
@@ -132,6 +138,11 @@ class Gate:
         elif value is None:
             value = write_data(verdict.exact, admitted.data)  # exact: passes the Avro check
         record = codec.to_kafka(admitted, key=key, value=value)
+        self._last_order = max(time.time_ns(), self._last_order + 1)
+        order = (ORDER_HEADER, str(self._last_order).encode())
+        record = codec.KafkaRecord(
+            key=record.key, headers=(*record.headers, order), value=record.value
+        )
         return Accepted(
             event=admitted,
             topic=self._topics.events(admitted.type),

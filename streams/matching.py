@@ -99,6 +99,20 @@ class SubscriptionIndex:
                 by_value = bucket.pinned.setdefault(name, {})
                 by_value.setdefault(value, {})[subscription.id] = subscription
 
+    def follow(self, subscription_id: str, pseudonym: str, *, following: bool) -> None:
+        """Record that an indexed subscription now follows a person (or no longer does),
+        its `volgindicaties` already changed in place; unknown ids are ignored."""
+        subscription = self._subscriptions.get(subscription_id)
+        if subscription is None:
+            return
+        if following:
+            self._followers.setdefault(pseudonym, {})[subscription_id] = subscription
+            return
+        followers = self._followers.get(pseudonym, {})
+        followers.pop(subscription_id, None)
+        if not followers:
+            self._followers.pop(pseudonym, None)
+
     def remove(self, subscription_id: str) -> None:
         """Forget a subscription; unknown ids are ignored."""
         subscription = self._subscriptions.pop(subscription_id, None)

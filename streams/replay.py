@@ -7,18 +7,31 @@ The `Replayer` resolves the window to offsets once, then reads each partition in
 what the subscription's *current* filters and volgindicaties match, strips it to the current
 `fields`, marks it with the extension attribute `replay` (the replay id) and appends it to
 `gemeentebus.deliver.<id>` with the source record's key, through one idempotent producer.
-Partitions of several types are merged by record timestamp, so one person's move and death
-come back in the order the bus accepted them.
+Partitions of several types are merged by record timestamp, ties within one millisecond
+broken by the gate's acceptance order, so one person's move and death come back in the order
+the bus accepted them.
 
 How replayed events meet live ones: both are appended to the same deliver topic, so per key
 they interleave in append order; a subscriber may see an event again, marked `replay`, and
-dedupes on source+id. One replay per subscription runs at a time, others queue (FIFO).
+dedupes on source+id. In one process one replay per subscription runs at a time, others
+queue (FIFO).
 
 Progress (scanned, matched, written, the next offset per partition) goes to the compacted
 `gemeentebus.replays` topic every `checkpoint_every` records, after the records written so
-far are confirmed (acks=all). A replay killed half way resumes from its last checkpoint:
-nothing is lost, and per key the first occurrences keep their order (duplicates are allowed).
-Every request is recorded in `gemeentebus.audit`.
+far are confirmed (acks=all). Every request is recorded in `gemeentebus.audit`.
+
+Resuming after a crash, with several API processes: the process that accepts a replay owns
+it and holds a lease on it (`replay.lease_s`, default 30 s) that it renews three times a
+lease, in the replays topic (`streams.replay_log` has the rule every process applies in
+topic order, so all agree on the owner). Every API process follows that topic; one that sees
+an unfinished replay whose lease ran out (its owner was killed, or paused that long) claims
+it, and the first claim in the topic wins; the winner resumes it from its last checkpoint:
+nothing is lost, and per key the first occurrences keep their order (duplicates allowed). A
+clean stop gives its leases up, so another process takes over at once. Why a lease and not
+one elected runner: any API process can take a request, nothing but Kafka is shared, and
+a lease needs no group coordination; its cost is that a replay waits up to one lease
+after a crash, and that an owner paused past its lease writes duplicates until it reads
+the claim that replaced it (at most one renewal interval).
 """
 
 from __future__ import annotations
@@ -27,13 +40,16 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -41,6 +57,7 @@ from streams import codec
 from streams.app import make_producer
 from streams.config import Settings
 from streams.exceptions import GemeentebusError
+from streams.replay_log import ReplayLog, ReplayStatus
 from streams.router import delivery_record
 from streams.store import SubscriptionStore
 from streams.subscriptions import Subscription
@@ -66,10 +83,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_RATE: Final = 2000.0  # events written per second
-CHECKPOINT_EVERY: Final = 1000  # records scanned between checkpoints
-State = Literal["queued", "running", "done", "failed"]
 
 
 class ReplayError(GemeentebusError):
@@ -113,41 +126,6 @@ class ReplayRequest(BaseModel):
         return self
 
 
-class ReplayStatus(BaseModel):
-    """One replay as persisted in the replays topic (and answered over HTTP)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    id: str
-    subscription: str
-    request: dict[str, Any]
-    requested_by: str
-    requested_at: datetime
-    state: State = "queued"
-    error: str | None = None
-    scanned: int = 0
-    matched: int = 0
-    written: int = 0
-    total: int = 0  # records in the window (the scan's length)
-    starts: dict[str, int] = Field(default_factory=dict)  # "topic:partition" -> first offset
-    ends: dict[str, int] = Field(default_factory=dict)  # "topic:partition" -> end (exclusive)
-    positions: dict[str, int] = Field(default_factory=dict)  # next offset to read
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-
-    def eta_s(self) -> float | None:
-        """Seconds left at the rate so far; None before there is a rate."""
-        if self.state != "running" or self.started_at is None or self.scanned == 0:
-            return None if self.state != "done" else 0.0
-        elapsed = (datetime.now(UTC) - self.started_at).total_seconds()
-        return max(self.total - self.scanned, 0) * elapsed / self.scanned
-
-    def public_dict(self) -> dict[str, Any]:
-        out = self.model_dump(mode="json", exclude={"starts", "ends"})
-        out["etaSeconds"] = self.eta_s()
-        return out
-
-
 # -- names of topic-partitions, and the audit trail -------------------------------------------
 
 
@@ -182,11 +160,18 @@ class _Pace:
             await asyncio.sleep(ahead)
 
 
-class Replayer:
-    """Runs replays, one at a time per subscription; `start()` before use, `stop()` after.
+class _Lost(Exception):
+    """This process no longer owns the replay it was running (another took it over)."""
 
-    `store` must be started. Status lives in this process and in the replays topic, which
-    `start()` reads, so a new Replayer answers for replays an earlier one ran.
+
+class Replayer:
+    """Runs replays, one at a time per subscription in this process; `start()` before use,
+    `stop()` after.
+
+    `store` must be started. The replays topic is followed while the Replayer runs, so
+    `status` answers for replays any process runs. With `adopt` (the API's), an unfinished
+    replay whose owner's lease ran out is taken over and resumed from its last checkpoint;
+    `stop()` gives up the leases this process holds, so another takes over at once.
     """
 
     def __init__(
@@ -194,52 +179,74 @@ class Replayer:
         settings: Settings,
         store: SubscriptionStore,
         *,
-        rate: float = DEFAULT_RATE,
-        checkpoint_every: int = CHECKPOINT_EVERY,
+        rate: float | None = None,
+        checkpoint_every: int | None = None,
+        lease_s: float | None = None,
+        adopt: bool = True,
     ) -> None:
         self.settings, self.store = settings, store
         self.topics = Topics(settings.kafka.topic_prefix)
-        self.rate, self.checkpoint_every = rate, checkpoint_every
+        self.rate = rate or settings.replay.rate
+        self.checkpoint_every = checkpoint_every or settings.replay.checkpoint_every
+        self.lease = timedelta(seconds=lease_s or settings.replay.lease_s)
+        self.adopt = adopt
+        # which process runs a replay, for operators: no personal data in it
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._key = settings.security.pseudonym_key_bytes()
         self._producer = make_producer(settings, "replayer")
-        self._statuses: dict[str, ReplayStatus] = {}
+        self._log = ReplayLog(settings, self._producer)
+        self._log.lost.append(self._taken_over)
+        self._mine: dict[str, ReplayStatus] = {}  # what this process runs or ran (live)
+        self._saved: dict[str, ReplayStatus] = {}  # the last status written of each unfinished
+        self._writing = asyncio.Lock()  # one status write queued at a time: they keep order
         self._queues: dict[str, asyncio.Queue[str]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
-        self._changed = asyncio.Condition()
+        self._keeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Create the replays and audit topics if missing, connect, and read past replays."""
+        """Create the replays and audit topics if missing, connect, read the replays topic
+        (and follow it), and take over the unfinished replays nobody holds a lease on."""
         wanted = {self.topics.replays, self.topics.audit}
         specs = [s for s in bus_topics(self.settings.kafka, ()) if s.name in wanted]
         await create_topics(self.settings.kafka, specs)
         await self._producer.start()
-        reader = consumer(self.settings)
-        await reader.start()
         try:
-            tps = await partitions(reader, [self.topics.replays])
-            ends = await reader.end_offsets(tps)
-            async for record in merged(reader, dict(await reader.beginning_offsets(tps)), ends):
-                if record.value is None:
-                    self._statuses.pop(bytes(record.key or b"").decode(), None)
-                else:
-                    status = ReplayStatus.model_validate_json(record.value)
-                    self._statuses[status.id] = status
-        finally:
-            await reader.stop()
+            await self._log.start()
+            if self.adopt:
+                await self._adopt()
+        except BaseException:
+            await self._producer.stop()
+            raise
+        self._keeper = asyncio.create_task(self._keep(), name="replays-leases")
 
     async def stop(self) -> None:
-        """Stop the running replays where they are (they resume from their checkpoint)."""
+        """Stop the running replays where they are and give up their leases (another process
+        resumes them from their checkpoint)."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+            self._keeper = None
         for task in self._workers.values():
             task.cancel()
         for task in self._workers.values():
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._workers.clear()
+        try:
+            async with asyncio.timeout(self.settings.kafka.request_timeout_s):
+                await self._release()
+        except (KafkaError, TimeoutError) as exc:
+            log.warning(
+                "giving up replay leases failed (%s): others resume them once they run out",
+                type(exc).__name__,
+            )
+        await self._log.stop()
         await self._producer.stop()
 
     def status(self, replay_id: str) -> ReplayStatus | None:
-        """A replay's progress as this process knows it."""
-        return self._statuses.get(replay_id)
+        """A replay's progress: live if this process runs it, else as last written."""
+        return self._mine.get(replay_id) or self._log.statuses.get(replay_id)
 
     async def submit(
         self, subscription_id: str, request: ReplayRequest, *, actor: str
@@ -259,6 +266,7 @@ class Replayer:
             starts={tp_name(tp): offset for tp, offset in starts.items()},
             ends={tp_name(tp): offset for tp, offset in ends.items()},
         )
+        self._mine[status.id] = status
         await self._save(status)
         await audit(
             self._producer, self.topics, "replay", actor,
@@ -268,27 +276,119 @@ class Replayer:
         return status
 
     def resume(self, replay_id: str) -> ReplayStatus:
-        """Queue an unfinished replay again (after a crash or `stop`), from its checkpoint."""
-        status = self._statuses.get(replay_id)
+        """Queue an unfinished replay here, from its checkpoint (a Replayer that does not
+        `adopt`); it runs only if no other process holds a lease on it."""
+        mine = self._mine.get(replay_id)
+        if mine is not None and mine.unfinished:
+            return mine
+        status = self._log.statuses.get(replay_id)
         if status is None:
             raise ReplayError(f"no replay {replay_id}")
-        if status.state not in ("queued", "running"):
+        if not status.unfinished:
             raise ReplayError(f"replay {replay_id} is {status.state}")
-        self._enqueue(status)
-        return status
-
-    def resume_unfinished(self) -> list[ReplayStatus]:
-        """Queue every unfinished replay again, oldest request first (one process only)."""
-        pending = [s for s in self._statuses.values() if s.state in ("queued", "running")]
-        return [self.resume(s.id) for s in sorted(pending, key=lambda s: s.requested_at)]
+        taken = status.model_copy(deep=True)
+        self._mine[replay_id] = taken
+        self._enqueue(taken)
+        return taken
 
     async def wait(self, replay_id: str) -> ReplayStatus:
         """Return once a replay is done or failed (bound it with `asyncio.timeout`)."""
-        async with self._changed:
-            await self._changed.wait_for(
-                lambda: self._statuses[replay_id].state not in ("queued", "running")
-            )
-        return self._statuses[replay_id]
+
+        def over() -> bool:
+            status = self.status(replay_id)
+            if status is None:
+                raise ReplayError(f"no replay {replay_id}")
+            return not status.unfinished
+
+        async with self._log.changed:
+            await self._log.changed.wait_for(over)
+        return self.status(replay_id)  # type: ignore[return-value]
+
+    # -- leases -----------------------------------------------------------------------------
+
+    async def _keep(self) -> None:
+        """Renew this process's leases and take over expired ones, three times a lease."""
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            try:
+                await self._renew()
+                if self.adopt:
+                    await self._adopt()
+            except KafkaError as exc:  # retried next round; unrenewed, the lease passes on
+                log.warning("renewing replay leases failed (%s); trying again", type(exc).__name__)
+
+    async def _renew(self, only: ReplayStatus | None = None) -> None:
+        """Write each unfinished replay's last status again with a fresh lease (`only`: that
+        one, raising `_Lost` if it is no longer this process's)."""
+        sent = []
+        async with self._writing:
+            now = datetime.now(UTC)
+            for replay_id, saved in list(self._saved.items()):
+                mine = self._mine.get(replay_id)
+                if mine is None or not mine.unfinished or only not in (None, mine):
+                    continue
+                renewed = saved.model_copy(
+                    update={"saved_at": now, "lease_until": now + self.lease}
+                )
+                self._saved[replay_id] = renewed
+                mine.saved_at, mine.lease_until = renewed.saved_at, renewed.lease_until
+                sent.append((mine, await self._log.send(renewed)))
+        if only is not None and not sent:
+            raise _Lost(only.id)
+        for mine, future in sent:
+            try:
+                await self._confirm(mine, await future)
+            except _Lost:
+                if only is not None:
+                    raise
+                # otherwise the worker sees it and stops
+
+    async def _adopt(self) -> None:
+        now = datetime.now(UTC)
+        orphans = [
+            s for s in self._log.statuses.values()
+            if s.unfinished and s.id not in self._mine and s.expired(now)
+        ]  # fmt: skip
+        for orphan in sorted(orphans, key=lambda s: s.requested_at):
+            claim = orphan.model_copy(deep=True)
+            self._mine[claim.id] = claim
+            try:
+                await self._confirm(claim, await self._save(claim))
+            except _Lost:
+                continue  # another process was first
+            log.info(
+                "resuming replay %s of %s (owner %s gone): %d of %d records scanned",
+                claim.id, claim.subscription, orphan.owner, claim.scanned, claim.total,
+            )  # fmt: skip
+            self._enqueue(claim)
+
+    async def _release(self) -> None:
+        now, sent = datetime.now(UTC), []
+        async with self._writing:
+            for replay_id, saved in list(self._saved.items()):
+                mine = self._mine.pop(replay_id, None)
+                if mine is not None and mine.unfinished:
+                    released = saved.model_copy(update={"saved_at": now, "lease_until": now})
+                    sent.append(await self._log.send(released))
+            self._saved.clear()
+        await asyncio.gather(*sent)
+
+    def _taken_over(self, replay_id: str, status: ReplayStatus) -> None:
+        mine = self._mine.get(replay_id)
+        if mine is not None and mine.unfinished and status.owner != self.owner:
+            log.warning("replay %s was taken over by %s", replay_id, status.owner)
+            del self._mine[replay_id]
+            self._saved.pop(replay_id, None)
+
+    async def _confirm(self, status: ReplayStatus, offsets: dict[TopicPartition, int]) -> None:
+        """`_Lost` unless this process's status write took effect (it owns the replay)."""
+        await self._log.applied(offsets)
+        current = self._log.statuses.get(status.id)
+        if current is None or current.owner != self.owner:
+            if self._mine.get(status.id) is status:
+                del self._mine[status.id]
+                self._saved.pop(status.id, None)
+            raise _Lost(status.id)
 
     # -- the work ---------------------------------------------------------------------------
 
@@ -339,18 +439,21 @@ class Replayer:
     async def _work(self, queue: asyncio.Queue[str]) -> None:
         while not queue.empty():
             replay_id = queue.get_nowait()
-            status = self._statuses[replay_id]
+            status = self._mine.get(replay_id)
+            if status is None or not status.unfinished:
+                continue  # taken over by another process while it waited
             try:
                 await self._run(status)
             except asyncio.CancelledError:
                 raise
+            except _Lost:
+                log.warning("stopped replay %s: another process runs it now", replay_id)
             except Exception as exc:  # a failed replay is a state, not a crash
                 log.exception("replay %s failed", replay_id)
-                failed = status.model_copy(update={"state": "failed", "error": str(exc)})
-                failed.finished_at = datetime.now(UTC)
+                status.state, status.error = "failed", str(exc)
+                status.finished_at = datetime.now(UTC)
                 with contextlib.suppress(Exception):
-                    await self._save(failed)
-                self._statuses[replay_id] = failed
+                    await self._save(status)
 
     async def _run(self, status: ReplayStatus) -> None:
         subscription = self.store.get(status.subscription)
@@ -358,7 +461,7 @@ class Replayer:
             raise ReplayError(f"subscription {status.subscription} is gone or retired")
         matcher, ids = Matcher(subscription, self._key), set(status.request.get("ids") or ())
         status.state, status.started_at = "running", status.started_at or datetime.now(UTC)
-        await self._save(status)
+        await self._confirm(status, await self._save(status))
         starts = {_tp(n): status.positions.get(n, o) for n, o in status.starts.items()}
         ends = {_tp(n): o for n, o in status.ends.items()}
         target, pace = self.topics.deliver(subscription.id), _Pace(self.rate)
@@ -367,6 +470,10 @@ class Replayer:
         await reader.start()
         try:
             async for record in merged(reader, starts, ends):
+                if self._mine.get(status.id) is not status:
+                    raise _Lost(status.id)
+                if status.lease_until is None or datetime.now(UTC) >= status.lease_until:
+                    await self._renew(only=status)  # never write past its lease unconfirmed
                 status.scanned += 1
                 event = matcher.match(record) if not ids or _id_of(record) in ids else None
                 if event is not None:
@@ -393,12 +500,23 @@ class Replayer:
         pending.clear()
         await self._save(status)
 
-    async def _save(self, status: ReplayStatus) -> None:
-        value = status.model_dump_json().encode()
-        await (await self._producer.send(self.topics.replays, value, key=status.id.encode()))
-        async with self._changed:
-            self._statuses[status.id] = status
-            self._changed.notify_all()
+    async def _save(self, status: ReplayStatus) -> dict[TopicPartition, int]:
+        """Write a status of a replay this process runs, with a fresh lease while unfinished;
+        returns once the broker has it (the offsets to `_confirm` with)."""
+        async with self._writing:
+            now = datetime.now(UTC)
+            status.owner, status.saved_at = self.owner, now
+            status.lease_until = now + self.lease if status.unfinished else None
+            snapshot = status.model_copy(deep=True)
+            if status.unfinished:
+                self._saved[status.id] = snapshot
+            else:
+                self._saved.pop(status.id, None)
+            sent = await self._log.send(snapshot)
+        offsets = await sent
+        async with self._log.changed:
+            self._log.changed.notify_all()
+        return offsets
 
 
 def _id_of(record: ConsumerRecord[bytes, bytes]) -> str | None:
@@ -429,7 +547,7 @@ async def run_replay_cli(
     )  # fmt: skip
     store = SubscriptionStore(settings, name="replay-cli-store")
     await store.start()
-    replayer = Replayer(settings, store)
+    replayer = Replayer(settings, store, adopt=False)  # a command runs its own replay only
     try:
         await store.ready()
         await replayer.start()

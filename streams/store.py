@@ -1,7 +1,9 @@
 """The durable subscription set: the compacted topic `gemeentebus.subscriptions`, read by all.
 
 One record per subscription (key = id, value = JSON of `Subscription.record_dict()`), a
-tombstone deletes. `put` and `delete` write with the idempotent producer and wait for the
+tombstone deletes; each volgindicatie is a record of its own (`streams.subscription_records`),
+so concurrent changes to one subscription's volgindicaties lose none.
+`put`, `delete`, `follow` and `unfollow` write with the idempotent producer and wait for the
 broker; every process runs a reader (a plain consumer without a group, from the beginning,
 then following) that keeps its `SubscriptionIndex` up to date.
 
@@ -16,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
+from datetime import date
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -29,6 +31,7 @@ from streams.app import make_consumer, make_producer
 from streams.config import Settings
 from streams.exceptions import KafkaUnavailable
 from streams.matching import SubscriptionIndex
+from streams.subscription_records import Records
 from streams.subscriptions import Subscription
 from streams.topics import Topics, bus_topics, create_topics, subscription_topics
 
@@ -56,7 +59,8 @@ class SubscriptionStore:
         self.index = SubscriptionIndex()
         self.changes: list[Change] = []
         self._name = name
-        self._all: dict[str, Subscription] = {}  # retired ones too (the index has active only)
+        self._records = Records()
+        self._all = self._records.subscriptions  # retired ones too (the index has active only)
         self._producer: AIOKafkaProducer = make_producer(settings, f"{name}-writer", linger_ms=0)
         self._consumer = make_consumer(settings, f"{name}-reader")
         # End offsets are asked on a connection of their own: on the reader's, Kafka would
@@ -153,8 +157,7 @@ class SubscriptionStore:
             await create_topics(
                 self.settings.kafka, subscription_topics(self.settings.kafka, subscription.id)
             )
-        value = json.dumps(subscription.record_dict(), separators=(",", ":")).encode()
-        await self._write(subscription.id, value)
+        await self._write(self._records.put(subscription))
         return subscription
 
     async def delete(self, subscription_id: str) -> None:
@@ -162,15 +165,26 @@ class SubscriptionStore:
 
         Its topics stay: a Kafka subscriber may still be reading what was delivered.
         """
-        await self._write(subscription_id, None)
+        await self._write(self._records.delete(subscription_id))
 
-    async def _write(self, subscription_id: str, value: bytes | None) -> None:
-        future = await self._producer.send(
-            self.topics.subscriptions, value, key=subscription_id.encode()
-        )
-        meta = await future
-        tp = TopicPartition(meta.topic, meta.partition)
-        await self._wait_applied({tp: meta.offset + 1})
+    async def follow(self, subscription_id: str, pseudonym: str, einddatum: date | None) -> None:
+        """Follow one person (one record of its own); returns once it is visible here."""
+        await self._write([self._records.follow(subscription_id, pseudonym, einddatum)])
+
+    async def unfollow(self, subscription_id: str, pseudonym: str) -> None:
+        """Stop following one person; returns once it is visible here."""
+        await self._write(self._records.unfollow(subscription_id, pseudonym))
+
+    async def _write(self, records: list[tuple[bytes, bytes | None]]) -> None:
+        futures = [
+            await self._producer.send(self.topics.subscriptions, value, key=key)
+            for key, value in records
+        ]
+        targets: dict[TopicPartition, int] = {}
+        for meta in await asyncio.gather(*futures):
+            tp = TopicPartition(meta.topic, meta.partition)
+            targets[tp] = max(targets.get(tp, 0), meta.offset + 1)
+        await self._wait_applied(targets)
 
     # -- the reader ---------------------------------------------------------------------
 
@@ -227,23 +241,21 @@ class SubscriptionStore:
     def _apply(self, record: ConsumerRecord[bytes, bytes]) -> None:
         where = f"partition {record.partition} offset {record.offset}"
         try:
-            subscription_id = bytes(record.key or b"").decode("utf-8")
-            subscription = None
-            if record.value is not None:
-                subscription = Subscription.model_validate(json.loads(record.value))
-                if subscription.id != subscription_id:
-                    raise ValueError("the key is not the subscription's id")
+            applied = self._records.apply(record.key, record.value)
         except (UnicodeDecodeError, ValueError, ValidationError) as exc:
             # no content in the log: a record may hold a token or a pseudonym
             log.error(
                 "skipped an undecodable subscription record at %s (%s)", where, type(exc).__name__
             )
             return
-        if subscription is None:
-            self._all.pop(subscription_id, None)
+        subscription_id, subscription = applied.subscription_id, applied.subscription
+        if applied.pseudonym is not None:
+            if subscription is None:
+                return  # a volgindicatie of a subscription not (yet) read
+            self.index.follow(subscription_id, applied.pseudonym, following=applied.following)
+        elif subscription is None:
             self.index.remove(subscription_id)
         else:
-            self._all[subscription_id] = subscription
             self.index.upsert(subscription)
         for callback in self.changes:
             try:

@@ -3,8 +3,11 @@
 Replays and reconciliation both read the events topics the same way: a group-less `consumer`
 for explicit partitions, `partitions` of the topics that exist, `offsets_at` a time,
 `oldest_kept` (where retention has trimmed), and `merged`, the records of a window of every
-partition merged by record timestamp. A `Matcher` applies a subscription's *current* filters,
-volgindicaties and fields to what was read.
+partition merged by record timestamp; within one millisecond by the acceptance order the
+gate wrote (`gemeentebus_order`), so one person's move and death accepted in the same
+millisecond come back in the order the bus accepted them, not by topic name.
+A `Matcher` applies a subscription's *current* filters, volgindicaties and fields to what
+was read.
 """
 
 from __future__ import annotations
@@ -22,11 +25,20 @@ from streams.app import make_consumer
 from streams.config import Settings
 from streams.envelope import CloudEvent
 from streams.exceptions import InvalidEvent
+from streams.ingress import ORDER_HEADER
 from streams.matching import SubscriptionIndex
 from streams.subscriptions import Subscription, projection
 from streams.validation import dutch_today
 
-__all__ = ["Matcher", "consumer", "merged", "offsets_at", "oldest_kept", "partitions"]
+__all__ = [
+    "Matcher",
+    "accepted_order",
+    "consumer",
+    "merged",
+    "offsets_at",
+    "oldest_kept",
+    "partitions",
+]
 
 
 def consumer(settings: Settings) -> AIOKafkaConsumer:
@@ -79,7 +91,9 @@ async def merged(
     starts: Mapping[TopicPartition, int],
     ends: Mapping[TopicPartition, int],
 ) -> AsyncGenerator[ConsumerRecord[bytes, bytes], None]:
-    """The records of [start, end) of every partition: each in offset order, merged by timestamp.
+    """The records of [start, end) of every partition: each in offset order, merged by
+    (timestamp, acceptance order, partition); a record without the order header (written
+    before it existed, or by another writer) sorts first within its millisecond.
 
     A heap holds the head record of every partition that has one buffered; a partition whose
     buffer runs dry is read again before the next record is chosen, so the choice always
@@ -90,7 +104,7 @@ async def merged(
     for tp in active:
         reader.seek(tp, starts[tp])
     buffers: dict[TopicPartition, deque[ConsumerRecord[bytes, bytes]]] = defaultdict(deque)
-    heads: list[tuple[int, TopicPartition]] = []  # (timestamp of the head record, partition)
+    heads: list[tuple[int, int, TopicPartition]] = []  # (timestamp, order, partition) of heads
 
     async def fill(hungry: list[TopicPartition]) -> None:
         """Read until each of `hungry` has a record buffered or is read to its end."""
@@ -101,21 +115,36 @@ async def merged(
             still = []
             for tp in hungry:
                 if buffers[tp]:
-                    heapq.heappush(heads, (buffers[tp][0].timestamp, tp))
+                    heapq.heappush(heads, _head(buffers[tp][0], tp))
                 elif await reader.position(tp) < ends[tp]:
                     still.append(tp)
             hungry = still
 
     await fill(active)
     while heads:
-        _, tp = heapq.heappop(heads)
+        *_, tp = heapq.heappop(heads)
         record = buffers[tp].popleft()
         if record.offset + 1 < ends[tp]:
             if buffers[tp]:
-                heapq.heappush(heads, (buffers[tp][0].timestamp, tp))
+                heapq.heappush(heads, _head(buffers[tp][0], tp))
             else:
                 await fill([tp])
         yield record
+
+
+def _head(
+    record: ConsumerRecord[bytes, bytes], tp: TopicPartition
+) -> tuple[int, int, TopicPartition]:
+    return record.timestamp, accepted_order(record), tp
+
+
+def accepted_order(record: ConsumerRecord[bytes, bytes]) -> int:
+    """The gate's acceptance order of an events-topic record (0 when it carries none)."""
+    for name, value in record.headers or ():
+        if name == ORDER_HEADER and value is not None:
+            digits = bytes(value)
+            return int(digits) if digits.isdigit() and len(digits) <= 20 else 0
+    return 0
 
 
 class Matcher:

@@ -8,6 +8,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from streams.api_subscriptions import CALLBACK_CHECK_TYPE
 from streams.app import make_producer
 from streams.attributes import OVERLEDEN, VERHUISD, ZAAK_GEMUTEERD, pseudonym
 from streams.config import ClientConfig, Settings
+from streams.generators import EventFactory
 from streams.store import SubscriptionStore
 
 pytestmark = pytest.mark.kafka
@@ -335,3 +337,73 @@ async def test_a_subscription_survives_a_restart(
         assert seen.public_dict() == expected
     finally:
         await other.stop()
+
+
+async def test_two_api_processes_adding_volgindicaties_at_once_lose_none(
+    api: TestClient[Any, Any], sink: Sink, store: SubscriptionStore, settings: Settings
+) -> None:
+    """Two API processes (each its own store and producer) follow 200 persons at once."""
+    other_store = await started(settings, "api-2")
+    producer: AIOKafkaProducer = make_producer(settings, "api-test-2")
+    await producer.start()
+    other_app = make_api(with_clients(settings), producer=producer, store=other_store)
+    try:
+        async with TestClient(TestServer(other_app, host="127.0.0.1", port=0)) as other:
+            created = await create(
+                api, body(sink, types=[VERHUISD, OVERLEDEN], filters=[], volgindicatiesOnly=True)
+            )
+            one = f"/subscriptions/{created['id']}"
+            factory = EventFactory(3)
+            bsns = sorted({factory.bsn() for _ in range(400)})[:200]
+            assert len(bsns) == 200
+
+            async def follow(client: TestClient[Any, Any], bsn: str, **extra: Any) -> None:
+                put = await client.put(
+                    f"{one}/volgindicaties/{bsn}", headers=auth("gemeente"), **extra
+                )
+                assert put.status == 204, await put.text()
+
+            await asyncio.gather(*(follow(api if i % 2 else other, b) for i, b in enumerate(bsns)))
+            key = settings.security.pseudonym_key_bytes()
+            followed = {pseudonym(b, key) for b in bsns}
+            fresh = await started(settings, "fresh")
+            try:  # what any process reads from the topic: all 200
+                assert set(fresh.get(created["id"]).volgindicaties) == followed  # type: ignore[union-attr]
+            finally:
+                await fresh.stop()
+            for s in (store, other_store):
+                await s.sync()
+                assert set(s.get(created["id"]).volgindicaties) == followed  # type: ignore[union-attr]
+            assert (await api.get(one, headers=auth("gemeente"))).status == 200
+
+            # a replace keeps them; removing and an einddatum work from either process
+            current = await (await other.get(one, headers=auth("gemeente"))).json()
+            replaced = await other.put(
+                one, json={**current, "subscriberReference": "v2"}, headers=auth("gemeente")
+            )
+            assert replaced.status == 200, await replaced.text()
+            gone, ending = bsns[:50], bsns[50:100]
+            await asyncio.gather(
+                *(api.delete(f"{one}/volgindicaties/{b}", headers=auth("gemeente")) for b in gone),
+                *(follow(other, b, json={"einddatum": "2031-12-31"}) for b in ending),
+            )
+            fresh = await started(settings, "fresh-2")
+            try:
+                final = fresh.get(created["id"])
+                assert final is not None and final.subscriber_reference == "v2"
+                assert set(final.volgindicaties) == followed - {pseudonym(b, key) for b in gone}
+                assert {final.volgindicaties[pseudonym(b, key)] for b in ending} == {
+                    date(2031, 12, 31)
+                }
+                # matching sees them: a followed person's move reaches the subscription, others not
+                move = factory.verhuisd()
+                for bsn, expected in ((bsns[150], True), (gone[0], False)):
+                    person = pseudonym(bsn, key)
+                    event = move.with_data({**move.data, "bsn": bsn})
+                    matched = [s.id for s in fresh.index.match(event, person, date(2030, 1, 1))]
+                    assert (created["id"] in matched) is expected
+            finally:
+                await fresh.stop()
+    finally:
+        await producer.stop()
+        await other_store.stop()

@@ -220,3 +220,20 @@ def test_emigration_has_no_gemeentenaar_and_still_reaches_the_old_gemeente(
     }
     found = index.match(event(VERHUISD, data), person(STRANGER), TODAY)
     assert ids(found) == ["brp-afnemer-alles", "gemeente-0363"]
+
+
+def test_one_volgindicatie_more_or_less_without_reindexing(index: SubscriptionIndex) -> None:
+    fund = index.get("pensioenfonds")
+    assert fund is not None
+    stranger = person(STRANGER)
+    fund.volgindicaties[stranger] = None  # as the store's reader changes it in place
+    index.follow("pensioenfonds", stranger, following=True)
+    assert "pensioenfonds" in ids(index.match(move(STRANGER, "0599", "0518"), stranger, TODAY))
+    del fund.volgindicaties[stranger]
+    index.follow("pensioenfonds", stranger, following=False)
+    assert "pensioenfonds" not in ids(index.match(move(STRANGER, "0599", "0518"), stranger, TODAY))
+    index.follow("does-not-exist", stranger, following=True)  # ignored
+    index.remove("pensioenfonds")  # its followers go with it
+    assert ids(index.match(move(FOLLOWED[0], "0599", "0518"), person(FOLLOWED[0]), TODAY)) == [
+        "brp-afnemer-alles"
+    ]

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from streams.app import make_producer
@@ -20,6 +20,7 @@ from streams.config import Settings
 from streams.generators import EventFactory
 from streams.ingress import Accepted, Gate
 from streams.replay import BeyondRetention, Replayer, ReplayRequest, ReplayStatus
+from streams.replay_log import supersedes
 from streams.store import SubscriptionStore
 from streams.subscriptions import Subscription
 from streams.topics import Topics
@@ -237,3 +238,58 @@ async def test_two_replays_of_one_subscription_run_one_after_the_other(
         assert marks == sorted(marks, key=lambda mark: mark != one.id)
     assert len(records) == 2 * len(accepted)
     await finished(replayer, elsewhere)
+
+
+@pytest.mark.parametrize("first", [VERHUISD, OVERLEDEN])
+async def test_a_move_and_a_death_in_one_millisecond_come_back_in_acceptance_order(
+    settings: Settings, store: SubscriptionStore, bus_topics: Topics, replayers: Any,
+    read_topic: Any, first: str,
+) -> None:  # fmt: skip
+    sub = await store.put(subscription("s6"))
+    factory = EventFactory(5, today=TODAY)
+    move = factory.verhuisd()
+    death = factory.overleden()
+    death = death.with_data({**death.data, "bsn": move.data["bsn"]})  # one person
+    events = [move, death] if first == VERHUISD else [death, move]
+    gate = Gate(bus_topics, KEY)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+    accepted = [gate.accept(e, today=TODAY) for e in events]
+    assert accepted[0].record.key == accepted[1].record.key
+    stamp = int(datetime.now(UTC).timestamp() * 1000)
+    await producer.start()
+    try:  # one millisecond for both, as when the bus accepts them back to back
+        for a in accepted:
+            await (
+                await producer.send(
+                    a.topic, a.record.value, key=a.record.key,
+                    headers=list(a.record.headers), timestamp_ms=stamp,
+                )
+            )  # fmt: skip
+    finally:
+        await producer.stop()
+    replayer = await replayers()
+    request = ReplayRequest(ids=tuple(e.id for e in events))
+    await finished(replayer, await replayer.submit(sub.id, request, actor="beheer"))
+    records = await read_topic(bus_topics.deliver(sub.id), count=2)
+    assert [e["id"] for e in replayed(records)] == [e.id for e in events]
+
+
+def test_one_owner_at_a_time_a_claim_counts_only_after_the_lease() -> None:
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    lease = timedelta(seconds=30)
+
+    def written(owner: str, when: datetime, state: str = "running") -> ReplayStatus:
+        return ReplayStatus.model_validate(
+            {"id": "r", "subscription": "s", "request": {}, "requested_by": "beheer",
+             "requested_at": at, "state": state, "owner": owner, "saved_at": when,
+             "lease_until": when + lease if state == "running" else None}
+        )  # fmt: skip
+
+    a = written("a", at)
+    assert supersedes(None, a) and supersedes(a, written("a", at + timedelta(seconds=10)))
+    assert not supersedes(a, written("b", at + timedelta(seconds=29)))  # still a's lease
+    b = written("b", at + timedelta(seconds=31))
+    assert supersedes(a, b)  # a's lease ran out: b's claim counts
+    assert not supersedes(b, written("a", at + timedelta(seconds=32)))  # a woke up too late
+    done = written("b", at + timedelta(seconds=40), state="done")
+    assert supersedes(b, done) and not supersedes(done, written("b", at + timedelta(days=1)))
