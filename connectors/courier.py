@@ -439,8 +439,8 @@ class Courier:
         if len(queue) == LANE_CAP and partition not in self._stuck:
             self._stuck.add(partition)
             log.warning(
-                "courier %s: one key holds %d records (its head retrying): pausing partition %d"
-                " until it drains to %d",
+                "courier %s: one key holds %d records (its head not delivered yet):"
+                " pausing partition %d until it drains to %d",
                 self.subscription.id,
                 len(queue),
                 partition,
@@ -668,7 +668,17 @@ class Courier:
         """Mark the record finished once the broker has every write about it."""
         task = asyncio.create_task(self._settle(record, self._watermarks.get(record.partition)))
         self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._settling.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # a bug: visible, not silent
+            log.error(
+                "courier %s: finishing a record failed",
+                self.subscription.id,
+                exc_info=task.exception(),
+            )
+            self._trouble("settle", "finishing a record failed (see the log)")
 
     async def _settle(self, record: _Record, watermark: _Watermark | None) -> None:
         try:

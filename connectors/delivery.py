@@ -107,12 +107,15 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
             self._follower = None
-        for task in self._retiring:
+        retiring = list(self._retiring)
+        for task in retiring:  # left to the next 410 (the subscription is still active)
             task.cancel()
+        if retiring:
+            await asyncio.wait(retiring)
         couriers = [*self._couriers.values(), *self._leaving]
         self._couriers = {}
         closing = max(0.0, end - time.monotonic()) * 0.8  # the rest: the producer
-        await asyncio.gather(*(c.stop(closing) for c in couriers), *self._retiring)
+        await asyncio.gather(*(c.stop(closing) for c in couriers))
         try:
             async with asyncio.timeout(max(0.05, end - time.monotonic())):
                 await self._producer.stop()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import TopicAuthorizationFailedError
 from aiokafka.structs import ConsumerRecord
 from test_delivery import (
     Receiver,
@@ -420,6 +421,50 @@ async def test_a_410_whose_retirement_fails_at_first_is_retired_and_never_restar
     assert len(leaving.requests) == 1  # one 410, nothing after it
 
 
+async def test_a_410_whose_retirement_is_refused_for_good_stays_stopped_until_edited(
+    settings: Settings,
+    store: SubscriptionStore,
+    writer: Writer,
+    receivers: list[Receiver],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def gone(event: dict[str, Any]) -> tuple[int, dict[str, str]]:
+        return 410, {}
+
+    leaving, staying = await Receiver(gone).start(), await Receiver().start()
+    receivers.extend([leaving, staying])
+    await store.put(subscription("leaving", leaving.url))
+    await store.put(subscription("staying", staying.url))
+    put = store.put
+
+    async def refusing_put(sub: Subscription) -> Subscription:
+        if sub.id == "leaving" and not sub.active:
+            raise TopicAuthorizationFailedError("no ACL to write the subscription set")
+        return await put(sub)
+
+    monkeypatch.setattr(store, "put", refusing_put)
+    health = Health()
+    dispatcher = await start_dispatcher(settings, store, fast(), health)
+    try:
+        await writer.write("leaving", [(i, pseudonym(1)) for i in range(5)])
+        await until(lambda: len(leaving.requests) == 1)
+        await until(lambda: "leaving" not in dispatcher.running, within=10)  # no dead courier
+        part = health.part("delivery", "courier leaving")
+        await until(lambda: "for good" in (part.broken_reason or ""))
+        steady = subscription("staying", staying.url)
+        await store.put(steady.model_copy(update={"purpose": "another purpose"}))
+        await writer.write("staying", [(0, pseudonym(1))])
+        await until(lambda: len(staying.accepted) == 1)
+        assert "leaving" not in dispatcher.running  # not restarted by an unrelated change
+        assert len(leaving.requests) == 1
+
+        edited = subscription("leaving", leaving.url)  # an operator's edit: delivery resumes
+        await store.put(edited.model_copy(update={"purpose": "edited"}))
+        await until(lambda: len(leaving.requests) == 2)  # and the subscriber says 410 again
+    finally:
+        await dispatcher.stop()
+
+
 # -- stopping within the deadline --------------------------------------------------------
 
 
@@ -454,3 +499,23 @@ async def test_stop_keeps_its_deadline_with_hanging_and_closed_sinks(
         released.set()
     print(f"\nstop with hanging sinks took {took:.2f}s (deadline 1 s)")
     assert took < 1.5
+
+
+async def test_stop_keeps_its_deadline_with_writes_the_broker_refuses(
+    settings: Settings, store: SubscriptionStore, writer: Writer, receivers: list[Receiver]
+) -> None:
+    receiver = await Receiver().start()
+    receivers.append(receiver)
+    await store.put(subscription("unlogged", receiver.url))
+    dispatcher = await start_dispatcher(settings, store, fast())
+    try:
+        await set_topic_config(settings, writer.topics.deliveries, {"max.message.bytes": "100"})
+        await writer.write("unlogged", [(i, pseudonym(i)) for i in range(10)])
+        await until(lambda: len(receiver.accepted) == 10)  # delivered; their log writes retry
+    finally:
+        started = time.monotonic()
+        await dispatcher.stop(deadline_s=1.0)
+        took = time.monotonic() - started
+    print(f"\nstop with refused writes took {took:.2f}s (deadline 1 s)")
+    assert took < 1.5
+    assert await committed(settings, "unlogged") == 0  # unfinished: delivered again later
