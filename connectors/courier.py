@@ -10,17 +10,15 @@ its lane was delivered or dead-lettered, so a retrying event holds back the late
 of its key and nothing else. Lanes of different keys run concurrently, at most
 `CONCURRENCY` requests at a time. A record without a key is its partition's null lane.
 
-Reading: every record is converted by `codec.read_record`, which never raises. A record
-that is no event the courier can send (a null or non-bytes header value, a header that is
-not UTF-8, a value over `delivery.max_body_bytes`, a value that is not a UTF-8 JSON
-CloudEvent) is dead-lettered byte for byte when its turn in its lane comes, without an
-attempt, with the reason as its error; the records around it are delivered.
+Reading: a record that is no event the courier can send (`connectors.holding`) is
+dead-lettered byte for byte when its turn in its lane comes, without an attempt, with the
+reason as its error; the records around it are delivered.
 
 Offsets: per partition, the committed offset is the lowest offset not yet finished
 (delivered or dead-lettered, with the broker holding every delivery-log and DLQ write about
-it: see `connectors.writes`, which retries a write until it lands). A crash therefore
-re-delivers what was in flight and what finished above a gap: at least once, deduped by
-the subscriber on `source`+`id` (or `webhook-id`). Only unfinished offsets are kept.
+it; `connectors.writes` retries a write until it lands). A crash therefore re-delivers what
+was in flight and what finished above a gap: at least once, deduped by the subscriber on
+`source`+`id` (or `webhook-id`).
 
 Back-pressure: a courier holds at most `MAX_PENDING` unfinished records; past that it
 pauses every partition until half have finished. A lane (one key) holds at most
@@ -47,30 +45,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from connectors.holding import Held, Watermark, held, poison, unsendable
 from connectors.webhook import SubscriberGone, WebhookFailed, WebhookSender
-from connectors.writes import Write, Writer
+from connectors.writes import Write, Writer, dead_letter_write, log_write
 from streams import codec
 from streams.app import Producer, make_consumer
 from streams.config import DeliverySettings, Settings
-from streams.deliverylog import Outcome, encode_attempt, shortened
+from streams.deliverylog import Outcome
 from streams.dlq import (
-    EventRef,
-    dead_letter_headers,
     delivery_attempt,
-    event_ref,
-    truncated_headers,
 )
 from streams.exceptions import FieldError
 from streams.health import Health, Progress
@@ -113,62 +106,6 @@ def _policy(settings: DeliverySettings) -> RetryPolicy:
         max_s=settings.max_backoff_s,
         give_up_after_s=settings.retry_window_s,
     )
-
-
-def unsendable(record: codec.KafkaRecord) -> tuple[FieldError | None, dict[str, Any] | None]:
-    """Why a deliver-topic record cannot be POSTed as a structured-mode CloudEvent (None when
-    it can), and its parsed JSON."""
-    for name, raw in record.headers:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return FieldError(f"headers.{name}", "not_utf8", "a header value is not UTF-8"), None
-    try:
-        body = json.loads(record.value.decode("utf-8"))
-    except UnicodeDecodeError:
-        return FieldError("value", "not_utf8", "the value is not UTF-8"), None
-    except (ValueError, RecursionError):
-        return FieldError("value", "not_json", "the value is not JSON"), None
-    if not isinstance(body, dict) or not all(
-        isinstance(body.get(name), str) and body[name] for name in ("id", "source", "type")
-    ):
-        return FieldError(
-            "value", "not_cloudevent", "the value is no CloudEvent (JSON with id, source, type)"
-        ), None
-    return None, body
-
-
-@dataclass(slots=True, eq=False)
-class _Record:
-    partition: int
-    offset: int
-    key: bytes | None
-    headers: codec.RawHeaders
-    value: bytes | None
-    ref: EventRef
-    read_at: float  # monotonic; the retry window runs from here
-    problem: FieldError | None = None  # unsendable: dead-lettered without an attempt
-    writes: list[asyncio.Task[Write]] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Watermark:
-    """The unfinished offsets of one partition, read in order; below the first, all done."""
-
-    next_offset: int | None = None  # one past the last offset read
-    unfinished: OrderedDict[int, None] = field(default_factory=OrderedDict)
-
-    def read(self, offset: int) -> None:
-        self.unfinished[offset] = None
-        self.next_offset = offset + 1
-
-    def finish(self, offset: int) -> None:
-        self.unfinished.pop(offset, None)
-
-    @property
-    def committable(self) -> int | None:
-        """The next offset to commit: the first unfinished one, else one past the last read."""
-        return next(iter(self.unfinished), self.next_offset)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -223,9 +160,9 @@ class Courier:
             metadata_max_age_ms=30_000,  # also notices partitions added later
         )
         self._requests = asyncio.Semaphore(CONCURRENCY)
-        self._lanes: dict[Lane, deque[_Record]] = {}
+        self._lanes: dict[Lane, deque[Held]] = {}
         self._lane_tasks: dict[Lane, asyncio.Task[None]] = {}
-        self._watermarks: dict[int, _Watermark] = {}
+        self._watermarks: dict[int, Watermark] = {}
         self._committed: dict[int, int] = {}
         self._settling: set[asyncio.Task[None]] = set()  # records waiting for their writes
         self._writes: set[asyncio.Task[Write]] = set()  # every write not confirmed yet
@@ -353,7 +290,7 @@ class Courier:
                 batches = await self._consumer.getmany(timeout_ms=_POLL_MS)
                 for tp, records in batches.items():
                     for message in records:
-                        self._take(tp.partition, message)  # never raises: see `_record_of`
+                        self._take(tp.partition, message)  # never raises
                 if self._progress is not None:
                     self._progress.waiting(self._lag())
                 if time.monotonic() - last_commit >= _COMMIT_EVERY_S:
@@ -415,16 +352,16 @@ class Courier:
         return lag
 
     def _take(self, partition: int, message: Any) -> None:
-        self._watermarks.setdefault(partition, _Watermark()).read(message.offset)
+        self._watermarks.setdefault(partition, Watermark()).read(message.offset)
         read = codec.read_record(
             message.key, message.headers, message.value, max_bytes=self._delivery.max_body_bytes
         )
         try:
-            record = self._record_of(partition, message.offset, read)
+            record = held(partition, message.offset, read)
         except Exception:  # a bug: the record is dead-lettered with why, never skipped
             log.exception("courier %s: reading a record failed", self.subscription.id)
             error = FieldError("record", "internal_error", "the courier could not read it")
-            record = self._poison(partition, message.offset, read, error, time.monotonic())
+            record = poison(partition, message.offset, read, error, time.monotonic())
         if record.problem is not None:
             log.warning(
                 "subscription %s: record %d/%d is no event to send (%s): dead-lettering it",
@@ -448,28 +385,6 @@ class Courier:
             )
         if lane not in self._lane_tasks:
             self._lane_tasks[lane] = asyncio.create_task(self._lane(lane, queue))
-
-    @staticmethod
-    def _record_of(
-        partition: int, offset: int, read: codec.KafkaRecord | codec.Unreadable
-    ) -> _Record:
-        now = time.monotonic()
-        if isinstance(read, codec.Unreadable):
-            return Courier._poison(partition, offset, read, read.error, now)
-        problem, body = unsendable(read)
-        ref = event_ref(read.key, read.headers, read.value, body=body)
-        return _Record(partition, offset, read.key, read.headers, read.value, ref, now, problem)
-
-    @staticmethod
-    def _poison(
-        partition: int,
-        offset: int,
-        read: codec.KafkaRecord | codec.Unreadable,
-        problem: FieldError,
-        now: float,
-    ) -> _Record:
-        ref = event_ref(read.key, read.headers, read.value)
-        return _Record(partition, offset, read.key, read.headers, read.value, ref, now, problem)
 
     async def _commit(self) -> None:
         offsets = {}
@@ -502,7 +417,7 @@ class Courier:
 
     # -- delivering ---------------------------------------------------------------------
 
-    async def _lane(self, lane: Lane, queue: deque[_Record]) -> None:
+    async def _lane(self, lane: Lane, queue: deque[Held]) -> None:
         bugs = 0
         try:
             while queue and not self._stopping.is_set():
@@ -528,7 +443,7 @@ class Courier:
                 if not queue:
                     self._lanes.pop(lane, None)
 
-    async def _deliver(self, record: _Record) -> bool:
+    async def _deliver(self, record: Held) -> bool:
         """Deliver one record or dead-letter it; False when stopped before either."""
         if record.problem is not None:
             problem = record.problem
@@ -585,29 +500,22 @@ class Courier:
         return False
 
     async def _dead_letter(
-        self, record: _Record, attempt: int, error: str, detail: str, status: int | None = None
+        self, record: Held, attempt: int, error: str, detail: str, status: int | None = None
     ) -> None:
         """Write the record to the DLQ and wait until the broker has it: the lane moves on only
         then, so the DLQ keeps the order of a key even when a write has to be retried."""
-        headers = dead_letter_headers(record.headers, error=error, detail=detail, attempts=attempt)
-        topic = self.topics.dlq(self.subscription.id)
-        origin = f"{self.topics.deliver(self.subscription.id)}/{record.partition}/{record.offset}"
-        small = truncated_headers(headers, value_bytes=len(record.value or b""), origin=origin)
+        deliver = self.topics.deliver(self.subscription.id)
         await self._writer.write(
-            Write(
-                what="dead letter",
-                topic=topic,
-                key=record.key,
-                value=record.value,
-                headers=headers,
-                fallback=Write(
-                    what="dead letter without its value",
-                    topic=topic,
-                    key=record.key,
-                    value=None,
-                    headers=small,
-                ),
-            ),
+            dead_letter_write(
+                self.topics.dlq(self.subscription.id),
+                record.key,
+                record.headers,
+                record.value,
+                origin=f"{deliver}/{record.partition}/{record.offset}",
+                error=error,
+                detail=detail,
+                attempts=attempt,
+            )
         )
         self._log(record, "dead_lettered", attempt, status=status, error=error)
         log.warning(
@@ -618,7 +526,7 @@ class Courier:
             error,
         )
 
-    def _gone(self, record: _Record, attempt: int, exc: SubscriberGone) -> None:
+    def _gone(self, record: Held, attempt: int, exc: SubscriberGone) -> None:
         if self.retired:
             return
         self.retired = True
@@ -632,7 +540,7 @@ class Courier:
 
     def _log(
         self,
-        record: _Record,
+        record: Held,
         outcome: Outcome,
         attempt: int,
         *,
@@ -649,22 +557,15 @@ class Courier:
             status=status,
             error=error,
         )
-        key, value = encode_attempt(attempt_record)
-        _, short = encode_attempt(shortened(attempt_record))
-        topic = self.topics.deliveries
-        fallback = Write(what="delivery-log record, cut", topic=topic, key=key, value=short)
-        self._write(
-            record,
-            Write(what="delivery-log record", topic=topic, key=key, value=value, fallback=fallback),
-        )
+        self._write(record, log_write(self.topics.deliveries, attempt_record))
 
-    def _write(self, record: _Record, write: Write) -> None:
+    def _write(self, record: Held, write: Write) -> None:
         task = asyncio.create_task(self._writer.write(write))
         record.writes.append(task)
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    def _finish(self, record: _Record) -> None:
+    def _finish(self, record: Held) -> None:
         """Mark the record finished once the broker has every write about it."""
         task = asyncio.create_task(self._settle(record, self._watermarks.get(record.partition)))
         self._settling.add(task)
@@ -680,7 +581,7 @@ class Courier:
             )
             self._trouble("settle", "finishing a record failed (see the log)")
 
-    async def _settle(self, record: _Record, watermark: _Watermark | None) -> None:
+    async def _settle(self, record: Held, watermark: Watermark | None) -> None:
         try:
             await asyncio.gather(*record.writes)
         except asyncio.CancelledError:

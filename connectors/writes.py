@@ -27,9 +27,11 @@ from aiokafka.errors import KafkaError
 
 from streams.app import Producer
 from streams.codec import RawHeaders
+from streams.deliverylog import DeliveryAttempt, encode_attempt, shortened
+from streams.dlq import dead_letter_headers, truncated_headers
 from streams.retry import RetryPolicy, retriable
 
-__all__ = ["BROKEN_AFTER_S", "WRITES", "Write", "Writer"]
+__all__ = ["BROKEN_AFTER_S", "WRITES", "Write", "Writer", "dead_letter_write", "log_write"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,36 @@ class Write:
     value: bytes | None
     headers: RawHeaders = ()
     fallback: Write | None = None
+
+
+def dead_letter_write(
+    topic: str,
+    key: bytes | None,
+    headers: RawHeaders,
+    value: bytes | None,
+    *,
+    origin: str,
+    error: str,
+    detail: str,
+    attempts: int,
+) -> Write:
+    """A dead letter: the record unchanged plus error headers; its fallback leaves the value
+    out and says where the original is (`origin`: `<topic>/<partition>/<offset>`)."""
+    letter = dead_letter_headers(headers, error=error, detail=detail, attempts=attempts)
+    small = truncated_headers(letter, value_bytes=len(value or b""), origin=origin)
+    without = Write(what="dead letter without its value", topic=topic, key=key, value=None,
+                    headers=small)  # fmt: skip
+    return Write(
+        what="dead letter", topic=topic, key=key, value=value, headers=letter, fallback=without
+    )
+
+
+def log_write(topic: str, attempt: DeliveryAttempt) -> Write:
+    """A delivery-log record; its fallback has the long free-text fields cut."""
+    key, value = encode_attempt(attempt)
+    _, short = encode_attempt(shortened(attempt))
+    cut = Write(what="delivery-log record, cut", topic=topic, key=key, value=short)
+    return Write(what="delivery-log record", topic=topic, key=key, value=value, fallback=cut)
 
 
 Trouble = Callable[[str, str | None], None]  # (topic, reason or None when mended)
