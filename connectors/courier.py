@@ -10,21 +10,35 @@ its lane was delivered or dead-lettered, so a retrying event holds back the late
 of its key and nothing else. Lanes of different keys run concurrently, at most
 `CONCURRENCY` requests at a time. A record without a key is its partition's null lane.
 
-Offsets: per partition, the committed offset is the lowest offset not yet finished
-(delivered, or written to the DLQ, with its delivery-log record acknowledged by the broker).
-A crash therefore re-delivers what was in flight and what finished above a gap: at least
-once, deduped by the subscriber on `source`+`id` (or `webhook-id`).
+Reading: a record that is no event the courier can send (`connectors.holding`) is
+dead-lettered byte for byte when its turn in its lane comes, without an attempt, with the
+reason as its error; the records around it are delivered.
 
-Retries: exponential backoff with full jitter (`initial_backoff_s` doubling, capped at
-`max_backoff_s`), or exactly `Retry-After` when a 429/503 names one, until `retry_window_s`
-has passed; then the record goes to `deliver.<id>.dlq` unchanged plus error headers. The
-window runs from when the courier read the record, which for the head of a lane is its
-first attempt: records queued behind a retrying head age with it, so a subscriber that is
-down longer than the window has its backlog dead-lettered after about one window, not one
-window per event of a key. Every record gets at least one attempt; a `Retry-After` that
-ends past the window dead-letters at once. A `410 Gone` retires the subscription: the courier stops,
-and the undelivered records stay in the deliver topic (uncommitted, not dead-lettered:
-the subscriber said it wants nothing more; reactivating the subscription resumes there).
+Offsets: per partition, the committed offset is the lowest offset not yet finished
+(delivered or dead-lettered, with the broker holding every delivery-log and DLQ write about
+it; `connectors.writes` retries a write until it lands). A crash therefore re-delivers what
+was in flight and what finished above a gap: at least once, deduped by the subscriber on
+`source`+`id` (or `webhook-id`).
+
+Back-pressure: a courier holds at most `MAX_PENDING` unfinished records; past that it
+pauses every partition until half have finished. A lane (one key) holds at most
+`LANE_CAP` records: past that its partition pauses (Kafka pauses partitions, not keys), so
+one key that keeps failing holds back the other keys of its partition only once it has
+`LANE_CAP` records waiting, and never the other partitions.
+
+Retries: `RetryPolicy(initial_backoff_s, max_backoff_s, give_up_after_s=retry_window_s)`:
+exponential backoff with full jitter, or exactly `Retry-After` when a 429/503 names one,
+until the window has passed; then the record goes to `deliver.<id>.dlq` unchanged plus error
+headers. A failure that is not retriable (`not_utf8`) is dead-lettered at once. An
+unexpected exception while sending (a bug, ours or a library's) is a failed attempt with
+code `internal_error`, retried and dead-lettered like any other. The window runs from when
+the courier read the record, which for the head of a lane is its first attempt: records
+queued behind a retrying head age with it, so a subscriber that is down longer than the
+window has its backlog dead-lettered after about one window, not one window per event of a
+key. Every readable record gets at least one attempt; a `Retry-After` that ends past the
+window dead-letters at once. A `410 Gone` stops the courier and calls `on_gone`: the
+dispatcher retires the subscription; the undelivered records stay in the deliver topic
+(uncommitted, not dead-lettered: reactivating the subscription resumes there).
 """
 
 from __future__ import annotations
@@ -35,71 +49,63 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from connectors.holding import Held, Watermark, held, poison, unsendable
 from connectors.webhook import SubscriberGone, WebhookFailed, WebhookSender
-from streams.app import make_consumer
+from connectors.writes import Write, Writer, dead_letter_write, log_write
+from streams import codec
+from streams.app import Producer, make_consumer
 from streams.config import DeliverySettings, Settings
 from streams.deliverylog import Outcome
-from streams.dlq import EventRef, Headers, dead_letter_headers, event_ref, log_attempt
-from streams.exceptions import KafkaUnavailable
-from streams.store import SubscriptionStore
+from streams.dlq import (
+    delivery_attempt,
+)
+from streams.exceptions import FieldError
+from streams.health import Health, Progress
+from streams.retry import RetryPolicy
 from streams.subscriptions import Subscription
 from streams.topics import Topics
 
-__all__ = ["CONCURRENCY", "KAFKA_RETRY_S", "MAX_PENDING", "STOP_DEADLINE_S", "Courier", "backoff"]
+__all__ = [
+    "CONCURRENCY",
+    "KAFKA_RETRY_S",
+    "LANE_CAP",
+    "MAX_PENDING",
+    "STOP_DEADLINE_S",
+    "Courier",
+    "backoff",
+    "unsendable",
+]
 
 log = logging.getLogger(__name__)
 
 CONCURRENCY: Final = 8  # concurrent requests per subscription (lanes of different keys)
-MAX_PENDING: Final = 2000  # records read but not finished, per courier, before it pauses
+MAX_PENDING: Final = 2000  # unfinished records held per courier before it pauses everything
+LANE_CAP: Final = 500  # records one lane (key) may hold before its partition pauses
 _POLL_MS = 100
 _COMMIT_EVERY_S = 0.5
-KAFKA_RETRY_S: Final = 1.0  # wait before retrying a failed Kafka call
-STOP_DEADLINE_S: Final = 10.0  # how long `stop` lets attempts in flight finish
+KAFKA_RETRY_S: Final = 1.0  # wait before retrying a failed Kafka read or commit
+STOP_DEADLINE_S: Final = 10.0  # how long `stop` takes at most
+_CLOSE_RESERVE_S: Final = 1.0  # of a stop's deadline, kept for the commit and closing
+_LANE_BUG = RetryPolicy(initial_s=0.5, max_s=30.0)
 
 
 def backoff(attempt: int, settings: DeliverySettings, rng: random.Random | None = None) -> float:
     """The wait after failed attempt `attempt` (1-based): full jitter over a capped exponential."""
-    ceiling = min(settings.max_backoff_s, settings.initial_backoff_s * 2 ** (attempt - 1))
-    return (rng or random).uniform(0, ceiling)
+    return _policy(settings).delay(attempt, rng)
 
 
-@dataclass(slots=True)
-class _Record:
-    partition: int
-    offset: int
-    key: bytes | None
-    headers: Headers
-    value: bytes
-    ref: EventRef
-    read_at: float  # monotonic; the retry window runs from here
-
-
-@dataclass(slots=True)
-class _Watermark:
-    """The offsets of one partition between the committed one and the last one read."""
-
-    committable: int | None = None  # next offset to commit (all below are finished)
-    pending: deque[int] = field(default_factory=deque)  # read, in order
-    finished: set[int] = field(default_factory=set)
-
-    def read(self, offset: int) -> None:
-        if self.committable is None:
-            self.committable = offset
-        self.pending.append(offset)
-
-    def finish(self, offset: int) -> None:
-        self.finished.add(offset)
-        while self.pending and self.pending[0] in self.finished:
-            done = self.pending.popleft()
-            self.finished.discard(done)
-            self.committable = done + 1
+def _policy(settings: DeliverySettings) -> RetryPolicy:
+    return RetryPolicy(
+        initial_s=settings.initial_backoff_s,
+        max_s=settings.max_backoff_s,
+        give_up_after_s=settings.retry_window_s,
+    )
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -113,6 +119,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         return None
 
 
+Lane = tuple[int, bytes | None]
+
+
 class Courier:
     """Delivers one HTTP subscription's deliver topic to its webhook."""
 
@@ -120,17 +129,26 @@ class Courier:
         self,
         settings: Settings,
         subscription: Subscription,
-        store: SubscriptionStore,
-        producer: AIOKafkaProducer,
+        producer: Producer,
         counts: Counter[str],
+        *,
+        health: Health | None = None,
+        on_gone: Callable[[Courier], None] | None = None,
     ) -> None:
         self.settings = settings
         self.subscription = subscription
         self.topics = Topics(settings.kafka.topic_prefix)
         self.counts = counts  # outcome -> how many (attempts for `retry`)
         self._delivery = settings.delivery
-        self._store = store
-        self._producer = producer
+        self._policy = _policy(settings.delivery)
+        self._on_gone = on_gone
+        self._health = health
+        self._part_name = f"courier {subscription.id}"
+        self._progress: Progress | None = (
+            health.part("delivery", self._part_name) if health is not None else None
+        )
+        self._troubles: dict[str, str] = {}  # what makes the courier broken, by cause
+        self._writer = Writer(producer, name=f"courier {subscription.id}", trouble=self._trouble)
         self._sender = WebhookSender(subscription, settings.delivery, connections=CONCURRENCY)
         self._old_senders: list[WebhookSender] = []
         self._consumer = make_consumer(
@@ -142,12 +160,17 @@ class Courier:
             metadata_max_age_ms=30_000,  # also notices partitions added later
         )
         self._requests = asyncio.Semaphore(CONCURRENCY)
-        self._lanes: dict[tuple[int, bytes | None], deque[_Record]] = {}
-        self._lane_tasks: dict[tuple[int, bytes | None], asyncio.Task[None]] = {}
-        self._watermarks: dict[int, _Watermark] = {}
+        self._lanes: dict[Lane, deque[Held]] = {}
+        self._lane_tasks: dict[Lane, asyncio.Task[None]] = {}
+        self._watermarks: dict[int, Watermark] = {}
         self._committed: dict[int, int] = {}
-        self._writes: set[asyncio.Future[bool]] = set()  # DLQ / log writes not yet confirmed
+        self._settling: set[asyncio.Task[None]] = set()  # records waiting for their writes
+        self._writes: set[asyncio.Task[Write]] = set()  # every write not confirmed yet
+        self._all_paused = False
+        self._stuck: set[int] = set()  # partitions paused for a lane over LANE_CAP
         self._stopping = asyncio.Event()
+        self._stop_by = 0.0  # loop time by which `stop` is to be done
+        self._stop_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self.retired = False
 
@@ -175,26 +198,56 @@ class Courier:
         log.warning("topic %s is not known to the broker yet", topic)
 
     async def stop(self, deadline_s: float = STOP_DEADLINE_S) -> None:
-        """Stop reading, let attempts in flight finish (up to `deadline_s`), commit, close."""
+        """Stop reading, let attempts and writes in flight finish, commit what is finished,
+        close: all within `deadline_s`, whatever the subscriber or the broker do. What did
+        not finish stays uncommitted, to be delivered again. A second call with a shorter
+        deadline hurries the first."""
+        loop = asyncio.get_running_loop()
+        by = loop.time() + deadline_s
+        self._stop_by = by if self._stop_task is None else min(self._stop_by, by)
         self._stopping.set()
+        if self._stop_task is None:
+            self._stop_task = asyncio.create_task(self._stop(), name=f"stop-{self.subscription.id}")
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self) -> None:
+        loop = asyncio.get_running_loop()
+        reserve = min(_CLOSE_RESERVE_S, max(0.0, self._stop_by - loop.time()) / 4)
         if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        lanes = list(self._lane_tasks.values())
-        if lanes:
-            _, late = await asyncio.wait(lanes, timeout=deadline_s)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        writes = list(self._writes)
-        if writes:
-            await asyncio.wait(writes, timeout=deadline_s)
-        with contextlib.suppress(KafkaError):
-            await self._commit()
-        await self._consumer.stop()
+            await self._cancel_late({self._task}, reserve)
+        await self._cancel_late(set(self._lane_tasks.values()), reserve)
+        await self._cancel_late(set(self._settling), reserve)
+        await self._cancel_late(set(self._writes), reserve)
+        try:
+            async with asyncio.timeout(max(0.05, (self._stop_by - loop.time()) / 2)):
+                await self._commit()
+        except (KafkaError, TimeoutError) as exc:
+            log.warning(
+                "courier %s: final commit failed (%s)", self.subscription.id, type(exc).__name__
+            )
+        try:
+            async with asyncio.timeout(max(0.05, self._stop_by - loop.time())):
+                await self._consumer.stop()
+        except TimeoutError:
+            log.warning("courier %s: the consumer did not close in time", self.subscription.id)
         for sender in (*self._old_senders, self._sender):
             await sender.close()
+        if self._health is not None:
+            self._health.drop("delivery", self._part_name)
+
+    async def _cancel_late(self, tasks: set[asyncio.Task[Any]], reserve: float) -> None:
+        """Wait for `tasks` until the stop deadline less `reserve`, then cancel the rest."""
+        loop = asyncio.get_running_loop()
+        pending = {t for t in tasks if not t.done()}
+        while pending:
+            left = self._stop_by - reserve - loop.time()
+            if left <= 0:
+                break
+            _, pending = await asyncio.wait(pending, timeout=min(left, 0.1))  # re-read deadline
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
 
     def update(self, subscription: Subscription) -> None:
         """Use a changed subscription (sink, credential, secret) from the next attempt on."""
@@ -207,28 +260,39 @@ class Courier:
 
     @property
     def pending(self) -> int:
-        """Records read and not yet finished."""
-        return sum(len(w.pending) for w in self._watermarks.values())
+        """Records read and not yet finished (held in memory)."""
+        return sum(len(w.unfinished) for w in self._watermarks.values())
+
+    @property
+    def paused(self) -> frozenset[int]:
+        """The partitions not being read now (back-pressure)."""
+        return frozenset(tp.partition for tp in self._consumer.paused())
+
+    def _trouble(self, cause: str, reason: str | None) -> None:
+        if reason is None:
+            self._troubles.pop(cause, None)
+        else:
+            self._troubles[cause] = reason
+        if self._progress is not None:
+            if self._troubles:
+                self._progress.broken("; ".join(sorted(self._troubles.values())))
+            else:
+                self._progress.mended()
 
     # -- reading ------------------------------------------------------------------------
 
     async def _run(self) -> None:
         last_commit = time.monotonic()
-        paused = False
         while not self._stopping.is_set():
             try:
-                assigned = self._consumer.assignment()
-                if not paused and self.pending >= MAX_PENDING:
-                    self._consumer.pause(*assigned)
-                    paused = True
-                elif paused and self.pending < MAX_PENDING // 2:
-                    self._consumer.resume(*assigned)
-                    paused = False
+                self._back_pressure()
                 # getmany keeps the group membership alive even while paused
                 batches = await self._consumer.getmany(timeout_ms=_POLL_MS)
                 for tp, records in batches.items():
                     for message in records:
-                        self._take(tp.partition, message)
+                        self._take(tp.partition, message)  # never raises
+                if self._progress is not None:
+                    self._progress.waiting(self._lag())
                 if time.monotonic() - last_commit >= _COMMIT_EVERY_S:
                     await self._commit()
                     last_commit = time.monotonic()
@@ -239,37 +303,96 @@ class Courier:
                     type(exc).__name__,
                 )
                 await self._pause(KAFKA_RETRY_S)
-            except Exception:  # reading must outlive a bug in one record's handling
+            except Exception:  # a bug here must not kill the courier: visible, retried
                 log.exception("courier %s: reading failed; retrying", self.subscription.id)
+                self._trouble("reading", "reading failed with an internal error (see the log)")
                 await self._pause(KAFKA_RETRY_S)
+            else:
+                self._trouble("reading", None)
+
+    def _back_pressure(self) -> None:
+        """Pause what must wait: everything past `MAX_PENDING`, a partition whose lane holds
+        `LANE_CAP`; resume at half."""
+        held = self.pending
+        if self._all_paused and held < MAX_PENDING // 2:
+            self._all_paused = False
+            log.info("courier %s: %d records held, reading again", self.subscription.id, held)
+        elif not self._all_paused and held >= MAX_PENDING:
+            self._all_paused = True
+            log.warning(
+                "courier %s: %d records held unfinished: pausing every partition",
+                self.subscription.id,
+                held,
+            )
+        if self._stuck:
+            longest: Counter[int] = Counter()
+            for (partition, _), queue in self._lanes.items():
+                if partition in self._stuck:
+                    longest[partition] = max(longest[partition], len(queue))
+            for partition in [p for p in self._stuck if longest[p] < LANE_CAP // 2]:
+                self._stuck.discard(partition)
+                log.info("courier %s: partition %d reading again", self.subscription.id, partition)
+        assigned = self._consumer.assignment()
+        wanted = {tp for tp in assigned if self._all_paused or tp.partition in self._stuck}
+        paused = self._consumer.paused()
+        if wanted - paused:
+            self._consumer.pause(*(wanted - paused))
+        if paused - wanted:
+            self._consumer.resume(*(paused - wanted))
+
+    def _lag(self) -> int:
+        """Records waiting for this courier: held unfinished, plus known unread (from the
+        high watermark of the last fetch)."""
+        lag = self.pending
+        for tp in self._consumer.assignment():
+            mark = self._watermarks.get(tp.partition)
+            high = self._consumer.highwater(tp)
+            if high is not None and mark is not None and mark.next_offset is not None:
+                lag += max(0, high - mark.next_offset)
+        return lag
 
     def _take(self, partition: int, message: Any) -> None:
-        headers = tuple((str(k), bytes(v)) for k, v in message.headers or ())
-        value = bytes(message.value or b"")
-        record = _Record(
-            partition=partition,
-            offset=message.offset,
-            key=message.key,
-            headers=headers,
-            value=value,
-            ref=event_ref(message.key, headers, value),
-            read_at=time.monotonic(),
+        self._watermarks.setdefault(partition, Watermark()).read(message.offset)
+        read = codec.read_record(
+            message.key, message.headers, message.value, max_bytes=self._delivery.max_body_bytes
         )
-        self._watermarks.setdefault(partition, _Watermark()).read(message.offset)
-        lane = (partition, message.key)
+        try:
+            record = held(partition, message.offset, read)
+        except Exception:  # a bug: the record is dead-lettered with why, never skipped
+            log.exception("courier %s: reading a record failed", self.subscription.id)
+            error = FieldError("record", "internal_error", "the courier could not read it")
+            record = poison(partition, message.offset, read, error, time.monotonic())
+        if record.problem is not None:
+            log.warning(
+                "subscription %s: record %d/%d is no event to send (%s): dead-lettering it",
+                self.subscription.id,
+                partition,
+                message.offset,
+                record.problem.code,
+            )
+        lane = (partition, record.key)
         queue = self._lanes.setdefault(lane, deque())
         queue.append(record)
+        if len(queue) == LANE_CAP and partition not in self._stuck:
+            self._stuck.add(partition)
+            log.warning(
+                "courier %s: one key holds %d records (its head not delivered yet):"
+                " pausing partition %d until it drains to %d",
+                self.subscription.id,
+                len(queue),
+                partition,
+                LANE_CAP // 2,
+            )
         if lane not in self._lane_tasks:
-            task = asyncio.create_task(self._lane(lane, queue))
-            self._lane_tasks[lane] = task
+            self._lane_tasks[lane] = asyncio.create_task(self._lane(lane, queue))
 
     async def _commit(self) -> None:
         offsets = {}
         for partition, mark in self._watermarks.items():
-            if mark.committable is not None and mark.committable != self._committed.get(partition):
-                offsets[TopicPartition(self.topics.deliver(self.subscription.id), partition)] = (
-                    mark.committable
-                )
+            committable = mark.committable
+            if committable is not None and committable != self._committed.get(partition):
+                tp = TopicPartition(self.topics.deliver(self.subscription.id), partition)
+                offsets[tp] = committable
         if offsets:
             await self._consumer.commit(offsets)
             for tp, offset in offsets.items():
@@ -285,33 +408,48 @@ class Courier:
             if lane[0] in gone:
                 task.cancel()
                 self._lane_tasks.pop(lane, None)
-                self._lanes.pop(lane, None)
+        for lane in [lane for lane in self._lanes if lane[0] in gone]:
+            self._lanes.pop(lane, None)
         for partition in gone:
             self._watermarks.pop(partition, None)
             self._committed.pop(partition, None)
+            self._stuck.discard(partition)
 
     # -- delivering ---------------------------------------------------------------------
 
-    async def _lane(self, lane: tuple[int, bytes | None], queue: deque[_Record]) -> None:
+    async def _lane(self, lane: Lane, queue: deque[Held]) -> None:
+        bugs = 0
         try:
             while queue and not self._stopping.is_set():
+                record = queue[0]
                 try:
-                    if not await self._deliver(queue[0]):
-                        return  # stopping or retired: the record stays uncommitted
-                except Exception:  # a bug must not stall the key: retry it
-                    # The record stays at the head of its lane, uncommitted, and is tried again.
-                    log.exception("courier %s: delivering failed; retrying", self.subscription.id)
-                    await self._pause(KAFKA_RETRY_S)
+                    done = await self._deliver(record)
+                except Exception:  # our own bug outside the attempt: retried, visibly
+                    bugs += 1
+                    log.exception("courier %s: a lane failed; retrying", self.subscription.id)
+                    self._trouble("lane", "a lane failed with an internal error (see the log)")
+                    await self._pause(_LANE_BUG.delay(bugs))
                     continue
+                if not done:
+                    return  # stopping or retired: the record stays uncommitted
+                if bugs:
+                    bugs = 0
+                    self._trouble("lane", None)
                 queue.popleft()
+                self._finish(record)
         finally:
             if self._lane_tasks.get(lane) is asyncio.current_task():
                 del self._lane_tasks[lane]
                 if not queue:
                     self._lanes.pop(lane, None)
 
-    async def _deliver(self, record: _Record) -> bool:
+    async def _deliver(self, record: Held) -> bool:
         """Deliver one record or dead-letter it; False when stopped before either."""
+        if record.problem is not None:
+            problem = record.problem
+            await self._dead_letter(record, 0, problem.code, f"{problem.path}: {problem.message}")
+            return True
+        assert record.value is not None  # a readable record has one
         attempt = 0
         while not self._stopping.is_set():
             attempt += 1
@@ -323,23 +461,33 @@ class Courier:
                         record.value, source=record.ref.source, event_id=record.ref.id
                     )
                 except SubscriberGone as exc:
-                    await self._retire(record, attempt, exc)
+                    self._gone(record, attempt, exc)
                     return False
                 except WebhookFailed as exc:
                     failure = exc
+                except Exception as exc:  # a bug is a failed attempt: retried, then a DLQ entry
+                    log.exception(
+                        "subscription %s, event %s: attempt %d failed with an internal error",
+                        self.subscription.id,
+                        record.ref.id,
+                        attempt,
+                    )
+                    failure = WebhookFailed(
+                        f"internal error: {type(exc).__name__}", code="internal_error"
+                    )
                 else:
-                    self._finish(record, self._log(record, "delivered", attempt, status=status))
+                    self._log(record, "delivered", attempt, status=status)
                     return True
-            delay = (
-                failure.retry_after
-                if failure.retry_after is not None
-                else backoff(attempt, self._delivery)
-            )
-            left = self._delivery.retry_window_s - (time.monotonic() - record.read_at)
-            if left <= 0 or (failure.retry_after is not None and delay > left):
-                await self._dead_letter(record, attempt, failure)
+            elapsed = time.monotonic() - record.read_at
+            left = self._delivery.retry_window_s - elapsed
+            retry_after = failure.retry_after
+            if not self._policy.retries(failure, elapsed_s=elapsed) or (
+                retry_after is not None and retry_after > left
+            ):
+                await self._dead_letter(record, attempt, failure.code, str(failure), failure.status)
                 return True
-            self._track(_confirmed(self._log(record, "retry", attempt, failure=failure)))
+            delay = retry_after if retry_after is not None else self._policy.delay(attempt)
+            self._log(record, "retry", attempt, status=failure.status, error=failure.code)
             log.info(
                 "subscription %s, event %s: attempt %d failed (%s); next in %.2fs",
                 self.subscription.id,
@@ -351,109 +499,102 @@ class Courier:
             await self._pause(min(delay, left))  # the last attempt falls at the window's end
         return False
 
-    async def _dead_letter(self, record: _Record, attempt: int, failure: WebhookFailed) -> None:
-        headers = dead_letter_headers(
-            record.headers, error=failure.code, detail=str(failure), attempts=attempt
+    async def _dead_letter(
+        self, record: Held, attempt: int, error: str, detail: str, status: int | None = None
+    ) -> None:
+        """Write the record to the DLQ and wait until the broker has it: the lane moves on only
+        then, so the DLQ keeps the order of a key even when a write has to be retried."""
+        deliver = self.topics.deliver(self.subscription.id)
+        await self._writer.write(
+            dead_letter_write(
+                self.topics.dlq(self.subscription.id),
+                record.key,
+                record.headers,
+                record.value,
+                origin=f"{deliver}/{record.partition}/{record.offset}",
+                error=error,
+                detail=detail,
+                attempts=attempt,
+            )
         )
-        written = await self._send(
-            self.topics.dlq(self.subscription.id), record.value, record.key, headers
-        )
-        logged = self._log(record, "dead_lettered", attempt, failure=failure)
+        self._log(record, "dead_lettered", attempt, status=status, error=error)
         log.warning(
             "subscription %s, event %s: dead-lettered after %d attempts (%s)",
             self.subscription.id,
             record.ref.id,
             attempt,
-            failure.code,
+            error,
         )
-        self._finish(record, written, logged)
 
-    async def _retire(self, record: _Record, attempt: int, exc: SubscriberGone) -> None:
+    def _gone(self, record: Held, attempt: int, exc: SubscriberGone) -> None:
         if self.retired:
             return
         self.retired = True
         self._stopping.set()
-        self._track(_confirmed(self._log(record, "retired", attempt, failure=exc)))
-        log.warning("subscription %s answered 410 Gone: retiring it", self.subscription.id)
-        current = self._store.get(self.subscription.id) or self.subscription
-        if current.active:
-            try:
-                await self._store.put(current.retired())
-            except (KafkaError, KafkaUnavailable):
-                log.exception("subscription %s could not be retired", self.subscription.id)
+        self._log(record, "retired", attempt, status=exc.status, error=exc.code)
+        log.warning("subscription %s answered 410 Gone: stopping delivery", self.subscription.id)
+        if self._on_gone is not None:
+            self._on_gone(self)
 
     # -- writing to Kafka ---------------------------------------------------------------
 
     def _log(
         self,
-        record: _Record,
+        record: Held,
         outcome: Outcome,
         attempt: int,
         *,
         status: int | None = None,
-        failure: WebhookFailed | None = None,
-    ) -> asyncio.Future[Any]:
+        error: str | None = None,
+    ) -> None:
         self.counts[outcome] += 1
-        return asyncio.ensure_future(
-            log_attempt(
-                self._producer,
-                self.topics,
-                subscription=self.subscription.id,
-                purpose=self.subscription.purpose,
-                ref=record.ref,
-                outcome=outcome,
-                attempt=attempt,
-                status=status if failure is None else failure.status,
-                error=None if failure is None else failure.code,
-            )
+        attempt_record = delivery_attempt(
+            subscription=self.subscription.id,
+            purpose=self.subscription.purpose,
+            ref=record.ref,
+            outcome=outcome,
+            attempt=attempt,
+            status=status,
+            error=error,
         )
+        self._write(record, log_write(self.topics.deliveries, attempt_record))
 
-    async def _send(
-        self, topic: str, value: bytes, key: bytes | None, headers: Headers
-    ) -> asyncio.Future[Any]:
-        while True:
-            try:
-                future: asyncio.Future[Any] = await self._producer.send(
-                    topic, value, key=key, headers=list(headers)
-                )
-                return future
-            except KafkaError as exc:
-                log.warning("writing to %s failed (%s); retrying", topic, type(exc).__name__)
-                await asyncio.sleep(KAFKA_RETRY_S)
-
-    def _track(self, work: Awaitable[bool]) -> None:
-        """Keep Kafka writes until the broker confirms them (`stop` waits for these)."""
-        task = asyncio.ensure_future(work)
+    def _write(self, record: Held, write: Write) -> None:
+        task = asyncio.create_task(self._writer.write(write))
+        record.writes.append(task)
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    def _finish(self, record: _Record, *sendings: asyncio.Future[Any]) -> None:
+    def _finish(self, record: Held) -> None:
         """Mark the record finished once the broker has every write about it."""
-        self._track(self._settle(record, self._watermarks.get(record.partition), sendings))
+        task = asyncio.create_task(self._settle(record, self._watermarks.get(record.partition)))
+        self._settling.add(task)
+        task.add_done_callback(self._settled)
 
-    async def _settle(
-        self, record: _Record, watermark: _Watermark | None, sendings: Iterable[asyncio.Future[Any]]
-    ) -> bool:
-        confirmed = await asyncio.gather(*(_confirmed(s) for s in sendings))
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._settling.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # a bug: visible, not silent
+            log.error(
+                "courier %s: finishing a record failed",
+                self.subscription.id,
+                exc_info=task.exception(),
+            )
+            self._trouble("settle", "finishing a record failed (see the log)")
+
+    async def _settle(self, record: Held, watermark: Watermark | None) -> None:
+        try:
+            await asyncio.gather(*record.writes)
+        except asyncio.CancelledError:
+            for write in record.writes:  # stopped: the record stays unfinished
+                write.cancel()
+            raise
         # a revoked partition has a new watermark (or none): the old one is dropped
-        current = self._watermarks.get(record.partition)
-        if all(confirmed) and watermark is not None and watermark is current:
+        if watermark is not None and watermark is self._watermarks.get(record.partition):
             watermark.finish(record.offset)
-        return all(confirmed)
+            if self._progress is not None:
+                self._progress.advanced()
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake up at once when the courier stops."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-
-
-async def _confirmed(sending: asyncio.Future[Any]) -> bool:
-    """Whether a send (a future of the producer's future) reached the broker."""
-    try:
-        result = await sending
-        if isinstance(result, asyncio.Future):
-            await result
-    except (KafkaError, OSError) as exc:
-        log.error("a delivery write was not confirmed (%s)", type(exc).__name__)
-        return False
-    return True

@@ -11,7 +11,8 @@ The answer, classified:
 - 410: `SubscriberGone`, the subscription is to be retired;
 - 429: `WebhookFailed(retriable=True, retry_after=…)` from `Retry-After` (seconds or HTTP date);
 - any other status, a timeout, a refused or broken connection: `WebhookFailed(retriable=True)`
-  with a stable `code` (`http_500`, `timeout`, `connect`, `disconnected`, …).
+  with a stable `code` (`http_500`, `timeout`, `connect`, `disconnected`, …);
+- a payload that is not UTF-8 is never sent: `WebhookFailed(code="not_utf8", retriable=False)`.
 Redirects are not followed (a 3xx is a failure): a sink is registered as the exact URL.
 """
 
@@ -155,7 +156,12 @@ class WebhookSender:
 
         Raises `SubscriberGone` on 410 and `WebhookFailed` on anything else that is no 2xx.
         """
-        text = payload.decode("utf-8")
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:  # the same bytes fail every time: never retried
+            raise WebhookFailed(
+                "the event is not UTF-8 JSON", code="not_utf8", retriable=False
+            ) from exc
         headers = self.headers(source=source, event_id=event_id, payload=text)
         url = self.subscription.sink
         try:

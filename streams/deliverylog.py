@@ -8,15 +8,25 @@ subscription id, so one subscription's attempts stay in order on one partition.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-__all__ = ["OUTCOMES", "DeliveryAttempt", "decode_attempt", "encode_attempt"]
+__all__ = [
+    "CUT_MARK",
+    "OUTCOMES",
+    "DeliveryAttempt",
+    "decode_attempt",
+    "encode_attempt",
+    "shortened",
+]
 
 Outcome = Literal["delivered", "retry", "dead_lettered", "retired", "redriven"]
 OUTCOMES: Final = ("delivered", "retry", "dead_lettered", "retired", "redriven")
+CUT_MARK: Final = "…[cut]"  # ends a field `shortened` cut
+_SHORT: Final = 200
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,3 +77,23 @@ def decode_attempt(value: bytes) -> DeliveryAttempt:
     if raw.get("event_time"):
         raw["event_time"] = datetime.fromisoformat(raw["event_time"])
     return DeliveryAttempt(**raw)
+
+
+def shortened(attempt: DeliveryAttempt) -> DeliveryAttempt:
+    """The attempt with its free-text fields (event id, source, type, error, pseudonym) cut to
+    200 characters, each cut one ending in `CUT_MARK`: what the delivery log holds of an
+    attempt whose full record the topic refused as too large (a poison record's odd id)."""
+
+    def cut(text: str | None) -> str | None:
+        if text is None or len(text) <= _SHORT:
+            return text
+        return text[:_SHORT] + CUT_MARK
+
+    return dataclasses.replace(
+        attempt,
+        event_id=cut(attempt.event_id) or "",
+        source=cut(attempt.source) or "",
+        type=cut(attempt.type) or "",
+        error=cut(attempt.error),
+        pseudonym=cut(attempt.pseudonym),
+    )

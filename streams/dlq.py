@@ -3,6 +3,11 @@
 `gemeentebus.deliver.<id>.dlq` holds the deliver-topic record unchanged (key, value, headers)
 plus `gemeentebus_error` (the last error's stable code: `http_500`, `timeout`, `connect`, …),
 `gemeentebus_error_detail` (human text, no personal data) and `gemeentebus_attempts`.
+A record the courier could not read at all (a null header value, bytes that are no event) is
+kept byte for byte, null header values included, with the reason as its error (attempts 0).
+A dead letter the DLQ topic refuses as too large is written without its value instead, with
+`gemeentebus_truncated` (what was left out) and `gemeentebus_origin` (`<topic>/<partition>/
+<offset>` of the original in the deliver topic, where it stays for the topic's retention).
 
 `redrive` appends the dead letters, in order, to the subscription's deliver topic again
 (error headers dropped, `gemeentebus_redriven: 1` added), so the dispatcher delivers them
@@ -27,6 +32,7 @@ from aiokafka.errors import KafkaError
 
 from streams.app import make_consumer, make_producer
 from streams.attributes import PERSON_TYPES
+from streams.codec import RawHeaders
 from streams.config import Settings
 from streams.deliverylog import DeliveryAttempt, Outcome, encode_attempt
 from streams.exceptions import KafkaUnavailable
@@ -38,22 +44,29 @@ __all__ = [
     "ATTEMPTS_HEADER",
     "DETAIL_HEADER",
     "ERROR_HEADER",
+    "ORIGIN_HEADER",
     "REDRIVEN_HEADER",
+    "TRUNCATED_HEADER",
     "DeadLetter",
     "EventRef",
     "Headers",
     "dead_letter_headers",
+    "delivery_attempt",
     "event_ref",
     "list_dead_letters",
     "log_attempt",
     "redrive",
+    "truncated_headers",
 ]
 
 log = logging.getLogger(__name__)
 
 ATTEMPTS_HEADER: Final = "gemeentebus_attempts"
 REDRIVEN_HEADER: Final = "gemeentebus_redriven"
+TRUNCATED_HEADER: Final = "gemeentebus_truncated"
+ORIGIN_HEADER: Final = "gemeentebus_origin"
 _DLQ_HEADERS: Final = frozenset({ERROR_HEADER, DETAIL_HEADER, ATTEMPTS_HEADER})
+_KEPT_HEADER_BYTES: Final = 1024  # a truncated dead letter keeps only headers up to this size
 
 Headers = tuple[tuple[str, bytes], ...]
 Progress = Callable[[int, int], None]  # (redriven so far, total)
@@ -74,14 +87,24 @@ class EventRef:
     replay: bool
 
 
-def event_ref(key: bytes | None, headers: Headers, value: bytes) -> EventRef:
-    """The identity of a deliver-topic record (structured mode): `ce_*` headers, else the JSON."""
-    found = {name: raw.decode("utf-8", "replace") for name, raw in headers}
-    body: dict[str, Any] = {}
-    if not {"ce_id", "ce_source", "ce_type"} <= found.keys() or b'"replay"' in value:
-        with contextlib.suppress(ValueError):
-            parsed = json.loads(value)
-            body = parsed if isinstance(parsed, dict) else {}
+def event_ref(
+    key: bytes | None,
+    headers: RawHeaders,
+    value: bytes | None,
+    *,
+    body: dict[str, Any] | None = None,
+) -> EventRef:
+    """The identity of a deliver-topic record (structured mode): `ce_*` headers, else the JSON
+    (`body`, when the caller parsed it already). Never raises: an unreadable record gets what
+    can be read of it, empty strings for the rest."""
+    found = {name: raw.decode("utf-8", "replace") for name, raw in headers if raw is not None}
+    value = value or b""
+    if body is None:
+        body = {}
+        if not {"ce_id", "ce_source", "ce_type"} <= found.keys() or b'"replay"' in value:
+            with contextlib.suppress(ValueError, RecursionError):  # not JSON, too deep
+                parsed = json.loads(value)
+                body = parsed if isinstance(parsed, dict) else {}
     event_type = found.get("ce_type") or str(body.get("type", ""))
     raw_time = found.get("ce_time") or body.get("time")
     time = None
@@ -101,8 +124,11 @@ def event_ref(key: bytes | None, headers: Headers, value: bytes) -> EventRef:
     )
 
 
-def dead_letter_headers(headers: Headers, *, error: str, detail: str, attempts: int) -> Headers:
-    """The headers of a dead letter: the original ones plus why and after how many attempts."""
+def dead_letter_headers(
+    headers: RawHeaders, *, error: str, detail: str, attempts: int
+) -> RawHeaders:
+    """The headers of a dead letter: the original ones (a null value stays null) plus why and
+    after how many attempts."""
     kept = tuple((k, v) for k, v in headers if k not in _DLQ_HEADERS)
     return (
         *kept,
@@ -112,7 +138,17 @@ def dead_letter_headers(headers: Headers, *, error: str, detail: str, attempts: 
     )
 
 
-def _redriven_headers(headers: Headers) -> Headers:
+def truncated_headers(headers: RawHeaders, *, value_bytes: int, origin: str) -> RawHeaders:
+    """The headers of a dead letter written without its value (the DLQ refused it as too
+    large): the error headers, the original headers up to 1 KiB each, what was left out and
+    where the original is."""
+    kept = [(k, v) for k, v in headers if v is None or len(v) <= _KEPT_HEADER_BYTES]
+    dropped = len(headers) - len(kept)
+    note = f"value of {value_bytes} bytes left out; {dropped} large headers left out"
+    return (*kept, (TRUNCATED_HEADER, note.encode()), (ORIGIN_HEADER, origin.encode()))
+
+
+def _redriven_headers(headers: RawHeaders) -> RawHeaders:
     kept = tuple((k, v) for k, v in headers if k not in _DLQ_HEADERS and k != REDRIVEN_HEADER)
     return (*kept, (REDRIVEN_HEADER, b"1"))
 
@@ -131,7 +167,34 @@ async def log_attempt(
     protocol: str = "HTTP",
 ) -> asyncio.Future[Any]:
     """Send one delivery-log record; returns the future that resolves when the broker has it."""
-    record = DeliveryAttempt(
+    record = delivery_attempt(
+        subscription=subscription,
+        purpose=purpose,
+        ref=ref,
+        outcome=outcome,
+        attempt=attempt,
+        status=status,
+        error=error,
+        protocol=protocol,
+    )
+    key, value = encode_attempt(record)
+    future: asyncio.Future[Any] = await producer.send(topics.deliveries, value, key=key)
+    return future
+
+
+def delivery_attempt(
+    *,
+    subscription: str,
+    purpose: str,
+    ref: EventRef,
+    outcome: Outcome,
+    attempt: int,
+    status: int | None = None,
+    error: str | None = None,
+    protocol: str = "HTTP",
+) -> DeliveryAttempt:
+    """The delivery-log record of one attempt on the event `ref`, made now."""
+    return DeliveryAttempt(
         subscription=subscription,
         event_id=ref.id,
         source=ref.source,
@@ -147,9 +210,6 @@ async def log_attempt(
         replay=ref.replay,
         protocol=protocol,
     )
-    key, value = encode_attempt(record)
-    future: asyncio.Future[Any] = await producer.send(topics.deliveries, value, key=key)
-    return future
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,6 +226,15 @@ class DeadLetter:
     partition: int
     offset: int
     redriven: bool  # a redrive already took it
+
+
+def _headers_of(record: Any) -> RawHeaders:
+    # a dead letter keeps a null header value null (the poison record it was)
+    return tuple((str(k), None if v is None else bytes(v)) for k, v in record.headers or ())
+
+
+def _attempts(raw: bytes | None) -> int:
+    return int(raw) if raw is not None and raw.isdigit() else 0
 
 
 def _consumer(settings: Settings, group: str | None) -> AIOKafkaConsumer:
@@ -226,9 +295,9 @@ async def list_dead_letters(settings: Settings, subscription_id: str) -> list[De
         await consumer.stop()
     letters = []
     for r in records:
-        headers = tuple((k, bytes(v)) for k, v in r.headers or ())
-        found = {k: v.decode("utf-8", "replace") for k, v in headers}
-        ref = event_ref(r.key, headers, r.value or b"")
+        headers = _headers_of(r)
+        found = {k: v.decode("utf-8", "replace") for k, v in headers if v is not None}
+        ref = event_ref(r.key, headers, r.value)
         letters.append(
             DeadLetter(
                 event_id=ref.id,
@@ -237,7 +306,7 @@ async def list_dead_letters(settings: Settings, subscription_id: str) -> list[De
                 time=ref.time,
                 error=found.get(ERROR_HEADER, ""),
                 detail=found.get(DETAIL_HEADER, ""),
-                attempts=int(found.get(ATTEMPTS_HEADER, "0") or 0),
+                attempts=_attempts(dict(headers).get(ATTEMPTS_HEADER)),
                 partition=r.partition,
                 offset=r.offset,
                 redriven=r.offset < committed.get(TopicPartition(r.topic, r.partition), 0),
@@ -323,14 +392,14 @@ async def redrive(
                 for r in batch:
                     if r.offset >= ends[tp]:
                         break
-                    headers = tuple((k, bytes(v)) for k, v in r.headers or ())
+                    headers = _headers_of(r)
                     futures.append(
                         await producer.send(
                             target, r.value, key=r.key, headers=list(_redriven_headers(headers))
                         )
                     )
-                    ref = event_ref(r.key, headers, r.value or b"")
-                    attempts = dict(headers).get(ATTEMPTS_HEADER, b"0")
+                    ref = event_ref(r.key, headers, r.value)
+                    attempts = dict(headers).get(ATTEMPTS_HEADER)
                     futures.append(
                         await log_attempt(
                             producer,
@@ -339,7 +408,7 @@ async def redrive(
                             purpose=purpose,
                             ref=ref,
                             outcome="redriven",
-                            attempt=int(attempts or b"0"),
+                            attempt=_attempts(attempts),
                         )
                     )
                     commit[tp] = r.offset + 1

@@ -248,3 +248,13 @@ async def test_a_refused_connection_is_a_connect_error() -> None:
         await client.close()
     assert caught.value.retriable
     assert caught.value.code == "connect"
+
+
+async def test_a_payload_that_is_not_utf8_is_a_permanent_failure_and_never_sent(
+    receiver: Receiver, sender: WebhookSender
+) -> None:
+    with pytest.raises(WebhookFailed) as caught:
+        await sender.send(b'{"id": "\xff"}', source=SOURCE, event_id="e1")
+    assert not caught.value.retriable  # the same bytes fail every time: dead-lettered at once
+    assert caught.value.code == "not_utf8"
+    assert receiver.requests == []

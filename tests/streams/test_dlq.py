@@ -25,7 +25,7 @@ from streams.dlq import (
 )
 from streams.store import SubscriptionStore
 from streams.subscriptions import Subscription
-from streams.topics import Topics
+from streams.topics import Topics, create_topics, subscription_topics
 
 pytestmark = pytest.mark.kafka
 
@@ -139,3 +139,25 @@ async def test_redrive_of_an_unknown_subscription_says_so(
 ) -> None:
     with pytest.raises(ValueError, match="no subscription"):
         await redrive(settings, "nobody")
+
+
+async def test_a_poison_dead_letter_with_a_null_header_is_listed_and_redriven(
+    settings: Settings, bus_topics: Topics, read_topic: Reader
+) -> None:
+    key, headers, value = record(0, f"{0:064x}", VERHUISD)
+    poison = [*headers, ("x-odd", None)]  # as the courier dead-letters it: byte for byte
+    dead = dead_letter_headers(tuple(poison), error="null_header", detail="x", attempts=0)
+    await create_topics(settings.kafka, subscription_topics(settings.kafka, "odd"))
+    producer = make_producer(settings, "test-dlq")
+    await producer.start()
+    try:
+        await producer.send_and_wait(bus_topics.dlq("odd"), value, key=key, headers=list(dead))
+    finally:
+        await producer.stop()
+
+    letters = await list_dead_letters(settings, "odd")
+    assert [(d.event_id, d.error, d.attempts) for d in letters] == [("e0", "null_header", 0)]
+    assert await redrive(settings, "odd", purpose="verhuizingen verwerken") == 1
+    (again,) = await read_topic(bus_topics.deliver("odd"), count=1)
+    assert ("x-odd", None) in list(again.headers)  # still the same record
+    assert again.value == value
