@@ -36,6 +36,7 @@ from streams.attributes import ZAAK_GEMUTEERD
 from streams.auth import Authenticator, AuthError, Client, Forbidden
 from streams.config import Settings
 from streams.exceptions import FieldError, InvalidEvent, KafkaUnavailable
+from streams.health import Health, add_health_routes
 from streams.ingress import Accepted, Gate, Rejected
 from streams.router import Router
 from streams.topics import Topics
@@ -438,13 +439,15 @@ def make_api(
     produce_timeout_s: float | None = None,
     store: SubscriptionStore,
     environ: Mapping[str, str] | None = None,
+    health: Health | None = None,
 ) -> web.Application:
     """The HTTP API over a started idempotent producer (`streams.app.make_producer`) and a
     started subscription `store`: what it accepts is routed against that set, and the
     subscription and operator routes (replay, reconciliation, pull) work on it.
 
     `produce_timeout_s` bounds the wait for the broker's confirmation (default: the Kafka
-    request timeout); `environ` is where JWT secrets are read (default: `os.environ`).
+    request timeout); `environ` is where JWT secrets are read (default: `os.environ`);
+    `health` is what `GET /ready` reports (default: the API alone, ready).
     """
     auth = Authenticator(settings, environ=environ)
     timeout = (
@@ -461,6 +464,10 @@ def make_api(
     app.router.add_post("/api/v1/notificaties", api.notificaties)
     app.router.add_get("/health", api.health)
     app.router.add_get("/metrics", api.metrics)
+    if health is None:  # an API on its own (tests, tools): ready while it runs
+        health = Health()
+        health.started("api")
+    add_health_routes(app, health, liveness=False)  # GET /ready
     from streams.api_audit import add_audit_routes
     from streams.api_operations import add_operation_routes
     from streams.api_subscriptions import add_subscription_routes  # it builds on this module
