@@ -64,7 +64,6 @@ METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 # Later endpoints (subscriptions, replays) authenticate with the same clients.
 AUTHENTICATOR: Final = web.AppKey("authenticator", Authenticator)
 _MODES: Final = (codec.STRUCTURED_CONTENT_TYPE, codec.BATCH_CONTENT_TYPE, codec.JSON_CONTENT_TYPE)
-_HEALTH_TIMEOUT_S: Final = 2.0
 _RETRY_AFTER_S: Final = "5"
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -142,19 +141,14 @@ def _reply(status: int, code: str, message: str, errors: list[dict[str, Any]]) -
     return web.json_response(body, status=status, headers=headers)
 
 
-async def _producer_ready(producer: AIOKafkaProducer) -> bool:
+def _producer_running(producer: AIOKafkaProducer) -> bool:
+    """Liveness: the producer was started and not stopped, its sender alive. Whether the
+    broker answers is readiness (`GET /ready`), not liveness: an outage is no reason to
+    restart the process."""
+    client = getattr(producer, "_client", producer)  # streams.app.Producer wraps aiokafka's
     # aiokafka has no public "running" state: started (sender task alive) and not stopped.
-    sender = getattr(getattr(producer, "_sender", None), "sender_task", None)
-    if getattr(producer, "_closed", True) or sender is None or sender.done():
-        return False
-    try:
-        async with asyncio.timeout(_HEALTH_TIMEOUT_S):
-            for broker in producer.client.cluster.brokers():
-                if await producer.client.ready(broker.nodeId):
-                    return True
-    except (KafkaError, OSError, TimeoutError):
-        return False
-    return False
+    sender = getattr(getattr(client, "_sender", None), "sender_task", None)
+    return not getattr(client, "_closed", True) and sender is not None and not sender.done()
 
 
 class _Api:
@@ -390,9 +384,9 @@ class _Api:
     # -- GET /health, GET /metrics ----------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
-        if await _producer_ready(self.producer):
+        if _producer_running(self.producer):
             return web.json_response({"status": "ok"})
-        body = {"status": "unavailable", "message": "the Kafka producer is not connected"}
+        body = {"status": "unavailable", "message": "the Kafka producer is not running"}
         return web.json_response(body, status=503)
 
     async def metrics(self, request: web.Request) -> web.Response:
