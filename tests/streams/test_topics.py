@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from streams.config import Settings
+from connectors.kafka_local import LocalKafka, free_port_range
+from streams.config import Settings, load_settings
 from streams.exceptions import ConfigurationError
 from streams.runner import prepare_topics
 from streams.topics import (
@@ -114,3 +119,41 @@ async def test_a_lost_subscription_set_is_refused_not_recreated(
         await admin.close()
     with pytest.raises(ConfigurationError, match="the subscription set was lost"):
         await prepare_topics(settings)
+
+
+@pytest.mark.slow
+async def test_topics_create_on_three_nodes_gives_three_replicas_two_in_sync(
+    tmp_path: Path,
+) -> None:
+    """`gemeentebus kafka up --nodes 3` then `topics create`, with the default settings."""
+    port = free_port_range(6)
+    kafka = LocalKafka(
+        data_dir=tmp_path / "kafka",
+        cache_dir=load_settings().local_kafka.cache_dir,
+        nodes=3,
+        port=port,
+        heap_mb=256,
+    )
+    bootstrap = await asyncio.to_thread(kafka.up, progress=lambda line: None)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GEMEENTEBUS_")}
+        env.update({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "GEMEENTEBUS_KAFKA__PARTITIONS": "1"})
+        created = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "streams.cli", "topics", "create"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert created.returncode == 0, created.stderr
+        defaults = load_settings().kafka.model_copy(update={"bootstrap_servers": bootstrap})
+        t = Topics(defaults.topic_prefix)
+        names = [t.ingress, t.subscriptions, t.deliveries]
+        async with asyncio.timeout(30):  # until every node's metadata has them
+            while len(states := await describe_topics(defaults, names)) < len(names):  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
+        assert {(s.replicas, s.min_insync_replicas) for s in states.values()} == {(3, 2)}
+    finally:
+        await asyncio.to_thread(kafka.down)
