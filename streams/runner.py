@@ -45,6 +45,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from connectors.courier import STOP_DEADLINE_S
 from connectors.delivery import Dispatcher
 from streams import metrics
 from streams.app import make_producer
@@ -250,7 +251,7 @@ async def stop(bus: Bus) -> None:
         bus.producer = None
     if bus.dispatcher is not None:
         in_flight = max(1.0, bus.settings.run.grace_s - _STOP_MARGIN_S)
-        await bus.dispatcher.stop(min(in_flight, _dispatcher_deadline()))
+        await bus.dispatcher.stop(min(in_flight, STOP_DEADLINE_S))
         bus.dispatcher = None
     if bus.validator is not None:
         await bus.validator.stop()
@@ -258,12 +259,6 @@ async def stop(bus: Bus) -> None:
     if bus.store is not None:
         await bus.store.stop()
         bus.store = None
-
-
-def _dispatcher_deadline() -> float:
-    from connectors.courier import STOP_DEADLINE_S
-
-    return STOP_DEADLINE_S
 
 
 @asynccontextmanager
@@ -342,16 +337,15 @@ async def run(settings: Settings, role: Role = "all") -> int:
     health = Health(stall_after_s=settings.health.stall_after_s)
     health.on_fail.append(on_fail)
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stop_asked = asyncio.create_task(stopping.wait())
     try:
         starting = asyncio.create_task(start(settings, role, health=health))
-        stop_asked = asyncio.create_task(stopping.wait())
         await asyncio.wait({starting, stop_asked}, return_when=asyncio.FIRST_COMPLETED)
         if not starting.done():  # asked to stop while starting: `start` undoes itself
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
             return EXIT_FAILED if failed else 0
-        stop_asked.cancel()
         bus = starting.result()
         settle_garbage_collector()
         print(f"gemeentebus running (role {role}) on {bus.url}; Ctrl-C to stop", flush=True)
@@ -362,6 +356,7 @@ async def run(settings: Settings, role: Role = "all") -> int:
         except TimeoutError:
             _exit_now(EXIT_LATE, f"did not stop within {settings.run.grace_s:g}s (run.grace_s)")
     finally:
+        stop_asked.cancel()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if failed:
