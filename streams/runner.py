@@ -140,11 +140,17 @@ async def _wait_for_cluster(settings: Settings) -> set[str]:
             await asyncio.sleep(policy.delay(attempt))
 
 
-async def prepare_topics(settings: Settings) -> None:
+def _quiet(step: str) -> None:
+    pass
+
+
+async def prepare_topics(settings: Settings, step: Callable[[str], None] = _quiet) -> None:
     """Create the bus's missing topics; refuse a lost subscription set and, in production,
-    topics that can lose acknowledged records (`streams.topics.durability_problems`)."""
+    topics that can lose acknowledged records (`streams.topics.durability_problems`).
+    `step` hears what it is doing now."""
     t = Topics(settings.kafka.topic_prefix)
     specs = bus_topics(settings.kafka, registry().types())
+    step(f"waiting for the Kafka cluster at {settings.kafka.bootstrap_servers}")
     present = await _wait_for_cluster(settings)
     deliver = sorted(n for n in present if n.startswith(t.deliver("")))
     if t.subscriptions not in present and deliver:
@@ -153,8 +159,12 @@ async def prepare_topics(settings: Settings) -> None:
             "the subscription set was lost. Restore the topic, or run `gemeentebus topics "
             "create` to start again with no subscriptions"
         )
+    step("creating the bus's missing topics")
     await create_topics(settings.kafka, specs)
-    states = await describe_topics(settings.kafka, [*(s.name for s in specs), *deliver])
+    step("checking the topics' replication and retention")
+    names = [*(s.name for s in specs), *deliver]
+    while len(states := await describe_topics(settings.kafka, names)) < len(names):  # noqa: ASYNC110
+        await asyncio.sleep(0.2)  # topics just created: until the metadata has them all
     problems = durability_problems(settings, states.values())
     if problems and settings.mode == "production":
         more = f" (and {len(problems) - 1} more like it)" if len(problems) > 1 else ""
@@ -164,46 +174,48 @@ async def prepare_topics(settings: Settings) -> None:
 
 
 async def start(settings: Settings, role: Role = "all", *, health: Health | None = None) -> Bus:
-    """Start the roles of this process within `kafka.start_timeout_s`; topics are created
-    first when missing. Raises a `GemeentebusError` that says what did not come up."""
+    """Start the roles of this process; topics are created first when missing.
+
+    The cluster, the topics and the subscription set must be there within
+    `kafka.start_timeout_s`, else a `GemeentebusError` says which was not. Then the HTTP
+    server answers (`/ready`: "starting") while the roles join their consumer groups, which
+    after a crash may take the broker's session timeout, and is not bounded here: the
+    cluster watch gives up on a cluster that lost the bus's topics meanwhile.
+    """
     settings.security.pseudonym_key_bytes()  # refuse to start without a key
     bus = Bus(settings, health or Health(stall_after_s=settings.health.stall_after_s))
     metrics.watch_health(bus.health)
     roles = _roles(role)
     for name in roles:
         bus.health.role(name)  # "starting" until it started
-    step = f"waiting for the Kafka cluster at {settings.kafka.bootstrap_servers}"
+    steps = ["preparing"]
     try:
-        async with asyncio.timeout(settings.kafka.start_timeout_s):
-            await prepare_topics(settings)
-            step = "reading the subscription set"
-            bus.store = SubscriptionStore(settings, name=f"store-{role}", health=bus.health)
-            await bus.store.start()
-            await bus.store.ready()
-            if "worker" in roles:
-                step = "starting the worker"
-                bus.validator = Validator(
-                    settings, store=bus.store, **_health_kw(Validator, bus.health)
-                )
-                await bus.validator.start()
-            if "delivery" in roles:
-                step = "starting delivery"
-                bus.dispatcher = Dispatcher(
-                    settings, bus.store, **_health_kw(Dispatcher, bus.health)
-                )
-                await bus.dispatcher.start()
-            step = "starting the HTTP server"
-            await _serve(bus, roles)
-            bus.watch = ClusterWatch(settings, bus.health, [s.name for s in bus_topics(
-                settings.kafka, registry().types())])  # fmt: skip
-            await bus.watch.start()
-    except BaseException as exc:
-        await stop(bus)
-        if isinstance(exc, TimeoutError):
+        try:
+            async with asyncio.timeout(settings.kafka.start_timeout_s):
+                await prepare_topics(settings, steps.append)
+                steps.append("reading the subscription set")
+                bus.store = SubscriptionStore(settings, name=f"store-{role}", health=bus.health)
+                await bus.store.start()
+                await bus.store.ready()
+        except TimeoutError as exc:
             raise KafkaUnavailable(
                 f"the bus did not start within {settings.kafka.start_timeout_s:.0f}s "
-                f"(kafka.start_timeout_s): still {step}"
+                f"(kafka.start_timeout_s): still {steps[-1]}"
             ) from exc
+        await _serve(bus, roles)
+        topics = [s.name for s in bus_topics(settings.kafka, registry().types())]
+        bus.watch = ClusterWatch(settings, bus.health, topics)
+        await bus.watch.start()
+        if "worker" in roles:
+            bus.validator = Validator(
+                settings, store=bus.store, **_health_kw(Validator, bus.health)
+            )
+            await bus.validator.start()
+        if "delivery" in roles:
+            bus.dispatcher = Dispatcher(settings, bus.store, **_health_kw(Dispatcher, bus.health))
+            await bus.dispatcher.start()
+    except BaseException:
+        await stop(bus)
         raise
     for name in roles:
         bus.health.started(name)
