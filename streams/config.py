@@ -130,7 +130,8 @@ class SecuritySettings(BaseModel):
 
 
 class HttpSettings(BaseModel):
-    """The HTTP API."""
+    """The HTTP server of a `run` process: the API, or in a `worker` or `delivery` process
+    only `/health`, `/ready` and `/metrics`. Give each process on one host its own port."""
 
     model_config = _FROZEN
 
