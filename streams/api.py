@@ -35,6 +35,7 @@ from streams.attributes import ZAAK_GEMUTEERD
 from streams.auth import Authenticator, AuthError, Client, Forbidden
 from streams.config import Settings
 from streams.exceptions import FieldError, InvalidEvent, KafkaUnavailable
+from streams.health import Health, add_health_routes
 from streams.ingress import Accepted, Gate, Rejected
 from streams.router import Router
 from streams.topics import Topics
@@ -62,7 +63,6 @@ METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 # Later endpoints (subscriptions, replays) authenticate with the same clients.
 AUTHENTICATOR: Final = web.AppKey("authenticator", Authenticator)
 _MODES: Final = (codec.STRUCTURED_CONTENT_TYPE, codec.BATCH_CONTENT_TYPE, codec.JSON_CONTENT_TYPE)
-_HEALTH_TIMEOUT_S: Final = 2.0
 _RETRY_AFTER_S: Final = "5"
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -140,17 +140,11 @@ def _reply(status: int, code: str, message: str, errors: list[dict[str, Any]]) -
     return web.json_response(body, status=status, headers=headers)
 
 
-async def _producer_ready(producer: Producer) -> bool:
-    if not producer.running:
-        return False
-    try:
-        async with asyncio.timeout(_HEALTH_TIMEOUT_S):
-            for broker in producer.client.cluster.brokers():
-                if await producer.client.ready(broker.nodeId):
-                    return True
-    except (KafkaError, OSError, TimeoutError):
-        return False
-    return False
+def _producer_running(producer: Producer) -> bool:
+    """Liveness: the producer was started and not stopped, its sender alive. Whether the
+    broker answers is readiness (`GET /ready`), not liveness: an outage is no reason to
+    restart the process."""
+    return producer.running
 
 
 class _Api:
@@ -386,9 +380,9 @@ class _Api:
     # -- GET /health, GET /metrics ----------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
-        if await _producer_ready(self.producer):
+        if _producer_running(self.producer):
             return web.json_response({"status": "ok"})
-        body = {"status": "unavailable", "message": "the Kafka producer is not connected"}
+        body = {"status": "unavailable", "message": "the Kafka producer is not running"}
         return web.json_response(body, status=503)
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -435,13 +429,15 @@ def make_api(
     produce_timeout_s: float | None = None,
     store: SubscriptionStore,
     environ: Mapping[str, str] | None = None,
+    health: Health | None = None,
 ) -> web.Application:
     """The HTTP API over a started idempotent producer (`streams.app.make_producer`) and a
     started subscription `store`: what it accepts is routed against that set, and the
     subscription and operator routes (replay, reconciliation, pull) work on it.
 
     `produce_timeout_s` bounds the wait for the broker's confirmation (default: the Kafka
-    request timeout); `environ` is where JWT secrets are read (default: `os.environ`).
+    request timeout); `environ` is where JWT secrets are read (default: `os.environ`);
+    `health` is what `GET /ready` reports (default: the API alone, ready).
     """
     auth = Authenticator(settings, environ=environ)
     timeout = (
@@ -458,6 +454,10 @@ def make_api(
     app.router.add_post("/api/v1/notificaties", api.notificaties)
     app.router.add_get("/health", api.health)
     app.router.add_get("/metrics", api.metrics)
+    if health is None:  # an API on its own (tests, tools): ready while it runs
+        health = Health()
+        health.started("api")
+    add_health_routes(app, health, liveness=False)  # GET /ready
     from streams.api_audit import add_audit_routes
     from streams.api_operations import add_operation_routes
     from streams.api_subscriptions import add_subscription_routes  # it builds on this module

@@ -78,8 +78,11 @@ def cmd_topics_create(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from streams.runner import run
 
-    asyncio.run(run(settings, args.role))
-    return 0
+    if args.grace is not None:
+        settings = settings.model_copy(
+            update={"run": settings.run.model_copy(update={"grace_s": args.grace})}
+        )
+    return asyncio.run(run(settings, args.role))
 
 
 def cmd_schemas_check(args: argparse.Namespace, settings: Settings) -> int:
@@ -216,7 +219,12 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run the bus: HTTP API and stream workers",
-        description="Run the bus until SIGTERM/SIGINT. Needs a BSN pseudonym key.",
+        description="Run the bus until SIGTERM/SIGINT. Needs a BSN pseudonym key. Every "
+        "process serves GET /health and GET /ready (per role, with reasons) on http.host:"
+        "http.port. Exit codes: 0 stopped cleanly; 1 gave up on a fault it cannot mend "
+        "(a topic gone, the subscription reader dying); 2 could not start (configuration, "
+        "cluster, topics: one line says why); 3 did not stop within the grace period; "
+        "128+N a second signal N.",
     )
     run.add_argument(
         "--role",
@@ -224,6 +232,13 @@ def _parser() -> argparse.ArgumentParser:
         default="all",
         help="all (default); api: the HTTP API; worker: validate and route; "
         "delivery: the webhook dispatcher",
+    )
+    run.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop within this long after SIGTERM, else exit 3 (default run.grace_s: 25)",
     )
     run.set_defaults(func=cmd_run)
 

@@ -25,11 +25,13 @@ __all__ = [
     "ENV",
     "ClientConfig",
     "DeliverySettings",
+    "HealthSettings",
     "HttpSettings",
     "KafkaSettings",
     "LocalKafkaSettings",
     "PublishGrant",
     "ReplaySettings",
+    "RunSettings",
     "SecuritySettings",
     "Settings",
     "SubscribeGrant",
@@ -63,12 +65,32 @@ class KafkaSettings(BaseModel):
     # Namespace of every topic and consumer group; SPEC §3 names are under the default.
     topic_prefix: str = Field(default="gemeentebus", pattern=r"^[a-z][a-z0-9-]{0,40}$")
     partitions: int = Field(default=6, ge=1)
-    replication_factor: int = Field(default=1, ge=1)
-    min_insync_replicas: int = Field(default=1, ge=1)
+    # A cluster's defaults: one broker may be lost without losing an acknowledged record.
+    replication_factor: int = Field(default=3, ge=1)
+    min_insync_replicas: int = Field(default=2, ge=1)
+    # Production refuses topics with one replica unless this says so (one-node brokers).
+    allow_single_replica: bool = False
+    ingress_retention_days: int = Field(default=7, ge=1)
     events_retention_days: int = Field(default=400, ge=1)
     invalid_retention_days: int = Field(default=30, ge=1)
     deliver_retention_days: int = Field(default=14, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)
+    # How long `run` waits at start for the cluster to answer and its topics to be there.
+    start_timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _isr_within_replicas(self) -> KafkaSettings:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"kafka.min_insync_replicas ({self.min_insync_replicas}) exceeds "
+                f"kafka.replication_factor ({self.replication_factor}): no write could succeed"
+            )
+        return self
+
+    @classmethod
+    def single_node(cls, **values: Any) -> KafkaSettings:
+        """Settings for a one-broker cluster (demo, tests, benchmarks): one replica, allowed."""
+        return cls(replication_factor=1, min_insync_replicas=1, allow_single_replica=True, **values)
 
 
 class LocalKafkaSettings(BaseModel):
@@ -109,7 +131,8 @@ class SecuritySettings(BaseModel):
 
 
 class HttpSettings(BaseModel):
-    """The HTTP API."""
+    """The HTTP server of a `run` process: the API, or in a `worker` or `delivery` process
+    only `/health`, `/ready` and `/metrics`. Give each process on one host its own port."""
 
     model_config = _FROZEN
 
@@ -140,6 +163,30 @@ class ReplaySettings(BaseModel):
     rate: float = Field(default=2000.0, gt=0)  # events written per second
     checkpoint_every: int = Field(default=1000, ge=1)  # records scanned between checkpoints
     lease_s: float = Field(default=30.0, gt=0)  # unrenewed this long: another process resumes
+
+
+class RunSettings(BaseModel):
+    """How `gemeentebus run` stops."""
+
+    model_config = _FROZEN
+
+    # SIGTERM to exit, inside a container orchestrator's 30 s; past it the exit is non-zero.
+    grace_s: float = Field(default=25.0, gt=0)
+
+
+class HealthSettings(BaseModel):
+    """Readiness (`/ready`): when a role counts as stalled, and when the process gives up."""
+
+    model_config = _FROZEN
+
+    # Input waiting this long without progress makes a role not ready.
+    stall_after_s: float = Field(default=60.0, gt=0)
+    # A fault the process cannot mend itself (a topic it needs deleted, its subscription
+    # reader dying again and again) ends it this long after it began: exit 1, for a
+    # supervisor to restart it.
+    give_up_after_s: float = Field(default=60.0, gt=0)
+    # How often the cluster is asked whether it answers and has the bus's topics.
+    probe_interval_s: float = Field(default=2.0, gt=0)
 
 
 class PublishGrant(BaseModel):
@@ -196,6 +243,8 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     delivery: DeliverySettings = DeliverySettings()
     replay: ReplaySettings = ReplaySettings()
+    run: RunSettings = RunSettings()
+    health: HealthSettings = HealthSettings()
     clients: tuple[ClientConfig, ...] = ()
 
     @field_validator("clients")

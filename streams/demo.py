@@ -96,7 +96,7 @@ def _settings(bootstrap: str, token: str, receivers: list[Receiver]) -> Settings
     ]
     return Settings(
         mode="demo",
-        kafka=KafkaSettings(bootstrap_servers=bootstrap, partitions=3),
+        kafka=KafkaSettings.single_node(bootstrap_servers=bootstrap, partitions=3),
         security={"pseudonym_key": secrets.token_hex(32)},  # type: ignore[arg-type]
         http={"host": "127.0.0.1", "port": 0},  # type: ignore[arg-type]
         # Quick retries, so the failing receiver's recovery shows within the demo.

@@ -9,16 +9,28 @@ subscription, a producer. Each part reports what it sees:
 
 A part is not ready when it is broken, or when input has been waiting longer than
 `stall_after_s` without progress. A role is ready when it has started and all its parts
-are ready. `/ready` answers per role, with the reasons.
+are ready. A *shared* part (the cluster, the subscription reader) belongs to every role of
+the process. A fault the process cannot mend itself is `fail(reason)`: every role is then
+not ready, `/health` (liveness) says so too, and `run` exits non-zero.
+
+`/ready` answers per role, with the reasons: 200 when ready, 503 when not
+(`add_health_routes`); processes without the HTTP API serve `/health`, `/ready` and
+`/metrics` alone (`health_app`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["Health", "Progress", "RoleState"]
+from aiohttp import web
+
+__all__ = ["Health", "Progress", "RoleState", "add_health_routes", "health_app"]
+
+log = logging.getLogger(__name__)
 
 
 class Progress:
@@ -79,10 +91,10 @@ class RoleState:
     started: bool = False
     parts: dict[str, Progress] = field(default_factory=dict)
 
-    def problems(self, stall_after_s: float) -> list[str]:
+    def problems(self, stall_after_s: float, shared: Iterable[Progress] = ()) -> list[str]:
         if not self.started:
             return [f"{self.role}: starting"]
-        found = (p.problem(stall_after_s) for p in self.parts.values())
+        found = (p.problem(stall_after_s) for p in (*shared, *self.parts.values()))
         return [problem for problem in found if problem is not None]
 
 
@@ -95,6 +107,9 @@ class Health:
         self.stall_after_s = stall_after_s
         self._clock = clock
         self._roles: dict[str, RoleState] = {}
+        self._shared: dict[str, Progress] = {}
+        self.failed: str | None = None
+        self.on_fail: list[Callable[[str], None]] = []
 
     def role(self, role: str) -> RoleState:
         """The state of `role`, created (not started) on first use."""
@@ -106,6 +121,21 @@ class Health:
         if name not in state.parts:
             state.parts[name] = Progress(name, clock=self._clock)
         return state.parts[name]
+
+    def shared(self, name: str) -> Progress:
+        """A part every role of this process depends on (the cluster, the subscription set)."""
+        if name not in self._shared:
+            self._shared[name] = Progress(name, clock=self._clock)
+        return self._shared[name]
+
+    def fail(self, reason: str) -> None:
+        """The process cannot go on (why, without personal data): every listener hears it once."""
+        if self.failed is not None:
+            return
+        self.failed = reason
+        log.error("giving up: %s", reason)
+        for listener in list(self.on_fail):
+            listener(reason)
 
     def drop(self, role: str, name: str) -> None:
         """Forget a part that no longer exists (a stopped courier)."""
@@ -119,5 +149,54 @@ class Health:
 
     def ready(self) -> tuple[bool, dict[str, list[str]]]:
         """Whether every role is ready, and per role the reasons it is not."""
-        problems = {state.role: state.problems(self.stall_after_s) for state in self}
-        return all(not p for p in problems.values()), problems
+        problems = {
+            state.role: state.problems(self.stall_after_s, self._shared.values()) for state in self
+        }
+        if self.failed is not None:
+            failed = f"failed: {self.failed}"
+            problems = {role: [failed, *found] for role, found in problems.items()}
+        return bool(problems) and all(not p for p in problems.values()), problems
+
+    def parts_of(self, role: str) -> list[Progress]:
+        """The parts `role` depends on: the shared ones and its own."""
+        return [*self._shared.values(), *self.role(role).parts.values()]
+
+    def report(self) -> dict[str, Any]:
+        """What `/ready` answers: overall, then per role whether it is ready and why not."""
+        ready, problems = self.ready()
+        return {
+            "ready": ready,
+            "roles": {
+                role: {"ready": not found, "problems": found} for role, found in problems.items()
+            },
+        }
+
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def add_health_routes(app: web.Application, health: Health, *, liveness: bool = True) -> None:
+    """`GET /ready` (200 or 503 with the reasons per role) and, unless `liveness` is False
+    (the API has its own), `GET /health`: 200 while the process can go on, 503 once it
+    gave up (it is about to exit)."""
+
+    async def ready(request: web.Request) -> web.Response:
+        report = health.report()
+        return web.json_response(report, status=200 if report["ready"] else 503)
+
+    async def alive(request: web.Request) -> web.Response:
+        if health.failed is not None:
+            return web.json_response({"status": "failed", "message": health.failed}, status=503)
+        return web.json_response({"status": "ok"})
+
+    app.router.add_get("/ready", ready)
+    if liveness:
+        app.router.add_get("/health", alive)
+
+
+def health_app(health: Health, *, metrics: _Handler) -> web.Application:
+    """The HTTP server of a process without the API: `/health`, `/ready`, `/metrics`."""
+    app = web.Application()
+    add_health_routes(app, health)
+    app.router.add_get("/metrics", metrics)
+    return app

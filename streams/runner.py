@@ -6,36 +6,86 @@ Roles, each a process that scales on its own (they share nothing but Kafka):
 - `delivery`: the webhook dispatcher (deliver topics → subscribers' endpoints);
 - `all`: the three in one process (the default, and what the demo runs).
 Several processes of a role share the work through Kafka consumer groups.
+
+Every process answers `GET /health` (liveness) and `GET /ready` (readiness per role, with
+the reasons) on `http.host`:`http.port`: the API role beside its routes, a `worker` or
+`delivery` process on a small server of its own that also serves `/metrics`.
+
+Starting waits at most `kafka.start_timeout_s` for the cluster, creates the bus's topics
+that are missing, and refuses to start (a one-line error, exit 2) when the cluster lacks
+the subscription set while deliver topics exist (it was lost), or, in production, when
+topics have one replica (unless `kafka.allow_single_replica`) or keep ingress or deliver
+records for less than the retry window plus a margin (a warning outside production).
+
+Stopping: the first SIGTERM or SIGINT stops every role within `run.grace_s` (finished work
+committed, unfinished work left to be redone by the next process); past it the process
+exits with `EXIT_LATE` anyway, also when its event loop is wedged (a watchdog thread); a
+second signal exits at once. A fault the process cannot mend (`Health.fail`) stops it the
+same way, with `EXIT_FAILED`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import inspect
 import logging
+import os
 import signal
-from collections.abc import AsyncIterator
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Final, Literal
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
+from connectors.courier import STOP_DEADLINE_S
 from connectors.delivery import Dispatcher
+from streams import metrics
 from streams.app import make_producer
 from streams.config import Settings
+from streams.exceptions import ConfigurationError, KafkaUnavailable
+from streams.health import Health, health_app
+from streams.retry import RetryPolicy
 from streams.schemas import registry
 from streams.store import SubscriptionStore
-from streams.topics import bus_topics, create_topics
+from streams.topics import (
+    Topics,
+    bus_topics,
+    create_topics,
+    describe_topics,
+    durability_problems,
+    existing_topics,
+)
 from streams.validator import Validator
+from streams.watch import ClusterWatch
 
-__all__ = ["ROLES", "Bus", "Role", "run", "running_bus"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_LATE",
+    "ROLES",
+    "Bus",
+    "Role",
+    "prepare_topics",
+    "run",
+    "running_bus",
+]
 
 log = logging.getLogger(__name__)
 
 Role = Literal["all", "api", "worker", "delivery"]
 ROLES: tuple[Role, ...] = ("all", "api", "worker", "delivery")
+
+EXIT_FAILED: Final = 1  # the process gave up on a fault it cannot mend (Health.fail)
+EXIT_LATE: Final = 3  # it did not stop within `run.grace_s`
+# Leave the dispatcher's in-flight deliveries this much less than the whole grace period.
+_STOP_MARGIN_S: Final = 3.0
 
 
 @dataclass
@@ -43,66 +93,177 @@ class Bus:
     """What one `run` process has started; `stop()` undoes it in reverse order."""
 
     settings: Settings
+    health: Health = field(default_factory=Health)
     store: SubscriptionStore | None = None
     validator: Validator | None = None
     dispatcher: Dispatcher | None = None
     producer: AIOKafkaProducer | None = None
+    watch: ClusterWatch | None = None
     runner: web.AppRunner | None = None
     site: web.TCPSite | None = None
 
     @property
     def url(self) -> str:
-        """The API's base URL (with the real port when port 0 was asked)."""
+        """The base URL of this process's HTTP server (the API, or health alone), with the
+        real port when port 0 was asked."""
         if self.site is None or self.site._server is None:
-            raise RuntimeError("this process runs no API")
+            raise RuntimeError("this process runs no HTTP server")
         sockets = getattr(self.site._server, "sockets", None) or []
         host, port = sockets[0].getsockname()[:2]
         return f"http://{host}:{port}"
 
 
-async def start(settings: Settings, role: Role = "all") -> Bus:
-    """Start the roles of this process; topics are created first when missing."""
-    settings.security.pseudonym_key_bytes()  # refuse to start without a key
-    await create_topics(settings.kafka, bus_topics(settings.kafka, registry().types()))
-    bus = Bus(settings)
-    try:
-        bus.store = SubscriptionStore(settings, name=f"store-{role}")
-        await bus.store.start()
-        await bus.store.ready()
-        if role in ("all", "worker"):
-            bus.validator = Validator(settings, store=bus.store)
-            await bus.validator.start()
-        if role in ("all", "delivery"):
-            bus.dispatcher = Dispatcher(settings, bus.store)
-            await bus.dispatcher.start()
-        if role in ("all", "api"):
-            from streams.api import make_api
+def _roles(role: Role) -> tuple[str, ...]:
+    return ("api", "worker", "delivery") if role == "all" else (role,)
 
-            bus.producer = make_producer(settings, "api")
-            await bus.producer.start()
-            app = make_api(settings, producer=bus.producer, store=bus.store)
-            # No access log: volgindicatie URLs carry a BSN.
-            bus.runner = web.AppRunner(app, access_log=None)
-            await bus.runner.setup()
-            bus.site = web.TCPSite(bus.runner, settings.http.host, settings.http.port)
-            await bus.site.start()
-            log.info("API listening on %s", bus.url)
+
+def _health_kw(component: Callable[..., Any], health: Health) -> dict[str, Any]:
+    # Components report into `health` once their branches give them the keyword.
+    return {"health": health} if "health" in inspect.signature(component).parameters else {}
+
+
+async def _wait_for_cluster(settings: Settings) -> set[str]:
+    """The cluster's topic names, once it answers; retried until the caller's bound."""
+    policy = RetryPolicy(initial_s=0.5, max_s=3.0)
+    attempt = 0
+    while True:
+        try:
+            return await existing_topics(settings.kafka)
+        except KafkaError as exc:
+            attempt += 1
+            if attempt == 1:
+                log.warning(
+                    "waiting for the Kafka cluster at %s (%s)",
+                    settings.kafka.bootstrap_servers,
+                    type(exc).__name__,
+                )
+            await asyncio.sleep(policy.delay(attempt))
+
+
+def _quiet(step: str) -> None:
+    pass
+
+
+async def prepare_topics(settings: Settings, step: Callable[[str], None] = _quiet) -> None:
+    """Create the bus's missing topics; refuse a lost subscription set and, in production,
+    topics that can lose acknowledged records (`streams.topics.durability_problems`).
+    `step` hears what it is doing now."""
+    t = Topics(settings.kafka.topic_prefix)
+    specs = bus_topics(settings.kafka, registry().types())
+    step(f"waiting for the Kafka cluster at {settings.kafka.bootstrap_servers}")
+    present = await _wait_for_cluster(settings)
+    deliver = sorted(n for n in present if n.startswith(t.deliver("")))
+    if t.subscriptions not in present and deliver:
+        raise ConfigurationError(
+            f"topic {t.subscriptions} is missing while {len(deliver)} deliver topics exist: "
+            "the subscription set was lost. Restore the topic, or run `gemeentebus topics "
+            "create` to start again with no subscriptions"
+        )
+    step("creating the bus's missing topics")
+    await create_topics(settings.kafka, specs)
+    step("checking the topics' replication and retention")
+    names = [*(s.name for s in specs), *deliver]
+    while len(states := await describe_topics(settings.kafka, names)) < len(names):  # noqa: ASYNC110
+        await asyncio.sleep(0.2)  # topics just created: until the metadata has them all
+    problems = durability_problems(settings, states.values())
+    if problems and settings.mode == "production":
+        more = f" (and {len(problems) - 1} more like it)" if len(problems) > 1 else ""
+        raise ConfigurationError(f"refusing to start in production: {problems[0]}{more}")
+    for problem in problems:
+        log.warning("%s", problem)
+
+
+async def start(settings: Settings, role: Role = "all", *, health: Health | None = None) -> Bus:
+    """Start the roles of this process; topics are created first when missing.
+
+    The cluster, the topics and the subscription set must be there within
+    `kafka.start_timeout_s`, else a `GemeentebusError` says which was not. Then the HTTP
+    server answers (`/ready`: "starting") while the roles join their consumer groups, which
+    after a crash may take the broker's session timeout, and is not bounded here: the
+    cluster watch gives up on a cluster that lost the bus's topics meanwhile.
+    """
+    settings.security.pseudonym_key_bytes()  # refuse to start without a key
+    bus = Bus(settings, health or Health(stall_after_s=settings.health.stall_after_s))
+    metrics.watch_health(bus.health)
+    roles = _roles(role)
+    for name in roles:
+        bus.health.role(name)  # "starting" until it started
+    steps = ["preparing"]
+    try:
+        try:
+            async with asyncio.timeout(settings.kafka.start_timeout_s):
+                await prepare_topics(settings, steps.append)
+                steps.append("reading the subscription set")
+                bus.store = SubscriptionStore(settings, name=f"store-{role}", health=bus.health)
+                await bus.store.start()
+                await bus.store.ready()
+        except TimeoutError as exc:
+            raise KafkaUnavailable(
+                f"the bus did not start within {settings.kafka.start_timeout_s:.0f}s "
+                f"(kafka.start_timeout_s): still {steps[-1]}"
+            ) from exc
+        await _serve(bus, roles)
+        topics = [s.name for s in bus_topics(settings.kafka, registry().types())]
+        bus.watch = ClusterWatch(settings, bus.health, topics)
+        await bus.watch.start()
+        if "worker" in roles:
+            bus.validator = Validator(
+                settings, store=bus.store, **_health_kw(Validator, bus.health)
+            )
+            await bus.validator.start()
+        if "delivery" in roles:
+            bus.dispatcher = Dispatcher(settings, bus.store, **_health_kw(Dispatcher, bus.health))
+            await bus.dispatcher.start()
     except BaseException:
         await stop(bus)
         raise
+    for name in roles:
+        bus.health.started(name)
     return bus
 
 
+async def _serve(bus: Bus, roles: tuple[str, ...]) -> None:
+    """The API with `/ready`, or for a process without it `/health`, `/ready`, `/metrics`."""
+    settings = bus.settings
+    if "api" in roles:
+        from streams.api import make_api
+
+        assert bus.store is not None
+        bus.producer = make_producer(settings, "api")
+        await bus.producer.start()
+        app = make_api(settings, producer=bus.producer, store=bus.store, health=bus.health)
+    else:
+
+        async def serve_metrics(request: web.Request) -> web.Response:
+            from streams.api import METRICS_CONTENT_TYPE
+
+            return web.Response(
+                body=metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+            )
+
+        app = health_app(bus.health, metrics=serve_metrics)
+    # No access log: volgindicatie URLs carry a BSN.
+    bus.runner = web.AppRunner(app, access_log=None)
+    await bus.runner.setup()
+    bus.site = web.TCPSite(bus.runner, settings.http.host, settings.http.port)
+    await bus.site.start()
+    log.info("%s listening on %s", "API" if "api" in roles else "health", bus.url)
+
+
 async def stop(bus: Bus) -> None:
-    """Stop what `start` started: the API first (no new input), then the streams."""
+    """Stop what `start` started: HTTP first (no new input), then the streams."""
     if bus.runner is not None:
         await bus.runner.cleanup()
         bus.runner = bus.site = None
+    if bus.watch is not None:
+        await bus.watch.stop()
+        bus.watch = None
     if bus.producer is not None:
         await bus.producer.stop()
         bus.producer = None
     if bus.dispatcher is not None:
-        await bus.dispatcher.stop()
+        in_flight = max(1.0, bus.settings.run.grace_s - _STOP_MARGIN_S)
+        await bus.dispatcher.stop(min(in_flight, STOP_DEADLINE_S))
         bus.dispatcher = None
     if bus.validator is not None:
         await bus.validator.stop()
@@ -132,15 +293,86 @@ def settle_garbage_collector() -> None:
     gc.freeze()
 
 
-async def run(settings: Settings, role: Role = "all") -> None:
-    """Run until SIGTERM or SIGINT, then stop cleanly."""
-    stopping = asyncio.Event()
+class _Watchdog:
+    """Ends the process `grace_s` after it was armed, whatever its event loop is doing."""
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self._timer: threading.Timer | None = None
+
+    @property
+    def armed(self) -> bool:
+        return self._timer is not None
+
+    def arm(self) -> None:
+        if self._timer is None:
+            self._timer = threading.Timer(self.grace_s, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self) -> None:
+        _exit_now(EXIT_LATE, f"did not stop within {self.grace_s:g}s (run.grace_s); exiting")
+
+
+def _exit_now(code: int, message: str) -> None:
+    # os.write: no lock a wedged main thread might hold; os._exit: no cleanup that might hang.
+    with contextlib.suppress(OSError):
+        os.write(2, f"gemeentebus: {message}\n".encode())
+    os._exit(code)
+
+
+async def run(settings: Settings, role: Role = "all") -> int:
+    """Run until SIGTERM or SIGINT, or until the process gives up; return the exit code.
+
+    The first signal stops cleanly within `run.grace_s` (0), or exits `EXIT_LATE` at the
+    deadline; a second exits at once (128 + signal). Giving up stops the same way and
+    returns `EXIT_FAILED`.
+    """
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    async with running_bus(settings, role) as bus:
+    stopping = asyncio.Event()
+    watchdog = _Watchdog(settings.run.grace_s)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # A plain handler, not loop.add_signal_handler: it runs even when the loop is wedged.
+        if watchdog.armed:
+            _exit_now(128 + signum, f"{signal.Signals(signum).name} again: exiting at once")
+        watchdog.arm()
+        loop.call_soon_threadsafe(stopping.set)
+
+    failed: list[str] = []
+
+    def on_fail(reason: str) -> None:
+        failed.append(reason)
+        watchdog.arm()
+        stopping.set()
+
+    health = Health(stall_after_s=settings.health.stall_after_s)
+    health.on_fail.append(on_fail)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stop_asked = asyncio.create_task(stopping.wait())
+    try:
+        starting = asyncio.create_task(start(settings, role, health=health))
+        await asyncio.wait({starting, stop_asked}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # asked to stop while starting: `start` undoes itself
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return EXIT_FAILED if failed else 0
+        bus = starting.result()
         settle_garbage_collector()
-        where = f" on {bus.url}" if bus.site is not None else ""
-        print(f"gemeentebus running (role {role}){where}; Ctrl-C to stop", flush=True)
+        print(f"gemeentebus running (role {role}) on {bus.url}; Ctrl-C to stop", flush=True)
         await stopping.wait()
+        try:
+            async with asyncio.timeout(settings.run.grace_s):
+                await stop(bus)
+        except TimeoutError:
+            _exit_now(EXIT_LATE, f"did not stop within {settings.run.grace_s:g}s (run.grace_s)")
+    finally:
+        stop_asked.cancel()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if failed:
+        print(f"gemeentebus: gave up: {failed[0]}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
     print("gemeentebus stopped", flush=True)
+    return 0

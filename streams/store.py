@@ -12,6 +12,13 @@ Consistency, in offsets of that topic:
 - `sync()`: the reader has applied everything written before the call (the router calls it
   per batch, so an event published after `put` returned is matched against that `put`);
 - `put`/`delete` return only once their own write is applied here (read-your-writes).
+
+The reader never dies silently. A temporary Kafka error is retried for as long as it lasts
+(the `subscriptions` part of `Health` says why the process is not ready). Anything else
+that stops it, the topic vanishing from the cluster included, stops reading (no spinning
+on a topic that is gone), is retried with a backoff, and once it lasted
+`health.give_up_after_s` the store gives up: every waiter raises `KafkaUnavailable` and
+`Health.fail` tells the process to exit non-zero, for a supervisor to restart it.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import date
 
@@ -30,7 +38,9 @@ from pydantic import ValidationError
 from streams.app import make_consumer, make_producer
 from streams.config import Settings
 from streams.exceptions import KafkaUnavailable
+from streams.health import Health, Progress
 from streams.matching import SubscriptionIndex
+from streams.retry import RetryPolicy, retriable
 from streams.subscription_records import Records
 from streams.subscriptions import Subscription
 from streams.topics import Topics, bus_topics, create_topics, subscription_topics
@@ -43,17 +53,24 @@ log = logging.getLogger(__name__)
 Change = Callable[[str, Subscription | None], None]
 
 _POLL_MS = 200
-_RETRY_S = 1.0
+_TOPICS_TIMEOUT_S = 5.0
+
+
+class _TopicGone(Exception):
+    """The subscription topic is no longer in the cluster's metadata."""
 
 
 class SubscriptionStore:
     """The subscription set of one process, kept in step with the compacted topic.
 
     `start()` before use, `stop()` after. `index` is what matching reads; `changes` holds
-    callbacks run (in the reader task) after each applied record.
+    callbacks run (in the reader task) after each applied record. The reader reports into
+    `health` (a shared part `subscriptions`) when given one.
     """
 
-    def __init__(self, settings: Settings, *, name: str = "store") -> None:
+    def __init__(
+        self, settings: Settings, *, name: str = "store", health: Health | None = None
+    ) -> None:
         self.settings = settings
         self.topics = Topics(settings.kafka.topic_prefix)
         self.index = SubscriptionIndex()
@@ -73,6 +90,11 @@ class SubscriptionStore:
         self._reader: asyncio.Task[None] | None = None
         self._readying: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        self._health = health
+        self.progress = health.shared("subscriptions") if health else Progress("subscriptions")
+        self._policy = RetryPolicy(
+            initial_s=0.5, max_s=5.0, give_up_after_s=settings.health.give_up_after_s
+        )
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -117,6 +139,8 @@ class SubscriptionStore:
 
     async def sync(self) -> None:
         """Return once every record written before this call is applied here."""
+        if self._failure is not None:
+            raise KafkaUnavailable("the subscription reader stopped") from self._failure
         await self._wait_applied(await self._end_offsets())
 
     # -- reading ------------------------------------------------------------------------
@@ -214,29 +238,83 @@ class SubscriptionStore:
         self._ready.set()
 
     async def _follow(self) -> None:
-        try:
-            while True:
-                try:
-                    batches = await self._consumer.getmany(timeout_ms=_POLL_MS)
-                except KafkaError as exc:  # the reader must outlive a broker hiccup
-                    log.warning("reading subscriptions failed (%s); retrying", type(exc).__name__)
-                    await asyncio.sleep(_RETRY_S)
-                    continue
-                for records in batches.values():
-                    for record in records:
-                        self._apply(record)
-                async with self._moved:
-                    for tp in self._partitions:
-                        self._applied[tp] = await self._consumer.position(tp)
-                    self._moved.notify_all()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            self._failure = exc
-            log.exception("the subscription reader stopped")
-            async with self._moved:
-                self._moved.notify_all()
-            raise
+        failing_since: float | None = None
+        attempt = 0
+        while True:
+            try:
+                if failing_since is not None:
+                    await self._resume()
+                await self._read()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure is retried with a bound
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                attempt += 1
+                reason = _reason(exc, self.topics.subscriptions)
+                self.progress.broken(reason)
+                # temporary (the broker away): retried as long as it lasts, never given up on
+                temporary = retriable(exc) or isinstance(exc, TimeoutError)
+                bound = self._policy.give_up_after_s
+                gives_up = not temporary and bound is not None and now - failing_since >= bound
+                if gives_up:
+                    await self._give_up(exc, reason)
+                    return
+                log.warning("%s; trying again (attempt %d)", reason, attempt)
+                if isinstance(exc, _TopicGone):  # let go: aiokafka spins on a missing topic
+                    self._consumer.unsubscribe()
+                await asyncio.sleep(self._policy.delay(attempt))
+                continue
+            if failing_since is not None:
+                log.warning("reading subscriptions again after %d attempts", attempt)
+                self.progress.mended()
+                failing_since, attempt = None, 0
+
+    async def _read(self) -> None:
+        """One poll: apply what arrived, move the applied offsets, wake the waiters."""
+        batches = await self._consumer.getmany(timeout_ms=_POLL_MS)
+        applied = 0
+        for records in batches.values():
+            for record in records:
+                self._apply(record)
+                applied += 1
+        if not batches and self._consumer.partitions_for_topic(self.topics.subscriptions) is None:
+            await self._check_topic()
+        async with self._moved:
+            for tp in self._partitions:
+                self._applied[tp] = await self._consumer.position(tp)
+            self._moved.notify_all()
+        if applied:
+            self.progress.advanced()
+        highwater = (self._consumer.highwater(tp) for tp in self._partitions)
+        lag = sum(
+            max(0, (end or 0) - self._applied[tp])
+            for tp, end in zip(self._partitions, highwater, strict=True)
+        )
+        self.progress.waiting(lag)
+
+    async def _check_topic(self) -> None:
+        """Raise `_TopicGone` when a fresh metadata request lacks the subscription topic."""
+        async with asyncio.timeout(_TOPICS_TIMEOUT_S):
+            present = self.topics.subscriptions in await self._offsets.topics()
+        if not present:
+            raise _TopicGone(self.topics.subscriptions)
+
+    async def _resume(self) -> None:
+        """Start reading again where the reader was, once its topic is there."""
+        await self._check_topic()
+        if not self._consumer.assignment():
+            self._consumer.assign(self._partitions)
+        for tp in self._partitions:
+            self._consumer.seek(tp, self._applied[tp])
+
+    async def _give_up(self, exc: BaseException, reason: str) -> None:
+        self._failure = exc
+        log.error("the subscription reader gave up: %s", reason)
+        async with self._moved:
+            self._moved.notify_all()
+        if self._health is not None:
+            self._health.fail(f"subscriptions: {reason}")
 
     def _apply(self, record: ConsumerRecord[bytes, bytes]) -> None:
         where = f"partition {record.partition} offset {record.offset}"
@@ -262,3 +340,12 @@ class SubscriptionStore:
                 callback(subscription_id, subscription)
             except Exception:  # a listener's bug must not stop the reader
                 log.exception("a subscription change listener failed")
+
+
+def _reason(exc: BaseException, topic: str) -> str:
+    """Why the reader stopped, without any record content."""
+    if isinstance(exc, _TopicGone):
+        return f"topic {topic} is gone from the cluster"
+    if isinstance(exc, TimeoutError):
+        return "the cluster did not answer a metadata request"
+    return f"reading {topic} failed ({type(exc).__name__})"

@@ -1,4 +1,9 @@
-"""The bus's Kafka topics (SPEC §3): names, settings, and idempotent creation."""
+"""The bus's Kafka topics (SPEC §3): names, settings, idempotent creation, and the checks
+`run` makes before it starts (durability and retention, see `durability_problems`).
+
+Topics are created with the configured replication factor and `min.insync.replicas`
+(defaults 3 and 2: a cluster's), never a value of our own that would override the cluster.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,37 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import (
+    InvalidReplicationFactorError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+    for_code,
+)
 
-from streams.config import KafkaSettings
-from streams.exceptions import KafkaUnavailable
+from streams.config import KafkaSettings, Settings
+from streams.exceptions import ConfigurationError, KafkaUnavailable
 
-__all__ = ["TopicSpec", "Topics", "bus_topics", "create_topics", "subscription_topics"]
+__all__ = [
+    "RETENTION_MARGIN_S",
+    "TopicSpec",
+    "TopicState",
+    "Topics",
+    "bus_topics",
+    "create_topics",
+    "describe_topics",
+    "durability_problems",
+    "existing_topics",
+    "subscription_topics",
+]
 
 log = logging.getLogger(__name__)
 
 _DAY_MS = 24 * 3600 * 1000
+# Retention must outlast the retry window by this much: a day to notice a stalled
+# subscriber and act before its undelivered records age out of the topic.
+RETENTION_MARGIN_S = 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +121,7 @@ def bus_topics(settings: KafkaSettings, event_types: Iterable[str]) -> list[Topi
     """Every topic the bus needs before any subscription exists."""
     t, p, keep = Topics(settings.topic_prefix), settings.partitions, settings.events_retention_days
     specs = [
-        TopicSpec(t.ingress, p, _retention(7)),
+        TopicSpec(t.ingress, p, _retention(settings.ingress_retention_days)),
         TopicSpec(t.invalid, p, _retention(settings.invalid_retention_days)),
         TopicSpec(t.subscriptions, 1, {"cleanup.policy": "compact"}),
         TopicSpec(t.replays, 1, {"cleanup.policy": "compact"}),
@@ -142,9 +168,16 @@ async def create_topics(settings: KafkaSettings, specs: Sequence[TopicSpec]) -> 
         ]
         response = await admin.create_topics(new, timeout_ms=int(settings.request_timeout_s * 1000))
         created = []
-        for topic, code, *_ in response.topic_errors:
+        for topic, code, *rest in response.topic_errors:
             if code == 0:
                 created.append(topic)
+            elif code == InvalidReplicationFactorError.errno:
+                raise ConfigurationError(
+                    f"cannot create topic {topic} with replication factor "
+                    f"{settings.replication_factor}: {rest[0] if rest else 'too few brokers'} "
+                    "(on a one-node broker set kafka.replication_factor: 1, "
+                    "kafka.min_insync_replicas: 1 and kafka.allow_single_replica: true)"
+                )
             elif code != TopicAlreadyExistsError.errno:  # another process was first: fine
                 raise for_code(code)(f"topic {topic}")
         return created
@@ -154,3 +187,101 @@ async def create_topics(settings: KafkaSettings, specs: Sequence[TopicSpec]) -> 
         ) from exc
     finally:
         await admin.close()
+
+
+async def existing_topics(settings: KafkaSettings) -> set[str]:
+    """The names of every topic in the cluster (a metadata request; raises KafkaError)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.client_id}-admin",
+        request_timeout_ms=int(settings.request_timeout_s * 1000),
+    )
+    try:
+        await admin.start()
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+@dataclass(frozen=True, slots=True)
+class TopicState:
+    """A topic as the cluster has it: the fewest replicas of any partition, its settings."""
+
+    name: str
+    replicas: int
+    min_insync_replicas: int
+    retention_ms: int  # -1: kept forever
+
+
+async def describe_topics(settings: KafkaSettings, names: Sequence[str]) -> dict[str, TopicState]:
+    """The state of each topic of `names` that exists (missing ones are left out)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.client_id}-admin",
+        request_timeout_ms=int(settings.request_timeout_s * 1000),
+    )
+    try:
+        await admin.start()
+        replicas: dict[str, int] = {}
+        for topic in await admin.describe_topics(list(names)):
+            if topic["error_code"] == UnknownTopicOrPartitionError.errno:
+                continue
+            if topic["error_code"] != 0:
+                raise for_code(topic["error_code"])(f"topic {topic['topic']}")
+            counts = [len(p["replicas"]) for p in topic["partitions"]]
+            replicas[topic["topic"]] = min(counts, default=0)
+        if not replicas:
+            return {}
+        wanted = {"retention.ms": None, "min.insync.replicas": None}
+        resources = [ConfigResource(ConfigResourceType.TOPIC, n, dict(wanted)) for n in replicas]
+        configs: dict[str, dict[str, str]] = {}
+        for response in await admin.describe_configs(resources):
+            for resource in response.to_object()["resources"]:
+                configs[resource["resource_name"]] = {
+                    entry["config_names"]: entry["config_value"]
+                    for entry in resource["config_entries"]
+                }
+        return {
+            name: TopicState(
+                name=name,
+                replicas=count,
+                min_insync_replicas=int(configs.get(name, {}).get("min.insync.replicas", "1")),
+                retention_ms=int(configs.get(name, {}).get("retention.ms", "-1")),
+            )
+            for name, count in replicas.items()
+        }
+    except KafkaError as exc:
+        raise KafkaUnavailable(
+            f"cannot describe topics on {settings.bootstrap_servers}: {exc}"
+        ) from exc
+    finally:
+        await admin.close()
+
+
+def durability_problems(settings: Settings, states: Iterable[TopicState]) -> list[str]:
+    """What in the topics' replication and retention can lose acknowledged records.
+
+    - one replica (one broker lost, its records lost), unless `kafka.allow_single_replica`;
+    - ingress and deliver topics that drop records before the retry window plus
+      `RETENTION_MARGIN_S` have passed: a stall that long becomes silent loss.
+    """
+    t = Topics(settings.kafka.topic_prefix)
+    needed_ms = int((settings.delivery.retry_window_s + RETENTION_MARGIN_S) * 1000)
+    deliver = t.deliver("")
+    problems = []
+    for state in sorted(states, key=lambda s: s.name):
+        if state.replicas < 2 and not settings.kafka.allow_single_replica:
+            problems.append(
+                f"topic {state.name} has {state.replicas} replica: one broker lost loses its "
+                "records (set kafka.allow_single_replica: true only on a one-node broker)"
+            )
+        holds_input = state.name == t.ingress or (
+            state.name.startswith(deliver) and not state.name.endswith(".dlq")
+        )
+        if holds_input and 0 <= state.retention_ms < needed_ms:
+            problems.append(
+                f"topic {state.name} keeps records {state.retention_ms / _DAY_MS:.1f} days, "
+                f"less than the retry window plus a margin "
+                f"({needed_ms / _DAY_MS:.1f} days): raise its retention.ms"
+            )
+    return problems

@@ -81,7 +81,8 @@ def settings(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Settings:
     """Settings for one test: the session broker, this test's topics, a test pseudonym key."""
     return Settings(
         mode="test",
-        kafka=KafkaSettings(
+        # one broker: one replica, said explicitly (production refuses it otherwise)
+        kafka=KafkaSettings.single_node(
             bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix, partitions=3
         ),
         security={"pseudonym_key": "test-pseudonym-key"},  # type: ignore[arg-type]

@@ -56,8 +56,15 @@ _CHUNK: Final = 5_000
 def namespace(settings: Settings, bootstrap: str, role: str, token: str) -> Settings:
     """`settings` on `bootstrap`, with topics and groups of this run alone, and the bench key."""
     prefix = f"{settings.kafka.topic_prefix[:16]}-bench-{token}-{role}"
+    # The bench runs on one local broker: one replica, said explicitly.
     kafka = settings.kafka.model_copy(
-        update={"bootstrap_servers": bootstrap, "topic_prefix": prefix}
+        update={
+            "bootstrap_servers": bootstrap,
+            "topic_prefix": prefix,
+            "replication_factor": 1,
+            "min_insync_replicas": 1,
+            "allow_single_replica": True,
+        }
     )
     security = SecuritySettings(pseudonym_key=SecretStr(BENCH_PSEUDONYM_KEY))
     return settings.model_copy(update={"kafka": kafka, "security": security})

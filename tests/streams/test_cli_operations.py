@@ -27,6 +27,10 @@ def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
         "GEMEENTEBUS_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
         "GEMEENTEBUS_KAFKA__PARTITIONS": str(settings.kafka.partitions),
+        "GEMEENTEBUS_KAFKA__REPLICATION_FACTOR": "1",  # one broker, said explicitly
+        "GEMEENTEBUS_KAFKA__MIN_INSYNC_REPLICAS": "1",
+        "GEMEENTEBUS_KAFKA__ALLOW_SINGLE_REPLICA": "true",
+        "GEMEENTEBUS_HTTP__PORT": "0",  # every process serves /health and /ready
         "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY": "test-pseudonym-key",
     }
     return subprocess.run(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.config import load_settings
+from streams.config import KafkaSettings, Settings, load_settings
 from streams.exceptions import ConfigurationError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "gemeentebus.example.yaml"
@@ -55,3 +55,24 @@ def test_no_pseudonym_key_no_bus(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_production_defaults_survive_a_broker_loss() -> None:
+    kafka = Settings(mode="production").kafka
+    assert (kafka.replication_factor, kafka.min_insync_replicas) == (3, 2)
+    assert kafka.allow_single_replica is False
+    assert kafka.ingress_retention_days == 7
+    settings = Settings(mode="production")
+    assert settings.run.grace_s == 25.0
+    assert settings.health.stall_after_s > 0 and settings.health.give_up_after_s > 0
+
+
+def test_one_node_is_said_explicitly() -> None:
+    kafka = KafkaSettings.single_node(bootstrap_servers="localhost:9092")
+    assert (kafka.replication_factor, kafka.min_insync_replicas) == (1, 1)
+    assert kafka.allow_single_replica is True
+
+
+def test_more_insync_replicas_than_replicas_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="min_insync_replicas"):
+        load_settings(kafka={"replication_factor": 1})  # min_insync_replicas stays 2

@@ -8,13 +8,17 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.app import make_producer
 from streams.attributes import OVERLEDEN, VERHUISD, pseudonym
 from streams.config import Settings
+from streams.exceptions import KafkaUnavailable
+from streams.health import Health
 from streams.store import SubscriptionStore
 from streams.subscriptions import Subscription
-from streams.topics import Topics
+from streams.topics import Topics, TopicSpec, create_topics
+from streams.topics import bus_topics as specs
 
 pytestmark = pytest.mark.kafka
 
@@ -147,3 +151,69 @@ async def test_undecodable_records_are_skipped(
     skipped = [r for r in caplog.records if "undecodable subscription record" in r.getMessage()]
     assert len(skipped) == 4
     assert not any("secret-token" in r.getMessage() or "{" in r.getMessage() for r in skipped)
+
+
+async def _delete_topic(settings: Settings, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    async with asyncio.timeout(DEADLINE_S):
+        while not check():  # noqa: ASYNC110 - polled by design
+            await asyncio.sleep(0.05)
+
+
+async def test_a_reader_whose_topic_is_gone_says_so_then_gives_up(
+    settings: Settings, bus_topics: Topics, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings.model_copy(
+        update={"health": settings.health.model_copy(update={"give_up_after_s": 3.0})}
+    )
+    health = Health()
+    health.started("worker")
+    store = SubscriptionStore(settings, name="doomed", health=health)
+    await store.start()
+    try:
+        await store.ready()
+        await _delete_topic(settings, bus_topics.subscriptions)
+        gone = f"subscriptions: topic {bus_topics.subscriptions} is gone from the cluster"
+        await _until(lambda: gone in health.ready()[1]["worker"])
+        await _until(lambda: health.failed is not None)  # not permanent-and-silent
+        assert health.failed == gone
+        with pytest.raises(KafkaUnavailable):
+            await store.sync()
+    finally:
+        await store.stop()
+    # it let go of the topic instead of asking for it in a loop
+    spun = [r for r in caplog.records if "not found in cluster metadata" in r.getMessage()]
+    assert len(spun) < 500
+
+
+async def test_a_reader_resumes_when_its_topic_is_back_in_time(
+    settings: Settings, bus_topics: Topics
+) -> None:
+    health = Health()
+    health.started("api")
+    async with running(settings, "writer") as writer:
+        store = SubscriptionStore(settings, name="follower", health=health)
+        await store.start()
+        try:
+            await store.ready()
+            await _delete_topic(settings, bus_topics.subscriptions)
+            await _until(lambda: health.ready()[0] is False)
+            await create_topics(settings.kafka, bus_topics_specs(settings))
+            await _until(lambda: health.ready()[0] is True)
+            assert health.failed is None
+            await writer.put(gemeente("0363"))
+            await eventually(store, "gemeente-0363", lambda s: s is not None)
+        finally:
+            await store.stop()
+
+
+def bus_topics_specs(settings: Settings) -> list[TopicSpec]:
+    return [s for s in specs(settings.kafka, ()) if s.name.endswith(".subscriptions")]

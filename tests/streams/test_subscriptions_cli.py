@@ -48,6 +48,9 @@ def config(settings: Settings, tmp_path: Path) -> Path:
         "bootstrap_servers": settings.kafka.bootstrap_servers,
         "topic_prefix": settings.kafka.topic_prefix,
         "partitions": settings.kafka.partitions,
+        "replication_factor": 1,  # one broker, said explicitly
+        "min_insync_replicas": 1,
+        "allow_single_replica": True,
     }
     path = tmp_path / "gemeentebus.yaml"
     path.write_text(yaml.safe_dump({"kafka": kafka, "clients": clients}))
