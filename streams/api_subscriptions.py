@@ -235,12 +235,12 @@ class _Subscriptions:
 
     async def get(self, request: web.Request) -> web.Response:
         client = self._caller(request)
-        return web.json_response(self._own(request, client).public_dict())
+        return web.json_response((await self._own(request, client)).public_dict())
 
     async def replace(self, request: web.Request) -> web.Response:
         client = self._caller(request)
         async with self.locks[request.match_info["id"]]:
-            existing = self._own(request, client)
+            existing = await self._own(request, client)
             body = await self._body(request)
             owner = (
                 client if client.id == existing.owner else client_of(self.settings, existing.owner)
@@ -261,7 +261,7 @@ class _Subscriptions:
     async def delete(self, request: web.Request) -> web.Response:
         client = self._caller(request)
         async with self.locks[request.match_info["id"]]:
-            existing = self._own(request, client)
+            existing = await self._own(request, client)
             if existing.active:  # deliverers see it retired before it is gone
                 await self._write(self.store.put(existing.retired()))
             await self._write(self.store.delete(existing.id))
@@ -272,7 +272,7 @@ class _Subscriptions:
 
     async def follow(self, request: web.Request) -> web.Response:
         client = self._caller(request)
-        existing = self._own(request, client)
+        existing = await self._own(request, client)
         key = self._pseudonym(request)
         einddatum = await self._einddatum(request)
         # one record per volgindicatie: no read-modify-write, so no lock and no lost update
@@ -283,7 +283,7 @@ class _Subscriptions:
 
     async def unfollow(self, request: web.Request) -> web.Response:
         client = self._caller(request)
-        existing = self._own(request, client)
+        existing = await self._own(request, client)
         key = self._pseudonym(request)
         if key in existing.volgindicaties:
             await self._write(self.store.unfollow(existing.id, key))
@@ -301,8 +301,12 @@ class _Subscriptions:
     def _owner(self, subscription: Subscription) -> Client | None:
         return client_of(self.settings, subscription.owner)
 
-    def _own(self, request: web.Request, client: Client) -> Subscription:
+    async def _own(self, request: web.Request, client: Client) -> Subscription:
         subscription = self.store.get(request.match_info["id"])
+        if subscription is None:
+            # made a moment ago by another API process: this one may not have read it yet
+            await self.store.sync()
+            subscription = self.store.get(request.match_info["id"])
         if subscription is None:
             raise _Failure(404, "not_found", "no such subscription")
         if subscription.owner != client.id and not client.operator:
