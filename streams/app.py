@@ -20,15 +20,18 @@ from typing import Any, Protocol
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from streams.config import Settings
 from streams.partitioner import KeyPartitioner
 from streams.retry import spoils_producer
 
 __all__ = [
+    "MAX_REQUEST_BYTES",
     "EventBatches",
     "Producer",
     "Writable",
+    "fits",
     "make_app",
     "make_consumer",
     "make_producer",
@@ -42,6 +45,18 @@ log = logging.getLogger(__name__)
 # Errors a broker or client gives one record for what it is, not for the moment: sending the
 # same record again fails the same way, whatever the producer or the broker's health.
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+
+# aiokafka's default `max_request_size` (make_producer keeps it): its `send` refuses more.
+MAX_REQUEST_BYTES = 1024 * 1024
+
+
+def fits(record: Writable) -> bool:
+    """Whether the producer takes `record` (aiokafka's own size estimate, before sending)."""
+    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
+        record.key, record.value, list(record.headers)
+    )
+    return bool(size <= MAX_REQUEST_BYTES)
 
 
 def too_large(exc: BaseException) -> bool:

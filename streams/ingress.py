@@ -164,9 +164,10 @@ class Gate:
         record: codec.KafkaRecord | codec.Unreadable
         if isinstance(original, codec.Unreadable):
             raw = tuple((k, v) for k, v in original.headers if k not in _OURS)
-            record = codec.Unreadable(
-                key=None, headers=(*raw, *ours), value=original.value, error=errors[0]
-            )
+            # Kafka takes no record without both key and value: a tombstone's dead letter
+            # (its key dropped) has an empty value, and the code `null_value` says so.
+            value = b"" if original.value is None else original.value
+            record = codec.Unreadable(key=None, headers=(*raw, *ours), value=value, error=errors[0])
         else:
             kept = tuple((k, v) for k, v in original.headers if k not in _OURS)
             record = codec.KafkaRecord(key=None, headers=(*kept, *ours), value=original.value)

@@ -41,7 +41,15 @@ import faust
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from streams import codec, metrics
-from streams.app import EventBatches, Producer, make_app, make_producer, send_all, send_each
+from streams.app import (
+    EventBatches,
+    Producer,
+    fits,
+    make_app,
+    make_producer,
+    send_all,
+    send_each,
+)
 from streams.app import too_large as refused_for_size
 from streams.codec import KafkaRecord, Unreadable
 from streams.config import Settings
@@ -136,8 +144,10 @@ def plan_batch(
     """Judge and route each record on its own: one record's failure is its own dead letter.
 
     `refused[i]` counts how often the broker refused an output of record `i` for its size:
-    once, the record is dead-lettered as `too_large` (its event not written, or it would be
-    half delivered); twice, that dead letter goes out truncated.
+    an accepted event is then dead-lettered as `too_large`; a dead letter that was refused
+    goes out truncated. A record the producer cannot take is `too_large` before anything of
+    it is sent; a broker refusal (a topic's `max.message.bytes`) is found after the send, and
+    the batch is sent again whole (duplicates of its other records, in order).
     """
     outcomes: list[Accepted | Rejected] = []
     outputs: list[Output] = []
@@ -146,9 +156,12 @@ def plan_batch(
         outcome = outcome_for(gate, record)
         routed: list[Output] = []
         if refused.get(index, 0) > 0:
-            detail = "a record this input makes is over the broker's size limit"
-            outcome = gate.reject(record, [FieldError("event", TOO_LARGE, detail)])
-            if refused[index] > 1:
+            times = refused[index]
+            if isinstance(outcome, Accepted):  # its event's records were refused
+                detail = "a record this input makes is over the broker's size limit"
+                outcome = gate.reject(record, [FieldError("event", TOO_LARGE, detail)])
+                times -= 1
+            if times > 0:  # its dead letter was refused: keep the reason, cut the value
                 outcome = Gate.truncated(outcome, TRUNCATED_BYTES)
         elif isinstance(outcome, Accepted):
             try:
@@ -157,6 +170,12 @@ def plan_batch(
                 log.error("%s; the ingress record goes to the invalid topic", exc)
                 error = FieldError("event", INTERNAL_ERROR, str(exc))
                 outcome = gate.reject(record, [error])
+            else:
+                if not all(fits(r) for _, r in ((outcome.topic, outcome.record), *routed)):
+                    # refused before anything is sent: no part of the event is written
+                    detail = "a record this event makes is over the producer's size limit"
+                    outcome = gate.reject(record, [FieldError("event", TOO_LARGE, detail)])
+                    routed = []
         outcomes.append(outcome)
         for output in ((outcome.topic, outcome.record), *routed):
             outputs.append(output)
@@ -196,13 +215,16 @@ class Validator:
         )
         self._own_store = store is None
         self.router = Router(settings, store=self.store)
-        self.app = make_app(settings, "validator")
+        # Stopping does not wait for unacked records to be acked: they come back to whoever
+        # reads the partition next, and a failed worker's are never acked (no stop hangs).
+        self.app = make_app(settings, "validator", stream_wait_empty=False)
         self.producer: Producer = make_producer(settings, "validator")
         self.source = self.app.topic(
             self.topics.ingress, key_serializer="raw", value_serializer="raw"
         )
         self.app.agent(self.source, name="validate", concurrency=1)(self._agent)
-        self.progress: Progress = (health or Health()).part("worker", "stream")
+        self.health = health or Health()
+        self.progress: Progress = self.health.part("worker", "stream")
         self.max_record_bytes = settings.http.max_event_bytes  # one limit for both channels
         self.processed = 0  # ingress records handled
         self.delivered = 0  # records written to delivery topics
@@ -217,6 +239,7 @@ class Validator:
         await self.store.ready()  # never route against an empty or partial set
         await self.producer.start()
         await self.app.start()
+        self.health.started("worker")
 
     async def stop(self) -> None:
         if self._stopping is not None:
