@@ -231,6 +231,7 @@ class Validator:
         self.failure: WorkerFailed | None = None
         self._failed = asyncio.Event()
         self._stopping: asyncio.Task[None] | None = None
+        self._watch: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         """Read the subscription set, then start consuming ingress."""
@@ -239,9 +240,12 @@ class Validator:
         await self.store.ready()  # never route against an empty or partial set
         await self.producer.start()
         await self.app.start()
+        self._watch = asyncio.ensure_future(self._watch_consumer())
         self.health.started("worker")
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         if self._stopping is not None:
             await self._stopping
         else:
@@ -281,6 +285,22 @@ class Validator:
             # batch (it does not seek back), and its commit skips a one-record gap.
             self._fail(exc)
             await asyncio.Event().wait()  # hold the partitions unacked until stopped
+
+    async def _watch_consumer(self) -> None:
+        """Faust's fetcher dies, silently, on a record batch aiokafka cannot parse (a header
+        name that is not UTF-8 raises UnicodeDecodeError in its record parser, C and Python
+        alike, on every fetch): the worker then reads nothing. Say so and stop."""
+        fetcher: Any = self.app._fetcher
+        while self.failure is None:
+            await asyncio.sleep(1.0)
+            if fetcher.crashed:
+                reason = _reason(fetcher.crash_reason or RuntimeError())
+                self._fail(
+                    WorkerFailed(
+                        f"the Kafka consumer crashed ({reason}): a record batch the client "
+                        "cannot parse, e.g. a header name that is not UTF-8"
+                    )
+                )
 
     def _fail(self, exc: BaseException) -> None:
         if isinstance(exc, WorkerFailed):

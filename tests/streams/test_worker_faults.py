@@ -301,3 +301,40 @@ async def test_a_missing_topic_stops_the_worker_visibly_and_skips_nothing(
     finally:
         await worker.stop()
     assert sorted(_id(r) for r in delivered) == sorted(e.id for e in moves)
+
+
+class _RawName(str):
+    """A header name whose bytes are not UTF-8 (Kafka takes any bytes; aiokafka writes str)."""
+
+    def encode(self, *_: Any, **__: Any) -> bytes:  # type: ignore[override]
+        return b"\xff\xfename"
+
+
+async def test_a_header_name_that_is_not_utf8_stops_the_worker_visibly(
+    settings: Settings,
+    bus_topics: Topics,
+    store: SubscriptionStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiokafka's record parser raises UnicodeDecodeError on such a batch at every fetch, and
+    Faust's fetcher dies of it: the worker read nothing more and said it was ready."""
+    import aiokafka.producer.message_accumulator as accumulator
+    import aiokafka.producer.producer as producer
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+    # the publisher: aiokafka's pure-Python batch builder, which calls `encode` on the name
+    for module in (accumulator, producer):
+        monkeypatch.setattr(module, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)
+    key, headers, value = _good(EventFactory(13, today=TODAY).mixed(1))[0]
+    await _publish(settings, [(key, [*headers, (_RawName("x"), b"v")], value)])
+    health = Health()
+    worker = Validator(settings, store=store, health=health)
+    await worker.start()
+    try:
+        async with asyncio.timeout(60):
+            with pytest.raises(WorkerFailed, match="UnicodeDecodeError"):
+                await worker.wait()
+        ready, problems = health.ready()
+        assert not ready and "header name" in problems["worker"][0]
+    finally:
+        await asyncio.wait_for(worker.stop(), 30)
