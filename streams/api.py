@@ -34,7 +34,7 @@ from streams.app import Producer, send_all
 from streams.attributes import ZAAK_GEMUTEERD
 from streams.auth import Authenticator, AuthError, Client, Forbidden
 from streams.config import Settings
-from streams.exceptions import FieldError, InvalidEvent, KafkaUnavailable
+from streams.exceptions import FieldError, InvalidEvent, KafkaUnavailable, RoutingFailed
 from streams.health import Health, add_health_routes
 from streams.ingress import Accepted, Gate, Rejected
 from streams.router import Router
@@ -310,12 +310,19 @@ class _Api:
             )
 
     async def _publish(self, accepted: list[Accepted]) -> None:
-        """Route, send and wait for the broker's confirmation of every record, or a 503."""
+        """Route, send and wait for the broker's confirmation of every record, or a 503; a
+        500 with nothing sent when routing fails (an event delivered to nobody is no 202)."""
         try:
             async with asyncio.timeout(self.timeout_s):
                 # every subscription written before this request takes part
                 await self.store.sync()
-                await send_all(self.producer, outputs_for(self.router, accepted))
+                outputs = outputs_for(self.router, accepted)  # all routed before any is sent
+                await send_all(self.producer, outputs)
+        except RoutingFailed as exc:
+            log.error("%s; %d events not accepted, nothing published", exc, len(accepted))
+            metrics.observe(event_type=None, via=VIA, code="routing_failed")
+            message = "the bus failed to route these events; nothing is accepted, send it again"
+            raise _Failure(500, "routing_failed", message) from exc
         except (KafkaError, KafkaUnavailable, TimeoutError) as exc:
             log.warning("broker did not confirm %d records: %s", len(accepted), type(exc).__name__)
             message = "the broker did not confirm in time; nothing is accepted, send it again"

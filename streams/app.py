@@ -15,19 +15,64 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from streams.codec import KafkaRecord
 from streams.config import Settings
 from streams.partitioner import KeyPartitioner
 from streams.retry import spoils_producer
 
-__all__ = ["EventBatches", "Producer", "make_app", "make_consumer", "make_producer", "send_all"]
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "EventBatches",
+    "Producer",
+    "Writable",
+    "fits",
+    "make_app",
+    "make_consumer",
+    "make_producer",
+    "send_all",
+    "send_each",
+    "too_large",
+]
 
 log = logging.getLogger(__name__)
+
+# Errors a broker or client gives one record for what it is, not for the moment: sending the
+# same record again fails the same way, whatever the producer or the broker's health.
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+
+# aiokafka's default `max_request_size` (make_producer keeps it): its `send` refuses more.
+MAX_REQUEST_BYTES = 1024 * 1024
+
+
+def fits(record: Writable) -> bool:
+    """Whether the producer takes `record` (aiokafka's own size estimate, before sending)."""
+    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
+        record.key, record.value, list(record.headers)
+    )
+    return bool(size <= MAX_REQUEST_BYTES)
+
+
+def too_large(exc: BaseException) -> bool:
+    """Whether `exc` refused a record for its size (the record's fault: never retry it)."""
+    return isinstance(exc, _TOO_LARGE)
+
+
+class Writable(Protocol):
+    """What a producer writes: a `KafkaRecord`, or a dead letter that keeps null headers."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes | None]]: ...
+    @property
+    def value(self) -> bytes | None: ...
 
 
 def _kafka_url(bootstrap: str) -> list[str]:
@@ -212,17 +257,49 @@ def make_consumer(
     return AIOKafkaConsumer(**options)
 
 
-async def send_all(producer: Producer, outputs: Iterable[tuple[str, KafkaRecord]]) -> None:
-    """Send every (topic, record) in order; return once the broker has all of them.
+async def send_all(producer: Producer, outputs: Iterable[tuple[str, Writable]]) -> None:
+    """Send every (topic, record) in order; return once the broker has all of them, or raise
+    the first error (after every queued record was settled, confirmed or failed).
 
     With `acks=all` and idempotence, records to one partition land in the order sent.
     """
-    futures = [
-        await producer.send(topic, record.value, key=record.key, headers=list(record.headers))
-        for topic, record in outputs
-    ]
-    if futures:
-        await asyncio.gather(*futures)
+    for error in await send_each(producer, outputs):
+        if error is not None:
+            raise error
+
+
+async def send_each(
+    producer: Producer, outputs: Iterable[tuple[str, Writable]]
+) -> list[BaseException | None]:
+    """Send every (topic, record) in order and wait for all; per record its error or None.
+
+    A record that `send` refuses at once (too large) gets its error and the rest is still
+    sent; any other error of `send` (no metadata, a stopped producer) stops sending: that
+    record and every later one get it. The caller decides what a failure means; a record
+    with an error was not written (or, after a timeout, maybe written: send it again).
+    """
+    items = list(outputs)
+    futures: list[asyncio.Future[Any] | None] = []
+    errors: list[BaseException | None] = [None] * len(items)
+    for index, (topic, record) in enumerate(items):
+        try:
+            futures.append(
+                await producer.send(topic, record.value, key=record.key, headers=record.headers)
+            )
+        except Exception as exc:  # noqa: BLE001 - handed to the caller, per record
+            futures.append(None)
+            errors[index] = exc
+            if not too_large(exc):
+                errors[index + 1 :] = [exc] * (len(items) - index - 1)
+                break
+    settled = await asyncio.gather(*(f for f in futures if f is not None), return_exceptions=True)
+    results = iter(settled)
+    for index, future in enumerate(futures):
+        if future is not None:
+            result = next(results)
+            if isinstance(result, BaseException):
+                errors[index] = result
+    return errors
 
 
 class EventBatches:

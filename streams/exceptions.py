@@ -6,6 +6,8 @@
     │   ├── UndecodableEvent         bytes that are no event of ours (headers, Avro, JSON)
     │   └── UnknownSchema            a `dataschema` or type the bus does not know
     ├── KafkaUnavailable             the broker did not answer; retriable
+    ├── RoutingFailed                the router failed on an accepted event (a bug); never retried
+    ├── WorkerFailed                 a stream worker met an error it cannot get past; fatal
     └── DeliveryFailed               a subscriber did not take an event; `.retriable` per response
 
 `retriable` on every error says whether trying the same thing again can succeed, so retry
@@ -24,8 +26,10 @@ __all__ = [
     "GemeentebusError",
     "InvalidEvent",
     "KafkaUnavailable",
+    "RoutingFailed",
     "UndecodableEvent",
     "UnknownSchema",
+    "WorkerFailed",
 ]
 
 
@@ -77,6 +81,23 @@ class KafkaUnavailable(GemeentebusError):
     """The broker did not answer in time."""
 
     retriable = True
+
+
+class RoutingFailed(GemeentebusError):
+    """The router failed on an accepted event: a bug of the bus, not of the event.
+
+    `cause` is the type name of the underlying exception only (its message could quote
+    event data)."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(f"the router failed on this event: {cause}")
+        self.cause = cause
+
+
+class WorkerFailed(GemeentebusError):
+    """A stream worker stopped at an error it cannot get past (a permanent Kafka error, a
+    bug): nothing after its last acknowledged batch was acknowledged, so a restarted worker
+    (after the cause is fixed) takes over from there. The message holds no personal data."""
 
 
 class DeliveryFailed(GemeentebusError):

@@ -21,7 +21,15 @@ from streams.exceptions import FieldError, InvalidEvent
 from streams.topics import Topics
 from streams.validation import Verdict, examine
 
-__all__ = ["DETAIL_HEADER", "ERROR_HEADER", "ORDER_HEADER", "Accepted", "Gate", "Rejected"]
+__all__ = [
+    "DETAIL_HEADER",
+    "ERROR_HEADER",
+    "ORDER_HEADER",
+    "TRUNCATED_HEADER",
+    "Accepted",
+    "Gate",
+    "Rejected",
+]
 
 ERROR_HEADER: Final = "gemeentebus_error"
 # The acceptance order of an events-topic record: nanoseconds since the epoch when this
@@ -29,6 +37,9 @@ ERROR_HEADER: Final = "gemeentebus_error"
 # Replays merge the events topics by record time and break a millisecond's ties with it.
 ORDER_HEADER: Final = "gemeentebus_order"
 DETAIL_HEADER: Final = "gemeentebus_error_detail"
+# On a dead letter too large for the invalid topic: the original value's size in bytes.
+TRUNCATED_HEADER: Final = "gemeentebus_truncated"
+_OURS: Final = frozenset({ERROR_HEADER, DETAIL_HEADER, TRUNCATED_HEADER})
 _DETAIL_LIMIT: Final = 4000
 
 # Extensions a publisher may send besides the routing attributes: W3C trace context only.
@@ -52,11 +63,12 @@ class Accepted:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """Rejected input: every error, and the record for the invalid topic."""
+    """Rejected input: every error, and the record for the invalid topic (an `Unreadable`
+    when the input was one: its null header values stay null)."""
 
     errors: tuple[FieldError, ...]
     topic: str
-    record: codec.KafkaRecord
+    record: codec.KafkaRecord | codec.Unreadable
 
     @property
     def code(self) -> str:
@@ -66,7 +78,7 @@ class Rejected:
     def event_type(self) -> str | None:
         """The `ce_type` the input claimed, if readable (for metrics)."""
         for name, value in self.record.headers:
-            if name == "ce_type":
+            if name == "ce_type" and value is not None:
                 return value.decode("utf-8", "replace")
         return None
 
@@ -157,16 +169,41 @@ class Gate:
         except InvalidEvent as exc:
             return self.reject(record, exc.errors)
 
-    def reject(self, original: codec.KafkaRecord, errors: Sequence[FieldError]) -> Rejected:
+    def reject(
+        self, original: codec.KafkaRecord | codec.Unreadable, errors: Sequence[FieldError]
+    ) -> Rejected:
         """The record for the invalid topic: the input byte for byte, plus error headers."""
         errors = tuple(errors) or (FieldError("event", "invalid", "rejected"),)
         detail = "; ".join(f"{e.path}: {e.code}: {e.message}" for e in errors)
-        kept = tuple((k, v) for k, v in original.headers if k not in (ERROR_HEADER, DETAIL_HEADER))
-        headers = (
-            *kept,
+        ours = (
             (ERROR_HEADER, errors[0].code.encode()),
             (DETAIL_HEADER, detail[:_DETAIL_LIMIT].encode()),
         )
         # The publisher's key is not kept: it may be anything, a BSN included.
-        record = codec.KafkaRecord(key=None, headers=headers, value=original.value)
+        record: codec.KafkaRecord | codec.Unreadable
+        if isinstance(original, codec.Unreadable):
+            raw = tuple((k, v) for k, v in original.headers if k not in _OURS)
+            # Kafka takes no record without both key and value: a tombstone's dead letter
+            # (its key dropped) has an empty value, and the code `null_value` says so.
+            value = b"" if original.value is None else original.value
+            record = codec.Unreadable(key=None, headers=(*raw, *ours), value=value, error=errors[0])
+        else:
+            kept = tuple((k, v) for k, v in original.headers if k not in _OURS)
+            record = codec.KafkaRecord(key=None, headers=(*kept, *ours), value=original.value)
         return Rejected(errors=errors, topic=self._topics.invalid, record=record)
+
+    @staticmethod
+    def truncated(rejected: Rejected, keep: int) -> Rejected:
+        """The same dead letter with only the first `keep` bytes of its value, for an invalid
+        topic that refused the whole: `gemeentebus_truncated` says how large it was."""
+        record = rejected.record
+        size = len(record.value or b"")
+        headers = (*record.headers, (TRUNCATED_HEADER, str(size).encode()))
+        value = None if record.value is None else record.value[: max(0, keep)]
+        smaller: codec.KafkaRecord | codec.Unreadable
+        if isinstance(record, codec.Unreadable):
+            smaller = codec.Unreadable(key=None, headers=headers, value=value, error=record.error)
+        else:
+            clean = tuple((k, v) for k, v in headers if v is not None)
+            smaller = codec.KafkaRecord(key=None, headers=clean, value=value or b"")
+        return Rejected(errors=rejected.errors, topic=rejected.topic, record=smaller)

@@ -29,7 +29,7 @@ from typing import Final
 from streams import attributes, codec
 from streams.config import Settings
 from streams.envelope import CloudEvent
-from streams.exceptions import FieldError, InvalidEvent
+from streams.exceptions import FieldError, InvalidEvent, RoutingFailed
 from streams.ingress import Gate
 from streams.store import SubscriptionStore
 from streams.subscriptions import Subscription, projection
@@ -42,10 +42,9 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE: Final = "application/cloudevents+json; charset=utf-8"
 UNDECODABLE: Final = "router_undecodable"
-INTERNAL_ERROR: Final = "router_internal_error"
 
-# (topic, record) in the order they must be sent
-Output = tuple[str, codec.KafkaRecord]
+# (topic, record) in the order they must be sent; a dead letter keeps null header values
+Output = tuple[str, codec.KafkaRecord | codec.Unreadable]
 
 
 def delivery_record(event: CloudEvent, key: bytes | None) -> codec.KafkaRecord:
@@ -91,17 +90,17 @@ class Router:
         self, event: CloudEvent, record: codec.KafkaRecord, *, today: date | None = None
     ) -> list[Output]:
         """The delivery records of an accepted `event` (whose events-topic record is
-        `record`); an unexpected failure dead-letters the record instead of raising."""
+        `record`), or `RoutingFailed` when the bus failed on it (a bug, not bad input).
+
+        No dead letter here: the caller owns the event's fate. An event delivered to nobody
+        must not count as accepted, so the validator dead-letters the *ingress* record
+        without writing the event, and the HTTP API answers 500 with nothing published.
+        """
         try:
             return self._fan_out(event, record.key, today or dutch_today())
-        except Exception as exc:  # noqa: BLE001 - the agent must never lose a record to a bug
+        except Exception as exc:
             # the type only: an exception's message could quote event data
-            log.error(
-                "internal error while routing an event (to the invalid topic): %s",
-                type(exc).__name__,
-            )
-            detail = f"the router failed on this record: {type(exc).__name__}"
-            return [self._dead_letter(record, [FieldError("event", INTERNAL_ERROR, detail)])]
+            raise RoutingFailed(type(exc).__name__) from exc
 
     def _fan_out(self, event: CloudEvent, key: bytes | None, today: date) -> list[Output]:
         person = None

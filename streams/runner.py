@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import inspect
 import logging
 import os
 import signal
@@ -39,7 +38,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
@@ -115,11 +114,6 @@ class Bus:
 
 def _roles(role: Role) -> tuple[str, ...]:
     return ("api", "worker", "delivery") if role == "all" else (role,)
-
-
-def _health_kw(component: Callable[..., Any], health: Health) -> dict[str, Any]:
-    # Components report into `health` once their branches give them the keyword.
-    return {"health": health} if "health" in inspect.signature(component).parameters else {}
 
 
 async def _wait_for_cluster(settings: Settings) -> set[str]:
@@ -207,12 +201,10 @@ async def start(settings: Settings, role: Role = "all", *, health: Health | None
         bus.watch = ClusterWatch(settings, bus.health, topics)
         await bus.watch.start()
         if "worker" in roles:
-            bus.validator = Validator(
-                settings, store=bus.store, **_health_kw(Validator, bus.health)
-            )
+            bus.validator = Validator(settings, store=bus.store, health=bus.health)
             await bus.validator.start()
         if "delivery" in roles:
-            bus.dispatcher = Dispatcher(settings, bus.store, **_health_kw(Dispatcher, bus.health))
+            bus.dispatcher = Dispatcher(settings, bus.store, health=bus.health)
             await bus.dispatcher.start()
     except BaseException:
         await stop(bus)

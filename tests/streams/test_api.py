@@ -23,6 +23,7 @@ from streams.config import ClientConfig, Settings
 from streams.generators import BRP_SOURCE, EventFactory
 from streams.ingress import ERROR_HEADER
 from streams.store import SubscriptionStore
+from streams.subscriptions import Subscription
 from streams.topics import Topics
 from streams.validation import dutch_today
 
@@ -359,3 +360,37 @@ async def test_metrics_count_accepted_and_rejected(api: TestClient[Any, Any]) ->
     total = "gemeentebus_events_rejected_total"
     assert counts(after, total)[rejected] - counts(before, total).get(rejected, 0) == 1
     assert "gemeentebus_ingress_latency_seconds_count" in after
+
+
+async def test_a_routing_failure_is_500_and_publishes_nothing(
+    api: TestClient[Any, Any], settings: Settings, store: SubscriptionStore
+) -> None:
+    """It used to be a 202 with the event delivered to nobody (the router's catch-all)."""
+    await store.put(
+        Subscription.model_validate(
+            {
+                "id": "alles",
+                "sink": "gemeentebus.deliver.alles",
+                "protocol": "KAFKA",
+                "types": [VERHUISD],
+                "owner": "alles",
+                "purpose": "test",
+            }
+        )
+    )
+    sub = store.get("alles")
+    assert sub is not None
+    batch = events(3, seed=21)
+    target = batch[1]["data"]["bsn"]
+
+    def failing(data: dict[str, Any]) -> dict[str, Any]:
+        if data["bsn"] == target:
+            raise KeyError("a bug")
+        return dict(data)
+
+    sub._projections[VERHUISD] = failing
+    response = await post(api, batch, mode=BATCH)
+    assert response.status == 500, await response.text()
+    assert (await response.json())["code"] == "routing_failed"
+    topics = Topics(settings.kafka.topic_prefix)
+    assert await topic_size(settings, topics.events(VERHUISD)) == 0

@@ -30,6 +30,7 @@ from streams.attributes import (
 )
 from streams.config import Settings
 from streams.envelope import CloudEvent
+from streams.exceptions import RoutingFailed
 from streams.generators import BRP_SOURCE, EventFactory
 from streams.ingress import ERROR_HEADER, Accepted, Gate
 from streams.router import CONTENT_TYPE, UNDECODABLE, Router
@@ -316,7 +317,9 @@ async def test_an_undecodable_record_is_dead_lettered(settings: Settings) -> Non
     assert dead.key is None  # the key is not kept: it could be anything
 
 
-async def test_a_failure_while_routing_dead_letters_the_event(settings: Settings) -> None:
+async def test_a_failure_while_routing_raises_for_the_caller_to_decide(settings: Settings) -> None:
+    """No catch-all that dead-letters the *events-topic* record: an event delivered to nobody
+    must not count as accepted (the worker dead-letters its ingress record, the API 500s)."""
     store = SubscriptionStore(settings, name="unstarted")
     router = Router(settings, store=store)
     await store.stop()
@@ -325,10 +328,9 @@ async def test_a_failure_while_routing_dead_letters_the_event(settings: Settings
     )
 
     def broken_match(*_: Any) -> list[Subscription]:
-        raise RuntimeError("a bug")
+        raise RuntimeError("999993653 in a message")
 
     store.index.match = broken_match  # type: ignore[method-assign]
-    [(topic, dead)] = router.fan_out(accepted.event, accepted.record, today=TODAY)
-    assert topic == Topics(settings.kafka.topic_prefix).invalid
-    assert dict(dead.headers)[ERROR_HEADER] == b"router_internal_error"
-    assert dead.value == accepted.record.value
+    with pytest.raises(RoutingFailed, match="RuntimeError") as raised:
+        router.fan_out(accepted.event, accepted.record, today=TODAY)
+    assert "999993653" not in str(raised.value)
