@@ -61,8 +61,13 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             yield container.get_bootstrap_server()
         return
     cache = load_settings().local_kafka.cache_dir
+    # The whole suite's topics live on this broker (thousands of partitions): 512 MB of heap
+    # ran out once with every test of this session on one broker.
     kafka = LocalKafka(
-        data_dir=tmp_path_factory.mktemp("kafka"), cache_dir=cache, port=free_port_range(2)
+        data_dir=tmp_path_factory.mktemp("kafka"),
+        cache_dir=cache,
+        port=free_port_range(2),
+        heap_mb=1024,
     )
     try:
         yield kafka.up(progress=lambda line: print(line))
