@@ -82,7 +82,7 @@ async def replay_kill_scenario(ctx: ChaosContext) -> Outcome:
                 await stage.bus.start("api", "api")
                 healed = time.time()
                 final: dict[str, Any] | None = None
-                deadline = time.monotonic() + _FINISH_S
+                deadline = time.monotonic() + min(_FINISH_S, size.settle_s / 2)
                 while time.monotonic() < deadline:
                     final = await _status(stage, target, replay)
                     if final is not None and final["state"] not in ("queued", "running"):

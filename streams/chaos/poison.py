@@ -124,12 +124,19 @@ async def _send(bootstrap: str, topic: str, partition: int, poison: list[Poison]
 
 
 async def _reasons(bootstrap: str, topic: str) -> dict[bytes, str]:
-    """Key → the `gemeentebus_error` of every record in `topic` that has one."""
+    """The `gemeentebus_error` of every record in `topic` that has one, by each of the marks
+    a poison record may be found by: its key (a DLQ keeps it), its `ce_id` (the invalid topic
+    drops the key) and its value."""
     out = {}
     for record in await read_topic(bootstrap, topic):
-        error = dict(record.headers).get(ERROR_HEADER)
-        if record.key is not None and error is not None:
-            out[record.key] = error.decode("utf-8", "replace")
+        headers = dict(record.headers)
+        error = headers.get(ERROR_HEADER)
+        if error is None:
+            continue
+        reason = error.decode("utf-8", "replace")
+        for mark in (record.key, headers.get("ce_id"), record.value):
+            if mark:
+                out[b"value:" + mark if mark is record.value else mark] = reason
     return out
 
 
@@ -186,8 +193,14 @@ def _judge(
     missing = 0
     for where, found in ((ingress, invalid), (deliver, dlq)):
         for poison in (p for batch in where.values() for p in batch):
-            if poison.key in found:
-                fate = f"dead-lettered ({found[poison.key]})"
+            marks = (
+                poison.key,
+                (poison.event_id or "").encode(),
+                b"value:" + (poison.value or b""),
+            )
+            reason = next((found[m] for m in marks if m in found), None)
+            if reason is not None:
+                fate = f"dead-lettered ({reason})"
             elif poison.event_id in delivered:
                 fate = "delivered"
             else:
