@@ -40,8 +40,9 @@ async def broker_kill_scenario(ctx: ChaosContext) -> Outcome:
         async with Stage(
             ctx, "broker-kill", brokers.bootstrap, standard_sinks(3), nodes=3
         ) as stage:
-            n = int(size.rate * (size.outage_s * 2 + 20))
-            load = load_for(stage, n, size.rate, brokers.bootstrap, seed=3)
+            rate = size.rate / 2
+            n = int(rate * (size.outage_s + 20))
+            load = load_for(stage, n, rate, brokers.bootstrap, seed=3)
             publishing = asyncio.create_task(load.run())
             await asyncio.sleep(10.0)
             await brokers.kill(2)
@@ -65,8 +66,9 @@ async def broker_stop_scenario(ctx: ChaosContext) -> Outcome:
     brokers = await ctx.own_broker("stop1", nodes=1)
     try:
         async with Stage(ctx, "broker-stop", brokers.bootstrap, standard_sinks(4)) as stage:
-            n = int(size.rate * (size.outage_s * 2 + 20))
-            load = load_for(stage, n, size.rate, brokers.bootstrap, seed=4)
+            rate = size.rate / 2
+            n = int(rate * (size.outage_s + 20))
+            load = load_for(stage, n, rate, brokers.bootstrap, seed=4)
             before = await _ready(stage.bus, ROLES)
             publishing = asyncio.create_task(load.run())
             await asyncio.sleep(10.0)

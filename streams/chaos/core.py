@@ -58,8 +58,8 @@ class Size:
 
 
 QUICK: Final = Size(
-    kill_events=3_000, kills_per_role=2, rate=100.0, outage_s=20.0, load_events=1_500,
-    replay_events=6_000, settle_s=120.0, stall_s=45.0,
+    kill_events=2_400, kills_per_role=2, rate=100.0, outage_s=20.0, load_events=1_000,
+    replay_events=5_000, settle_s=120.0, stall_s=45.0,
 )  # fmt: skip
 FULL: Final = Size(
     kill_events=100_000, kills_per_role=10, rate=250.0, outage_s=120.0, load_events=40_000,
@@ -191,8 +191,9 @@ class Stage:
             for number in range(1, self.apis):
                 await self.bus.start(f"api{number + 1}", "api")
             if self.streams:
-                await self.bus.start("worker", "worker")
-                await self.bus.start("delivery", "delivery")
+                await asyncio.gather(
+                    self.bus.start("worker", "worker"), self.bus.start("delivery", "delivery")
+                )
         except BaseException:
             await self._close()
             raise

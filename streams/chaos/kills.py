@@ -123,8 +123,9 @@ async def sigterm_scenario(ctx: ChaosContext) -> Outcome:
             load = load_for(stage, n, size.rate, broker.bootstrap, seed=2)
             publishing = asyncio.create_task(load.run())
             span = n / size.rate
+            restarts = []
             for number, role in enumerate(ROLES):
-                await asyncio.sleep(span / (len(ROLES) + 1) if number == 0 else 1.0)
+                await asyncio.sleep(span / (len(ROLES) + 1) if number == 0 else 2.0)
                 stage.bus.signal(role, signal.SIGTERM)
                 outcome.faults.append(f"{stage.at()} SIGTERM {role}")
                 took = await stage.bus.wait_exit(role, SIGTERM_DEADLINE_S + _SLACK_S)
@@ -136,7 +137,8 @@ async def sigterm_scenario(ctx: ChaosContext) -> Outcome:
                     code = stage.bus.procs[role].popen.returncode  # type: ignore[union-attr]
                     outcome.check(f"{role} exits within {SIGTERM_DEADLINE_S:.0f} s of SIGTERM",
                                   True, f"exited in {took} s with code {code}")  # fmt: skip
-                await stage.bus.start(role, role)
+                restarts.append(asyncio.create_task(stage.bus.start(role, role)))
+            await asyncio.gather(*restarts)
             healed = time.time()
             await publishing
             await stage.settle()

@@ -4,7 +4,9 @@ Into every partition of ingress, amid a stream of valid events: a null header va
 non-UTF-8 header value, a value over the bus's size limit, an event whose strings are
 control characters, and truncated Avro. Into every partition of one subscription's deliver
 topic: a null header value, a non-UTF-8 header value, a truncated JSON value, control
-characters in the JSON, and an oversize value. Each must end in the invalid topic (ingress)
+characters in the JSON, and an oversize value. After them in each partition a control: an
+event a rule rejects (ingress) and a valid record (deliver), which show the path works when
+the poison does not block it. Each must end in the invalid topic (ingress)
 or the subscription's DLQ (deliver) with a `gemeentebus_error` reason, or be delivered
 (a record the bus could still read); every valid record around them delivered.
 """
@@ -24,7 +26,8 @@ from streams.chaos.cluster import read_topic
 from streams.chaos.core import ChaosContext, Outcome, Stage
 from streams.chaos.kills import exits_check, load_for, standard_sinks
 from streams.envelope import CloudEvent
-from streams.generators import EventFactory
+from streams.exceptions import GemeentebusError
+from streams.generators import EventFactory, invalid_corpus
 from streams.router import delivery_record
 from streams.topics import Topics
 from streams.validation import dutch_today
@@ -32,7 +35,7 @@ from streams.validation import dutch_today
 __all__ = ["poison_scenario"]
 
 ERROR_HEADER: Final = "gemeentebus_error"
-_FIND_S: Final = 60.0
+_FIND_S: Final = 30.0
 _CONTROL: Final = "".join(chr(c) for c in range(1, 32) if chr(c) not in "\t\n\r")
 
 
@@ -63,12 +66,25 @@ def _controls(event: CloudEvent, length: int) -> CloudEvent:
     )  # fmt: skip
 
 
+def _encodable_invalid(seed: int) -> CloudEvent:
+    """An event that breaks a validation rule yet encodes to Avro (a rule, not the schema)."""
+    for _, event in invalid_corpus(seed, today=dutch_today()):
+        try:
+            codec.to_kafka(event, key=None)
+        except GemeentebusError:
+            continue
+        return event
+    raise RuntimeError("the invalid corpus has no encodable event")
+
+
 def ingress_poison(factory: EventFactory, partition: int) -> list[Poison]:
     """The ingress poison of one partition (see the module doc)."""
     out = []
     for kind in ("null header", "non-UTF-8 header", "oversize value", "control characters",
-                 "truncated Avro"):  # fmt: skip
+                 "truncated Avro", "invalid event (control)"):  # fmt: skip
         event = factory.zaak_gemuteerd()
+        if kind == "invalid event (control)":  # rejected by a rule: the invalid topic's path
+            event = _encodable_invalid(partition)
         key = f"chaos-poison-{kind.replace(' ', '-')}-{partition}".encode()
         record = codec.to_kafka(event, key=key)
         value: bytes | None = record.value
@@ -81,7 +97,7 @@ def ingress_poison(factory: EventFactory, partition: int) -> list[Poison]:
             value = os.urandom(200 * 1024)
         elif kind == "control characters":
             value = codec.to_kafka(_controls(event, 20_000), key=key).value
-        else:
+        elif kind == "truncated Avro":
             value = record.value[: len(record.value) // 2]
         out.append(Poison(f"ingress {kind}", key, value, headers, event.id))
     return out
@@ -91,7 +107,7 @@ def deliver_poison(factory: EventFactory, partition: int) -> list[Poison]:
     """The deliver-topic poison of one partition (see the module doc)."""
     out = []
     for kind in ("null header", "non-UTF-8 header", "truncated JSON", "control characters",
-                 "oversize value"):  # fmt: skip
+                 "oversize value", "valid record (control)"):  # fmt: skip
         event = factory.zaak_gemuteerd()
         key = f"chaos-poison-{kind.replace(' ', '-')}-{partition}".encode()
         record = delivery_record(event, key)
@@ -105,7 +121,7 @@ def deliver_poison(factory: EventFactory, partition: int) -> list[Poison]:
             value = record.value[: len(record.value) // 2]
         elif kind == "control characters":
             value = record.value.replace(b'"type"', b'"ty\x00\x01pe"', 1)
-        else:
+        elif kind == "oversize value":
             value = b'{"pad":"' + b"x" * (900 * 1024) + b'"}'
         out.append(Poison(f"deliver {kind}", key, value, headers, event.id))
     return out
