@@ -138,17 +138,16 @@ class Bus:
         argv = [sys.executable, "-m", "streams.cli", "--config", str(self.config), *args]
         return argv, self._env(0)
 
-    async def start(self, name: str, role: str) -> Proc:
-        """Start (or restart) the process `name` of `role`; return once it runs."""
+    async def start(self, name: str, role: str, *, wait: bool = True) -> Proc:
+        """Start (or restart) the process `name` of `role`; return once it runs (at once
+        when not `wait`: `wait_running` later)."""
         proc = self.procs.get(name)
         if proc is None:
             port = free_port_range(1)
             proc = Proc(name, role, port, self.folder / f"{name}.log")
             self.procs[name] = proc
-        argv, env = (
-            [sys.executable, "-m", "streams.cli", "run", "--role", role],
-            self._env(proc.port),
-        )
+        argv, env = self.command("run", "--role", role)
+        env["GEMEENTEBUS_HTTP__PORT"] = str(proc.port)
         with proc.log.open("ab") as out:
             out.write(f"--- start {time.strftime('%H:%M:%S')}\n".encode())
             out.flush()
@@ -157,7 +156,8 @@ class Bus:
                 argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
         proc.started_at, proc.expected_exit = time.monotonic(), False
-        await self.wait_running(proc)
+        if wait:
+            await self.wait_running(proc)
         return proc
 
     async def wait_running(self, proc: Proc, within: float = _START_S) -> None:

@@ -158,6 +158,7 @@ class Stage:
         retry_window_s: float = 900.0,
         apis: int = 1,
         streams: bool = True,
+        partitions: int = 4,
     ) -> None:
         self.ctx, self.name, self.sinks, self.apis = ctx, name, sinks, apis
         self.streams = streams  # start the worker and delivery roles too
@@ -167,6 +168,7 @@ class Stage:
         config = write_config(
             self.folder / "gemeentebus.yaml", bootstrap=bootstrap, prefix=self.prefix,
             subscribers=[s.name for s in sinks], nodes=nodes, retry_window_s=retry_window_s,
+            partitions=partitions,
         )  # fmt: skip
         self.bus = Bus(config, self.folder, bootstrap)
         self.ids: dict[str, str] = {}  # sink name -> subscription id

@@ -31,6 +31,7 @@ __all__ = ["SIGTERM_DEADLINE_S", "kill_scenario", "sigterm_scenario", "standard_
 
 SIGTERM_DEADLINE_S: Final = 25.0
 _SLACK_S: Final = 2.0  # the interpreter's own exit
+_LIFE_S: Final = 5.0  # the least time a restarted process runs before its next kill
 
 
 def standard_sinks(seed: int) -> list[Sink]:
@@ -74,12 +75,16 @@ async def kill_scenario(ctx: ChaosContext) -> Outcome:
         began = time.monotonic()
 
         async def kill_often(role: str, moments: list[float]) -> None:
+            restarted = 0.0
             for moment in sorted(moments):
-                await _at(began + moment)
+                # at least a few seconds of life: a kill may still land while it starts
+                await _at(max(began + moment, restarted + _LIFE_S))
                 await stage.bus.kill(role)
                 outcome.faults.append(f"{stage.at()} SIGKILL {role}")
                 await asyncio.sleep(rng.uniform(0.5, 2.0))
-                await stage.bus.start(role, role)
+                await stage.bus.start(role, role, wait=False)
+                restarted = time.monotonic()
+            await stage.bus.wait_running(stage.bus.procs[role])
 
         async with asyncio.TaskGroup() as group:
             for role in size.kill_roles:

@@ -147,10 +147,12 @@ def run_chaos(
     progress: Callable[[str], None] = print,
     keep: bool = False,
     size: Size | None = None,
+    workdir: Path | None = None,
 ) -> dict[str, Any]:
     """Run the scenarios; write `output` (JSON) and the Markdown table beside it.
 
-    `size` overrides what QUICK or FULL implies; `keep` keeps the logs and broker data."""
+    `size` overrides what QUICK or FULL implies; `keep` keeps the logs and broker data;
+    `workdir` is where they go (a new temporary folder by default)."""
     started, clock = datetime.now(UTC), time.monotonic()
     # this process's own clients (publishers, readers) meet dead brokers on purpose
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
@@ -169,7 +171,7 @@ def run_chaos(
         output.with_suffix(".md").write_text(markdown(result))
         return result
 
-    folder = Path(tempfile.mkdtemp(prefix="gemeentebus-chaos-"))
+    folder = Path(tempfile.mkdtemp(prefix="gemeentebus-chaos-", dir=workdir))
     try:
         ctx = ChaosContext(
             local=settings.local_kafka, quick=quick, size=size or (QUICK if quick else FULL),

@@ -71,7 +71,10 @@ async def _one_zaak(ctx: ChaosContext, outcome: Outcome) -> None:
     size = ctx.size
     broker = await ctx.broker()
     one = Sink("one-zaak")
-    async with Stage(ctx, "one-zaak", broker.bootstrap, [Sink("gemeente-c"), one]) as stage:
+    # one partition: every record read after the failing zaak's first one waits behind it
+    # for its commit, so the courier's pending count grows with the whole stream
+    async with Stage(ctx, "one-zaak", broker.bootstrap, [Sink("gemeente-c"), one],
+                     partitions=1) as stage:  # fmt: skip
         n = max(size.load_events, 3_000)
         load = load_for(stage, n, size.rate * 2, broker.bootstrap, 10)
         http, _ = load.prepare()

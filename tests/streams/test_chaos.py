@@ -133,7 +133,7 @@ def test_a_delivery_process_killed_mid_stream_loses_nothing(tmp_path: Path) -> N
 
     result = run_chaos(
         Settings(mode="test"), quick=True, output=output, scenarios=[kill], size=TINY,
-        progress=lines.append,
+        progress=lines.append, workdir=tmp_path,
     )  # fmt: skip
 
     assert json.loads(output.read_text()) == result
