@@ -33,7 +33,7 @@ __all__ = ["OPERATOR", "PUBLISHER", "Bus", "Proc", "token", "write_config"]
 PUBLISHER: Final = "chaos-publisher"
 OPERATOR: Final = "chaos-operator"
 PSEUDONYM_KEY: Final = "gemeentebus-chaos"  # synthetic data only
-_START_S: Final = 90.0
+_START_S: Final = 180.0  # a restart may wait out its group's session timeout first
 
 
 def token(client_id: str) -> str:

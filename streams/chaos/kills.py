@@ -84,7 +84,11 @@ async def kill_scenario(ctx: ChaosContext) -> Outcome:
                 await asyncio.sleep(rng.uniform(0.5, 2.0))
                 await stage.bus.start(role, role, wait=False)
                 restarted = time.monotonic()
-            await stage.bus.wait_running(stage.bus.procs[role])
+            try:
+                await stage.bus.wait_running(stage.bus.procs[role])
+            except TimeoutError:
+                outcome.check(f"{role} runs again after its last kill", False,
+                              "not running within 180 s of its restart")  # fmt: skip
 
         async with asyncio.TaskGroup() as group:
             for role in size.kill_roles:

@@ -194,6 +194,6 @@ async def _until(moment: float) -> None:
 
 
 async def _stop(producer: AIOKafkaProducer) -> None:
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(KafkaError, OSError, TimeoutError):  # a broken one: let it go
         async with asyncio.timeout(15.0):
             await producer.stop()
