@@ -99,7 +99,7 @@ def markdown(result: dict[str, Any]) -> str:
     for s in result["scenarios"]:
         if s["error"]:
             lines.append(f"| {s['name']} | {s['duration_s']:.0f} | could not run | **FAIL** "
-                         f"| {s['error'].splitlines()[-1][:200]} |")  # fmt: skip
+                         f"| {s['error'].splitlines()[0][:200]} |")  # fmt: skip
         for c in s["checks"]:
             detail = c["detail"].replace("|", "/").replace("\n", " ")[:300]
             lines.append(f"| {s['name']} | {s['duration_s']:.0f} | {c['name']} "
