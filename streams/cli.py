@@ -176,6 +176,25 @@ def cmd_subscriptions_apply(args: argparse.Namespace, settings: Settings) -> int
     return 0
 
 
+def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.chaos import SCENARIOS, run_chaos
+
+    known = {s.name: s for s in SCENARIOS}
+    wanted = [n.strip() for n in (args.only or "").split(",") if n.strip()] or list(known)
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        print(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(known)}")
+        return 2
+    chosen = [known[n] for n in wanted]
+    result = run_chaos(
+        settings, quick=args.quick, output=args.output, scenarios=chosen, keep=args.keep
+    )
+    print(args.output.with_suffix(".md").read_text())
+    print(f"{result['passed']}/{len(chosen)} scenarios passed in {result['duration_s']:.0f} s; "
+          f"results in {args.output}")  # fmt: skip
+    return 0 if result["ok"] else 1
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gemeentebus",
@@ -292,6 +311,18 @@ def _parser() -> argparse.ArgumentParser:
     apply.set_defaults(func=cmd_subscriptions_apply)
 
     add_operation_commands(commands)
+
+    chaos = commands.add_parser(
+        "chaos",
+        help="the fault-injection suite on private local brokers; results as JSON",
+        description="Kill, stop and poison the bus as deployed; count what each subscriber "
+        "lost, got twice or out of order. Exit 1 when anything was lost or reordered.",
+    )
+    chaos.add_argument("--quick", action="store_true", help="small counts (under 10 minutes)")
+    chaos.add_argument("--only", metavar="NAME[,NAME]", help="run only these scenarios")
+    chaos.add_argument("--output", type=Path, default=Path("chaos/results.json"))
+    chaos.add_argument("--keep", action="store_true", help="keep the logs and broker data")
+    chaos.set_defaults(func=cmd_chaos)
 
     demo = commands.add_parser(
         "demo",
