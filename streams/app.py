@@ -100,6 +100,8 @@ def make_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
         "topic_partitions": settings.kafka.partitions,
         "topic_disable_leader": True,
         "broker_commit_interval": 1.0,
+        # A SIGKILLed worker's partitions wait this long for another member (Faust: 60 s).
+        "broker_session_timeout": 20.0,
         "producer_acks": -1,
         "autodiscover": False,
         "store": "memory://",

@@ -55,13 +55,13 @@ class Size:
     volgindicaties: int = 200
     settle_s: float  # the longest wait for the last deliveries after the faults
     # ... ended early when nothing arrives for this long: longer than a consumer group's
-    # session timeout (Faust's 60 s), which a SIGKILLed member holds its partitions for
+    # session timeout (the worker's 20 s), which a SIGKILLed member holds its partitions for
     stall_s: float
 
 
 QUICK: Final = Size(
     kill_events=2_400, kills_per_role=2, rate=100.0, outage_s=20.0, load_events=1_000,
-    replay_events=5_000, settle_s=180.0, stall_s=75.0,
+    replay_events=5_000, settle_s=180.0, stall_s=45.0,
 )  # fmt: skip
 FULL: Final = Size(
     kill_events=100_000, kills_per_role=10, rate=250.0, outage_s=120.0, load_events=40_000,
