@@ -47,7 +47,7 @@ def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
 def _settings(kafka: LocalKafka, tmp_path: Path) -> Settings:
     return Settings(
         mode="test",
-        kafka=KafkaSettings(
+        kafka=KafkaSettings.single_node(
             bootstrap_servers=kafka.bootstrap_servers,
             topic_prefix=f"f{os.getpid()}{int(time.monotonic() * 1000) % 100000}",
             partitions=3,

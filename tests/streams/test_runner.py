@@ -223,7 +223,9 @@ async def test_a_deleted_subscription_topic_is_not_ready_then_an_exit(
     code, _ = bus.exit_code(within=60)
     assert code == EXIT_FAILED
     # the store's reader or the cluster watch, whichever noticed first
-    [gave_up] = [line for line in bus.stderr().splitlines() if "gave up" in line]
+    [gave_up] = [
+        line for line in bus.stderr().splitlines() if line.startswith("gemeentebus: gave up")
+    ]
     assert gave_up.startswith("gemeentebus: gave up: ") and topic in gave_up and "gone" in gave_up
     assert bus.stderr().count("not found in cluster metadata") < 500  # no loop
 
