@@ -78,6 +78,12 @@ def _worker_env(settings: Settings) -> dict[str, str]:
         ENV["bootstrap"]: settings.kafka.bootstrap_servers,
         f"{ENV['prefix']}KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
         f"{ENV['prefix']}KAFKA__PARTITIONS": str(settings.kafka.partitions),
+        # the bench's broker is one node: its replication settings go along
+        f"{ENV['prefix']}KAFKA__REPLICATION_FACTOR": str(settings.kafka.replication_factor),
+        f"{ENV['prefix']}KAFKA__MIN_INSYNC_REPLICAS": str(settings.kafka.min_insync_replicas),
+        f"{ENV['prefix']}KAFKA__ALLOW_SINGLE_REPLICA": str(settings.kafka.allow_single_replica),
+        # every process serves /health and /ready: each on a port of its own
+        f"{ENV['prefix']}HTTP__PORT": "0",
         ENV["pseudonym_key"]: BENCH_PSEUDONYM_KEY,
     }
 
