@@ -2,7 +2,7 @@
 
 Each `Courier` has its own consumer (group `<prefix>.deliver.<id>`, manual commits) and its
 own HTTP session: a slow or dead subscriber holds up only its own courier. The `Dispatcher`
-(`connectors.delivery`) runs one per active HTTP subscription.
+(`connectors.dispatcher`) runs one per active HTTP subscription.
 
 Order, within one courier: records are split into lanes by (partition, key). A lane
 delivers strictly in offset order: a record is attempted only after the one before it in
@@ -58,18 +58,18 @@ from aiokafka.errors import KafkaError
 from connectors.holding import Held, Watermark, held, poison, unsendable
 from connectors.webhook import SubscriberGone, WebhookFailed, WebhookSender
 from connectors.writes import Write, Writer, dead_letter_write, log_write
-from streams import codec
-from streams.app import Producer, make_consumer
 from streams.config import DeliverySettings, Settings
-from streams.deliverylog import Outcome
-from streams.dlq import (
+from streams.contract import codec
+from streams.delivery.dlq import (
     delivery_attempt,
 )
+from streams.delivery.log import Outcome
 from streams.exceptions import FieldError
 from streams.health import Health, Progress
+from streams.kafka.clients import Producer, make_consumer
+from streams.kafka.topics import Topics
 from streams.retry import RetryPolicy
-from streams.subscriptions import Subscription
-from streams.topics import Topics
+from streams.routing.subscriptions import Subscription
 
 __all__ = [
     "CONCURRENCY",

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.writes import Write
-from streams import codec
-from streams.dlq import EventRef, event_ref
+from streams.contract import codec
+from streams.delivery.dlq import EventRef, event_ref
 from streams.exceptions import FieldError
 
 __all__ = ["Held", "Watermark", "held", "poison", "unsendable"]

@@ -29,7 +29,7 @@ from standardwebhooks import Webhook
 
 from streams.config import DeliverySettings
 from streams.exceptions import DeliveryFailed
-from streams.subscriptions import Subscription
+from streams.routing.subscriptions import Subscription
 
 __all__ = [
     "CONTENT_TYPE",

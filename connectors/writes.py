@@ -3,7 +3,7 @@
 A deliver-topic record is finished (its offset may be committed) only once the broker has
 every write about it, so no write is dropped:
 - a temporary error (the broker away, a leader moving, a producer spoiled by an expired
-  batch, which `streams.app.Producer` replaces on the next send) is retried with `WRITES`
+  batch, which `streams.kafka.clients.Producer` replaces on the next send) is retried with `WRITES`
   backoff; the first failure of a topic is logged, and a topic still failing after
   `BROKEN_AFTER_S` makes the courier's health part broken until a write to it lands;
 - a permanent error (the record too large for the topic, the topic refused) is not retried
@@ -25,10 +25,10 @@ from typing import Final
 
 from aiokafka.errors import KafkaError
 
-from streams.app import Producer
-from streams.codec import RawHeaders
-from streams.deliverylog import DeliveryAttempt, encode_attempt, shortened
-from streams.dlq import dead_letter_headers, truncated_headers
+from streams.contract.codec import RawHeaders
+from streams.delivery.dlq import dead_letter_headers, truncated_headers
+from streams.delivery.log import DeliveryAttempt, encode_attempt, shortened
+from streams.kafka.clients import Producer
 from streams.retry import RetryPolicy, retriable
 
 __all__ = ["BROKEN_AFTER_S", "WRITES", "Write", "Writer", "dead_letter_write", "log_write"]

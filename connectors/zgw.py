@@ -26,12 +26,12 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Final
 
-from streams import rules
-from streams.attributes import ZAAK_GEMUTEERD
-from streams.codec import format_time, parse_time
-from streams.envelope import CloudEvent
+from streams.contract import values
+from streams.contract.attributes import ZAAK_GEMUTEERD
+from streams.contract.codec import format_time, parse_time
+from streams.contract.envelope import CloudEvent
+from streams.contract.schemas import dataschema_urn
 from streams.exceptions import FieldError, InvalidEvent
-from streams.schemas import dataschema_urn
 
 __all__ = [
     "KANAAL",
@@ -84,7 +84,7 @@ _FOUTEN: Final[Mapping[int, tuple[str, str]]] = {
 def source_for(bronorganisatie: Any, client_id: str) -> str:
     """The CloudEvents source of a notificatie from this organisation, sent by this client."""
     rsin = bronorganisatie if isinstance(bronorganisatie, str) else ""
-    oin = f"00000001{rsin}000" if rules.is_nine_digits(rsin) else PLACEHOLDER_OIN
+    oin = f"00000001{rsin}000" if values.is_nine_digits(rsin) else PLACEHOLDER_OIN
     return f"urn:nld:oin:{oin}:systeem:{client_id}"
 
 
@@ -145,7 +145,7 @@ def to_event(notificatie: Any, *, client_id: str) -> CloudEvent:
     kenmerken = notificatie["kenmerken"]
     hoofd_object: str = notificatie["hoofdObject"]
     moment = parse_time(notificatie["aanmaakdatum"])
-    zaak_uuid = rules.last_path_segment(hoofd_object)
+    zaak_uuid = values.last_path_segment(hoofd_object)
     data = {
         "zaakUrl": hoofd_object,
         "zaakUuid": zaak_uuid,

@@ -45,16 +45,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from connectors.courier import STOP_DEADLINE_S
-from connectors.delivery import Dispatcher
-from streams import metrics
-from streams.app import make_producer
+from connectors.dispatcher import Dispatcher
 from streams.config import Settings
+from streams.contract.schemas import registry
 from streams.exceptions import ConfigurationError, KafkaUnavailable
 from streams.health import Health, health_app
-from streams.retry import RetryPolicy
-from streams.schemas import registry
-from streams.store import SubscriptionStore
-from streams.topics import (
+from streams.ingress import metrics
+from streams.kafka.clients import make_producer
+from streams.kafka.topics import (
     Topics,
     bus_topics,
     create_topics,
@@ -62,8 +60,10 @@ from streams.topics import (
     durability_problems,
     existing_topics,
 )
-from streams.validator import Validator
-from streams.watch import ClusterWatch
+from streams.kafka.watch import ClusterWatch
+from streams.retry import RetryPolicy
+from streams.routing.store import SubscriptionStore
+from streams.routing.worker import Validator
 
 __all__ = [
     "EXIT_FAILED",
@@ -140,7 +140,7 @@ def _quiet(step: str) -> None:
 
 async def prepare_topics(settings: Settings, step: Callable[[str], None] = _quiet) -> None:
     """Create the bus's missing topics; refuse a lost subscription set and, in production,
-    topics that can lose acknowledged records (`streams.topics.durability_problems`).
+    topics that can lose acknowledged records (`streams.kafka.topics.durability_problems`).
     `step` hears what it is doing now."""
     t = Topics(settings.kafka.topic_prefix)
     specs = bus_topics(settings.kafka, registry().types())
@@ -218,7 +218,7 @@ async def _serve(bus: Bus, roles: tuple[str, ...]) -> None:
     """The API with `/ready`, or for a process without it `/health`, `/ready`, `/metrics`."""
     settings = bus.settings
     if "api" in roles:
-        from streams.api import make_api
+        from streams.http.api import make_api
 
         assert bus.store is not None
         bus.producer = make_producer(settings, "api")
@@ -227,7 +227,7 @@ async def _serve(bus: Bus, roles: tuple[str, ...]) -> None:
     else:
 
         async def serve_metrics(request: web.Request) -> web.Response:
-            from streams.api import METRICS_CONTENT_TYPE
+            from streams.http.api import METRICS_CONTENT_TYPE
 
             return web.Response(
                 body=metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE}

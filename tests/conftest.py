@@ -24,10 +24,10 @@ from aiokafka.structs import ConsumerRecord
 
 from connectors.kafka_local import LocalKafka, free_port_range
 from streams.config import ENV, KafkaSettings, Settings, load_settings
-from streams.topics import Topics
+from streams.kafka.topics import Topics
 
 if TYPE_CHECKING:
-    from streams.store import SubscriptionStore
+    from streams.routing.store import SubscriptionStore
 
 KAFKA_IMAGE = "apache/kafka:4.1.2"
 
@@ -97,9 +97,9 @@ def settings(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Settings:
 @pytest.fixture
 async def bus_topics(settings: Settings) -> AsyncIterator[Topics]:
     """This test's namespace with every bus topic created on the broker."""
-    from streams.schemas import registry
-    from streams.topics import bus_topics as specs
-    from streams.topics import create_topics
+    from streams.contract.schemas import registry
+    from streams.kafka.topics import bus_topics as specs
+    from streams.kafka.topics import create_topics
 
     await create_topics(settings.kafka, specs(settings.kafka, registry().types()))
     yield Topics(settings.kafka.topic_prefix)
@@ -108,7 +108,7 @@ async def bus_topics(settings: Settings) -> AsyncIterator[Topics]:
 @pytest.fixture
 async def store(settings: Settings, bus_topics: Topics) -> AsyncIterator[SubscriptionStore]:
     """The subscription set of this test's namespace, started and read."""
-    from streams.store import SubscriptionStore
+    from streams.routing.store import SubscriptionStore
 
     subscriptions = SubscriptionStore(settings, name="test-store")
     await subscriptions.start()

@@ -19,11 +19,11 @@ import uuid
 from typing import Final
 
 from connectors.kafka_local import fetch_jars
-from streams.app import make_producer
 from streams.bench.broker import delete_topics, namespace, raw_read_seconds
 from streams.bench.core import BenchContext, Figure
 from streams.config import Settings
-from streams.topics import TopicSpec, create_topics
+from streams.kafka.clients import make_producer
+from streams.kafka.topics import TopicSpec, create_topics
 
 __all__ = ["RECORD_BYTES", "baseline_scenario", "consumer_rate", "producer_rate"]
 

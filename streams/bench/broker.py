@@ -25,12 +25,12 @@ from aiokafka.errors import KafkaError
 from pydantic import SecretStr
 
 from connectors.kafka_local import LocalKafka, fetch_jars, free_port_range
-from streams import codec
-from streams.app import make_producer
-from streams.attributes import partition_key
 from streams.config import ENV, SecuritySettings, Settings
-from streams.generators import EventFactory
-from streams.validation import dutch_today
+from streams.contract import codec
+from streams.contract.attributes import partition_key
+from streams.contract.rules import dutch_today
+from streams.demo.generators import EventFactory
+from streams.kafka.clients import make_producer
 
 __all__ = [
     "BENCH_PSEUDONYM_KEY",

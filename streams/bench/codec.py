@@ -11,15 +11,15 @@ from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
 
-from streams import codec
 from streams.bench.broker import BENCH_PSEUDONYM_KEY
 from streams.bench.core import BenchContext, Figure
-from streams.envelope import CloudEvent
-from streams.generators import EventFactory
-from streams.ingress import Gate
-from streams.schemas import registry
-from streams.topics import Topics
-from streams.validation import dutch_today
+from streams.contract import codec
+from streams.contract.envelope import CloudEvent
+from streams.contract.rules import dutch_today
+from streams.contract.schemas import registry
+from streams.demo.generators import EventFactory
+from streams.ingress.gate import Gate
+from streams.kafka.topics import Topics
 
 __all__ = ["best_of", "codec_scenario"]
 

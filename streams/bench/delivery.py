@@ -28,20 +28,20 @@ from typing import Final
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer
 
-from streams import codec
-from streams.app import make_producer
-from streams.attributes import partition_key
 from streams.bench.broker import delete_topics, namespace, partitions
 from streams.bench.core import BenchContext, Figure
 from streams.bench.workers import spawn, stop
 from streams.config import Settings
-from streams.demo_receivers import serve_hook
-from streams.generators import EventFactory
-from streams.schemas import registry
-from streams.store import SubscriptionStore
-from streams.subscriptions import Subscription
-from streams.topics import Topics, TopicSpec, bus_topics, create_topics
-from streams.validation import dutch_today
+from streams.contract import codec
+from streams.contract.attributes import partition_key
+from streams.contract.rules import dutch_today
+from streams.contract.schemas import registry
+from streams.demo.generators import EventFactory
+from streams.demo.receivers import serve_hook
+from streams.kafka.clients import make_producer
+from streams.kafka.topics import Topics, TopicSpec, bus_topics, create_topics
+from streams.routing.store import SubscriptionStore
+from streams.routing.subscriptions import Subscription
 
 __all__ = ["delivery_scenario"]
 

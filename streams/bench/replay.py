@@ -15,18 +15,18 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from streams.app import make_producer
 from streams.bench.broker import delete_topics, namespace, raw_read_seconds
 from streams.bench.core import BenchContext, Figure
 from streams.config import Settings
-from streams.generators import EventFactory
-from streams.ingress import Gate
-from streams.replay import Replayer, ReplayRequest
-from streams.schemas import registry
-from streams.store import SubscriptionStore
-from streams.subscriptions import Subscription
-from streams.topics import Topics, bus_topics, create_topics
-from streams.validation import dutch_today
+from streams.contract.rules import dutch_today
+from streams.contract.schemas import registry
+from streams.demo.generators import EventFactory
+from streams.ingress.gate import Gate
+from streams.kafka.clients import make_producer
+from streams.kafka.topics import Topics, bus_topics, create_topics
+from streams.operations.replay import Replayer, ReplayRequest
+from streams.routing.store import SubscriptionStore
+from streams.routing.subscriptions import Subscription
 
 __all__ = ["fill_events_topics", "replay_scenario"]
 

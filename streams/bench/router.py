@@ -16,20 +16,20 @@ import asyncio
 from datetime import date, datetime, timedelta
 from typing import Any, Final
 
-from streams import codec
-from streams.attributes import OVERLEDEN, VERHUISD
 from streams.bench.broker import namespace
 from streams.bench.codec import best_of
 from streams.bench.core import BenchContext, Figure
-from streams.envelope import CloudEvent
-from streams.gemeenten import current_codes
-from streams.generators import BRP_SOURCE, EventFactory
-from streams.ingress import Gate
-from streams.router import Router
-from streams.store import SubscriptionStore
-from streams.subscriptions import Subscription
-from streams.topics import Topics
-from streams.validation import dutch_today
+from streams.contract import codec
+from streams.contract.attributes import OVERLEDEN, VERHUISD
+from streams.contract.envelope import CloudEvent
+from streams.contract.gemeenten import current_codes
+from streams.contract.rules import dutch_today
+from streams.demo.generators import BRP_SOURCE, EventFactory
+from streams.ingress.gate import Gate
+from streams.kafka.topics import Topics
+from streams.routing.router import Router
+from streams.routing.store import SubscriptionStore
+from streams.routing.subscriptions import Subscription
 
 __all__ = ["SET_SIZES", "router_scenario", "subscription_set"]
 

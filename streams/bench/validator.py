@@ -8,19 +8,19 @@ import uuid
 
 from aiokafka import AIOKafkaConsumer
 
-from streams import codec
-from streams.app import make_producer
-from streams.attributes import partition_key
 from streams.bench.broker import Clock, delete_topics, namespace, partitions, publish, watch
 from streams.bench.codec import best_of
 from streams.bench.core import BenchContext, Figure
 from streams.config import Settings
-from streams.generators import EventFactory
-from streams.ingress import Gate
-from streams.schemas import registry
-from streams.topics import Topics, TopicSpec, bus_topics, create_topics
-from streams.validation import dutch_today
-from streams.validator import BATCH_SIZE, Validator
+from streams.contract import codec
+from streams.contract.attributes import partition_key
+from streams.contract.rules import dutch_today
+from streams.contract.schemas import registry
+from streams.demo.generators import EventFactory
+from streams.ingress.gate import Gate
+from streams.kafka.clients import make_producer
+from streams.kafka.topics import Topics, TopicSpec, bus_topics, create_topics
+from streams.routing.worker import BATCH_SIZE, Validator
 
 _GATE_SAMPLE = 5_000
 

@@ -38,8 +38,8 @@ from streams.bench.broker import (
 )
 from streams.bench.core import BenchContext, Figure
 from streams.config import ENV, Settings
-from streams.schemas import registry
-from streams.topics import Topics, bus_topics, create_topics
+from streams.contract.schemas import registry
+from streams.kafka.topics import Topics, bus_topics, create_topics
 
 __all__ = ["WORKER_COUNTS", "rss_scenario", "scale_out_scenario", "spawn", "stop"]
 

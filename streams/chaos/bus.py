@@ -26,7 +26,7 @@ import aiohttp
 
 from connectors.kafka_local import free_port_range
 from streams.config import KafkaSettings
-from streams.schemas import registry
+from streams.contract.schemas import registry
 
 __all__ = ["OPERATOR", "PUBLISHER", "Bus", "Proc", "token", "write_config"]
 

@@ -218,7 +218,7 @@ class Stage:
         self, owner: str, url: str, types: tuple[str, ...] = (), **extra: Any
     ) -> str:
         """A subscription of `owner` (a configured subscriber) through the API: its id."""
-        from streams.schemas import registry
+        from streams.contract.schemas import registry
 
         body = {"sink": url, "protocol": "HTTP", "types": list(types or registry().types()),
                 "callbackCheck": False, **extra}  # fmt: skip

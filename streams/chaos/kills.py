@@ -21,11 +21,11 @@ from typing import Final
 
 from aiohttp import web
 
-from streams.attributes import OVERLEDEN, VERHUISD
 from streams.chaos.core import ROLES, ChaosContext, Outcome, Stage
 from streams.chaos.load import Load
 from streams.chaos.receivers import Sink
-from streams.demo_receivers import serve_hook
+from streams.contract.attributes import OVERLEDEN, VERHUISD
+from streams.demo.receivers import serve_hook
 
 __all__ = ["SIGTERM_DEADLINE_S", "kill_scenario", "sigterm_scenario", "standard_sinks"]
 

@@ -23,14 +23,14 @@ import aiohttp
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from streams import codec
-from streams.attributes import partition_key
 from streams.chaos.bus import PUBLISHER, token
 from streams.chaos.checker import Ledger, Sent
-from streams.envelope import CloudEvent
-from streams.generators import EventFactory
-from streams.topics import Topics
-from streams.validation import dutch_today
+from streams.contract import codec
+from streams.contract.attributes import partition_key
+from streams.contract.envelope import CloudEvent
+from streams.contract.rules import dutch_today
+from streams.demo.generators import EventFactory
+from streams.kafka.topics import Topics
 
 __all__ = ["Load", "order_key"]
 

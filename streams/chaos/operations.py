@@ -21,9 +21,9 @@ from streams.chaos.core import ChaosContext, Outcome, Stage
 from streams.chaos.kills import exits_check, load_for
 from streams.chaos.receivers import Sink
 from streams.config import Settings
-from streams.generators import EventFactory
-from streams.store import SubscriptionStore
-from streams.validation import dutch_today
+from streams.contract.rules import dutch_today
+from streams.demo.generators import EventFactory
+from streams.routing.store import SubscriptionStore
 
 __all__ = ["replay_kill_scenario", "volg_race_scenario"]
 

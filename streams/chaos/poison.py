@@ -21,16 +21,16 @@ from typing import Final
 
 from aiokafka import AIOKafkaProducer
 
-from streams import codec
 from streams.chaos.cluster import read_topic
 from streams.chaos.core import ChaosContext, Outcome, Stage
 from streams.chaos.kills import exits_check, load_for, standard_sinks
-from streams.envelope import CloudEvent
+from streams.contract import codec
+from streams.contract.envelope import CloudEvent
+from streams.contract.rules import dutch_today
+from streams.demo.generators import EventFactory, invalid_corpus
 from streams.exceptions import GemeentebusError
-from streams.generators import EventFactory, invalid_corpus
-from streams.router import delivery_record
-from streams.topics import Topics
-from streams.validation import dutch_today
+from streams.kafka.topics import Topics
+from streams.routing.router import delivery_record
 
 __all__ = ["poison_scenario"]
 

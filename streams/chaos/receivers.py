@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from streams.chaos.checker import Arrival
-from streams.demo_receivers import serve_hook
+from streams.demo.receivers import serve_hook
 
 __all__ = ["CALLBACK_CHECK_TYPE", "Sink"]
 

@@ -19,13 +19,13 @@ import statistics
 import time
 from typing import Final
 
-from streams.attributes import ZAAK_GEMUTEERD
 from streams.chaos.checker import latencies, reorders
 from streams.chaos.cluster import read_topic
 from streams.chaos.core import ChaosContext, Outcome, Stage
 from streams.chaos.kills import exits_check, load_for
 from streams.chaos.receivers import Sink
-from streams.topics import Topics
+from streams.contract.attributes import ZAAK_GEMUTEERD
+from streams.kafka.topics import Topics
 
 __all__ = ["subscriber_down_scenario"]
 

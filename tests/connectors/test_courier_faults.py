@@ -15,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import MessageSizeTooLargeError, TopicAuthorizationFailedError
 from aiokafka.structs import ConsumerRecord
-from test_delivery import (
+from test_dispatcher import (
     Receiver,
     Request,
     Writer,
@@ -29,18 +29,18 @@ from test_delivery import (
 )
 
 from connectors.courier import LANE_CAP, MAX_PENDING
-from connectors.delivery import Dispatcher
+from connectors.dispatcher import Dispatcher
 from connectors.webhook import WebhookSender
-from streams.app import make_producer
 from streams.config import DeliverySettings, Settings
-from streams.deliverylog import decode_attempt
-from streams.dlq import ATTEMPTS_HEADER, ERROR_HEADER, ORIGIN_HEADER, TRUNCATED_HEADER
+from streams.delivery.dlq import ATTEMPTS_HEADER, ERROR_HEADER, ORIGIN_HEADER, TRUNCATED_HEADER
+from streams.delivery.log import decode_attempt
 from streams.exceptions import KafkaUnavailable
 from streams.health import Health
-from streams.partitioner import murmur2
-from streams.store import SubscriptionStore
-from streams.subscriptions import Subscription
-from streams.topics import Topics
+from streams.kafka.clients import make_producer
+from streams.kafka.partitioner import murmur2
+from streams.kafka.topics import Topics
+from streams.routing.store import SubscriptionStore
+from streams.routing.subscriptions import Subscription
 
 pytestmark = pytest.mark.kafka
 

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from connectors.kafka_local import free_port_range
 from streams.config import KafkaSettings
-from streams.topics import TopicSpec, create_topics
+from streams.kafka.topics import TopicSpec, create_topics
 
 pytestmark = pytest.mark.kafka
 

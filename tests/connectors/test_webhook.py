@@ -24,7 +24,7 @@ from connectors.webhook import (
     webhook_id,
 )
 from streams.config import DeliverySettings
-from streams.subscriptions import Subscription
+from streams.routing.subscriptions import Subscription
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SOURCE = "urn:nld:oin:00000001823288444000:systeem:BRP-component"

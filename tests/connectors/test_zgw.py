@@ -15,15 +15,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from kafka_reading import consume
 
 from connectors import zgw
-from streams import codec
-from streams.api import make_api
-from streams.app import make_producer
-from streams.attributes import ZAAK_GEMUTEERD
 from streams.config import ClientConfig, Settings
+from streams.contract import codec
+from streams.contract.attributes import ZAAK_GEMUTEERD
 from streams.exceptions import InvalidEvent
-from streams.ingress import ERROR_HEADER, Gate
-from streams.store import SubscriptionStore
-from streams.topics import Topics
+from streams.http.api import make_api
+from streams.ingress.gate import ERROR_HEADER, Gate
+from streams.kafka.clients import make_producer
+from streams.kafka.topics import Topics
+from streams.routing.store import SubscriptionStore
 
 SECRET = "open-zaak-notificaties-secret-32-bytes+"
 ZAAK = "d4d4b4a2-7f8e-4c3a-9b1d-6a2f5e8c0b17"

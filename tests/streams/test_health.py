@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from streams import metrics
 from streams.health import Health, add_health_routes, health_app
+from streams.ingress import metrics
 
 
 class Clock:

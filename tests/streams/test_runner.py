@@ -25,8 +25,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from connectors.kafka_local import LocalKafka, free_port_range
 from streams.config import Settings, load_settings
+from streams.kafka.topics import Topics
 from streams.runner import EXIT_FAILED, EXIT_LATE
-from streams.topics import Topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -1,0 +1,351 @@
+"""The `gemeentebus` command: a thin layer over the library; it holds no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from connectors.kafka_local import LocalKafka
+from streams.cli.operations import add_operation_commands
+from streams.config import Settings, load_settings
+from streams.exceptions import GemeentebusError
+
+__all__ = ["main"]
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def _local_kafka(settings: Settings, nodes: int, port: int | None = None) -> LocalKafka:
+    local = settings.local_kafka
+    return LocalKafka(
+        data_dir=local.data_dir / f"{nodes}-node",
+        cache_dir=local.cache_dir,
+        nodes=nodes,
+        port=port or local.port,
+        heap_mb=local.heap_mb if nodes == 1 else max(256, local.heap_mb * 3 // 4),
+        start_timeout_s=local.start_timeout_s,
+    )
+
+
+def _clusters(args: argparse.Namespace, settings: Settings) -> list[LocalKafka]:
+    sizes = [args.nodes] if args.nodes else [1, 3]
+    return [_local_kafka(settings, n, args.port) for n in sizes]
+
+
+def cmd_kafka_up(args: argparse.Namespace, settings: Settings) -> int:
+    kafka = _local_kafka(settings, args.nodes or 1, args.port)
+    bootstrap = kafka.up(progress=lambda line: print(line, file=sys.stderr))
+    print(bootstrap)
+    return 0
+
+
+def cmd_kafka_down(args: argparse.Namespace, settings: Settings) -> int:
+    for kafka in _clusters(args, settings):
+        running = [s for s in kafka.status() if s.running]
+        if running:
+            print(f"stopping {len(running)} Kafka node(s) on {kafka.bootstrap_servers}")
+            kafka.down()
+    return 0
+
+
+def cmd_kafka_status(args: argparse.Namespace, settings: Settings) -> int:
+    any_running = False
+    for kafka in _clusters(args, settings):
+        for node in kafka.status():
+            state = f"running (pid {node.pid})" if node.running else "stopped"
+            print(
+                f"{kafka.nodes}-node cluster  node {node.node_id}  localhost:{node.port}  {state}"
+            )
+            any_running |= node.running
+    return 0 if any_running else 3
+
+
+def cmd_topics_create(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.contract.schemas import registry
+    from streams.kafka.topics import bus_topics, create_topics
+
+    specs = bus_topics(settings.kafka, registry().types())
+    created = asyncio.run(create_topics(settings.kafka, specs))
+    for name in created:
+        print(f"created {name}")
+    print(f"{len(specs)} topics present on {settings.kafka.bootstrap_servers}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.runner import run
+
+    if args.grace is not None:
+        settings = settings.model_copy(
+            update={"run": settings.run.model_copy(update={"grace_s": args.grace})}
+        )
+    return asyncio.run(run(settings, args.role))
+
+
+def cmd_schemas_check(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.contract.evolution import check_registry
+    from streams.contract.schemas import registry
+
+    reg = registry()
+    findings = check_registry(reg)
+    for finding in findings:
+        print(f"{finding.type}: {finding.message}")
+    if not findings:
+        for event_type in reg.types():
+            print(f"{event_type}: {len(reg.versions(event_type))} version(s), compatible")
+    return 1 if findings else 0
+
+
+def cmd_schemas_publish(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.contract.evolution import publish_checked
+    from streams.contract.schemas import registry
+
+    reg = registry()
+    refused = False
+    for event_type in args.types or reg.source_types():
+        version, problems = publish_checked(reg, event_type)
+        for problem in problems:
+            print(f"refused {problem.type}: {problem.message}")
+        refused |= bool(problems)
+        if version is not None:
+            print(f"published {version.dataschema}")
+    return 1 if refused else 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.demo.run import run_demo
+
+    asyncio.run(run_demo(events=args.events, seed=args.seed))
+    return 0
+
+
+def cmd_subscriptions_list(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.operations import subscription_set as subs
+
+    async def listed() -> str:
+        async with subs.opened(settings) as store:
+            return subs.table(store)
+
+    print(asyncio.run(listed()))
+    return 0
+
+
+def cmd_subscriptions_add(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.operations import subscription_set as subs
+
+    entry = subs.read_entries(args.file)
+
+    async def added() -> subs.Applied:
+        async with subs.opened(settings) as store:
+            return await subs.add(store, settings, entry)
+
+    applied = asyncio.run(added())
+    print(subs.dumps(applied.subscription))
+    print(subs.describe(applied))
+    return 0
+
+
+def cmd_subscriptions_remove(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.operations import subscription_set as subs
+
+    async def removed() -> bool:
+        async with subs.opened(settings) as store:
+            return await subs.remove(store, args.id)
+
+    if not asyncio.run(removed()):
+        print(f"gemeentebus: no subscription {args.id}", file=sys.stderr)
+        return 1
+    print(f"removed {args.id}")
+    return 0
+
+
+def cmd_subscriptions_apply(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.operations import subscription_set as subs
+
+    entries = subs.read_entries(args.file)
+
+    async def applied() -> list[subs.Applied]:
+        async with subs.opened(settings) as store:
+            return await subs.apply(store, settings, entries)
+
+    for plan in asyncio.run(applied()):
+        print(subs.describe(plan))
+    return 0
+
+
+def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.chaos import SCENARIOS, run_chaos
+
+    known = {s.name: s for s in SCENARIOS}
+    wanted = [n.strip() for n in (args.only or "").split(",") if n.strip()] or list(known)
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        print(f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(known)}")
+        return 2
+    chosen = [known[n] for n in wanted]
+    result = run_chaos(
+        settings, quick=args.quick, output=args.output, scenarios=chosen, keep=args.keep
+    )
+    print(args.output.with_suffix(".md").read_text())
+    print(f"{result['passed']}/{len(chosen)} scenarios passed in {result['duration_s']:.0f} s; "
+          f"results in {args.output}")  # fmt: skip
+    return 0 if result["ok"] else 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gemeentebus",
+        description="The event bus of Dutch municipalities and base registries.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML configuration file (default: gemeentebus.yaml when present)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    kafka = commands.add_parser("kafka", help="the local Kafka broker (jars from Maven Central)")
+    kafka_sub = kafka.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, func, text in (
+        ("up", cmd_kafka_up, "start the local broker; returns when it answers metadata"),
+        ("down", cmd_kafka_down, "stop the local broker (SIGTERM, then wait)"),
+        ("status", cmd_kafka_status, "report each node; exit 3 when none runs"),
+    ):
+        sub = kafka_sub.add_parser(name, help=text, description=text)
+        sub.add_argument(
+            "--nodes",
+            type=int,
+            choices=(1, 3),
+            default=None,
+            help="1 (default for up) or 3 nodes on this host",
+        )
+        sub.add_argument("--port", type=int, default=None, help="client port of node 1")
+        sub.set_defaults(func=func)
+
+    topics = commands.add_parser("topics", help="the bus's Kafka topics")
+    topics_sub = topics.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = topics_sub.add_parser(
+        "create",
+        help="create the topics of SPEC §3 (idempotent)",
+        description="Create the ingress, invalid, events and internal topics that are missing.",
+    )
+    create.set_defaults(func=cmd_topics_create)
+
+    run = commands.add_parser(
+        "run",
+        help="run the bus: HTTP API and stream workers",
+        description="Run the bus until SIGTERM/SIGINT. Needs a BSN pseudonym key. Every "
+        "process serves GET /health and GET /ready (per role, with reasons) on http.host:"
+        "http.port. Exit codes: 0 stopped cleanly; 1 gave up on a fault it cannot mend "
+        "(a topic gone, the subscription reader dying); 2 could not start (configuration, "
+        "cluster, topics: one line says why); 3 did not stop within the grace period; "
+        "128+N a second signal N.",
+    )
+    run.add_argument(
+        "--role",
+        choices=("all", "api", "worker", "delivery"),
+        default="all",
+        help="all (default); api: the HTTP API; worker: validate and route; "
+        "delivery: the webhook dispatcher",
+    )
+    run.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop within this long after SIGTERM, else exit 3 (default run.grace_s: 25)",
+    )
+    run.set_defaults(func=cmd_run)
+
+    schemas = commands.add_parser("schemas", help="the Avro schemas and their evolution")
+    schemas_sub = schemas.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = schemas_sub.add_parser(
+        "check",
+        help="check published versions: unchanged, compatible, source published",
+        description="Exit 1 and name every breaking change or unpublished source change.",
+    )
+    check.set_defaults(func=cmd_schemas_check)
+    publish = schemas_sub.add_parser(
+        "publish",
+        help="publish changed sources as new versions (refused if breaking)",
+        description="Write schemas/avro/published/<type>/<n+1>.avsc for each changed source.",
+    )
+    publish.add_argument("types", nargs="*", help="event types (default: all)")
+    publish.set_defaults(func=cmd_schemas_publish)
+
+    subscriptions = commands.add_parser(
+        "subscriptions", help="the subscription set, with operator rights (needs the broker)"
+    )
+    subscriptions_sub = subscriptions.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = subscriptions_sub.add_parser(
+        "list", help="print every subscription as a table", description="Print a table of all."
+    )
+    listing.set_defaults(func=cmd_subscriptions_list)
+    add = subscriptions_sub.add_parser(
+        "add",
+        help="add one subscription from a JSON or YAML file",
+        description="Add (or replace) the subscription in FILE: the API's JSON shape plus "
+        "`owner`, and `id` if it replaces one. A new one's signing secret is printed once.",
+    )
+    add.add_argument("file", type=Path, metavar="FILE", help="JSON or YAML file")
+    add.set_defaults(func=cmd_subscriptions_add)
+    remove = subscriptions_sub.add_parser(
+        "remove",
+        help="retire and delete a subscription",
+        description="Retire and delete the subscription ID; its topics stay. Exit 1 if unknown.",
+    )
+    remove.add_argument("id", metavar="ID", help="the subscription id")
+    remove.set_defaults(func=cmd_subscriptions_remove)
+    apply = subscriptions_sub.add_parser(
+        "apply",
+        help="make the subscriptions in a YAML list so (idempotent)",
+        description="Validate every entry of FILE (a YAML list; each with `id` and `owner`); "
+        "if all are valid, put the new and changed ones and print what changed. Subscriptions "
+        "not in FILE are left alone.",
+    )
+    apply.add_argument("file", type=Path, metavar="FILE", help="YAML list of subscriptions")
+    apply.set_defaults(func=cmd_subscriptions_apply)
+
+    add_operation_commands(commands)
+
+    chaos = commands.add_parser(
+        "chaos",
+        help="the fault-injection suite on private local brokers; results as JSON",
+        description="Kill, stop and poison the bus as deployed; count what each subscriber "
+        "lost, got twice or out of order. Exit 1 when anything was lost or reordered.",
+    )
+    chaos.add_argument("--quick", action="store_true", help="small counts (under 10 minutes)")
+    chaos.add_argument("--only", metavar="NAME[,NAME]", help="run only these scenarios")
+    chaos.add_argument("--output", type=Path, default=Path("chaos/results.json"))
+    chaos.add_argument("--keep", action="store_true", help="keep the logs and broker data")
+    chaos.set_defaults(func=cmd_chaos)
+
+    demo = commands.add_parser(
+        "demo",
+        help="the bus with realistic traffic on a private local broker",
+        description="Start a broker and the bus, publish events (some invalid), show counts, "
+        "print a summary and stop everything.",
+    )
+    demo.add_argument("--events", type=int, default=2000, help="how many events (default 2000)")
+    demo.add_argument("--seed", type=int, default=2026, help="seed of the event generator")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `gemeentebus` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        overrides = {"mode": "demo"} if args.command == "demo" else {}
+        settings = load_settings(args.config, **overrides)
+        func: Command = args.func
+        return func(args, settings)
+    except GemeentebusError as exc:
+        print(f"gemeentebus: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,104 @@
+"""Audit and dead-letter routes.
+
+    GET  /subscriptions/{id}/deliveries?limit=   delivery attempts: the owner or an operator
+    POST /audit/persons  {"bsn": "..."}          who received data about a person: operators;
+                                                 POST keeps the BSN out of URLs and access logs
+    GET  /subscriptions/{id}/dlq                 dead letters (no data contents): owner/operator
+    POST /subscriptions/{id}/dlq/redrive         deliver them again, in order: operators
+Person queries and redrives are recorded in the audit topic (who, when; never the BSN).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from aiohttp import hdrs, web
+
+from streams.auth import Client, Forbidden
+from streams.config import Settings
+from streams.delivery.dlq import list_dead_letters, redrive
+from streams.http.api import AUTHENTICATOR, _Failure, _json, _read, answering
+from streams.kafka.clients import make_producer
+from streams.kafka.topics import Topics
+from streams.operations.logboek import deliveries_of, person_deliveries
+from streams.operations.replay import audit
+from streams.routing.store import SubscriptionStore
+from streams.routing.subscriptions import Subscription
+
+__all__ = ["add_audit_routes"]
+
+_MAX_LIMIT = 1000
+
+
+def add_audit_routes(app: web.Application, *, settings: Settings, store: SubscriptionStore) -> None:
+    """Mount the audit routes on an API app built by `make_api`."""
+
+    async def deliveries(request: web.Request) -> web.Response:
+        client = request.app[AUTHENTICATOR].authenticate(request.headers.get(hdrs.AUTHORIZATION))
+        subscription = _own(client, request)
+        try:
+            limit = min(int(request.query.get("limit", "100")), _MAX_LIMIT)
+        except ValueError:
+            raise _Failure(400, "invalid_limit", "limit is a whole number") from None
+        attempts = await deliveries_of(settings, subscription.id, limit=max(limit, 1))
+        return web.json_response({"deliveries": [a.as_dict() for a in attempts]})
+
+    async def person(request: web.Request) -> web.Response:
+        auth = request.app[AUTHENTICATOR]
+        client = auth.authenticate(request.headers.get(hdrs.AUTHORIZATION))
+        auth.require_operator(client)
+        try:
+            body = _json(await _read(request, 4096))
+        except ValueError:
+            raise _Failure(400, "invalid_json", "the body is not UTF-8 JSON") from None
+        bsn = body.get("bsn") if isinstance(body, dict) else None
+        if not isinstance(bsn, str):
+            raise _Failure(400, "invalid_body", 'expected {"bsn": "<9 digits>"}')
+        try:
+            found = await person_deliveries(settings, bsn)
+        except ValueError:
+            raise _Failure(400, "invalid_bsn", "not a BSN (9 digits, elfproef)") from None
+        await _record(client.id, "person_audit", results=len(found))
+        return web.json_response({"deliveries": [asdict(d) for d in found]})
+
+    async def dead_letters(request: web.Request) -> web.Response:
+        client = request.app[AUTHENTICATOR].authenticate(request.headers.get(hdrs.AUTHORIZATION))
+        subscription = _own(client, request)
+        letters = await list_dead_letters(settings, subscription.id)
+        return web.json_response(
+            {
+                "deadLetters": [
+                    {**asdict(d), "time": d.time.isoformat() if d.time else None} for d in letters
+                ]
+            }
+        )
+
+    async def redrive_letters(request: web.Request) -> web.Response:
+        auth = request.app[AUTHENTICATOR]
+        client = auth.authenticate(request.headers.get(hdrs.AUTHORIZATION))
+        auth.require_operator(client)
+        subscription = _own(client, request)
+        count = await redrive(settings, subscription.id, purpose=subscription.purpose)
+        await _record(client.id, "dlq_redrive", subscription=subscription.id, redriven=count)
+        return web.json_response({"redriven": count})
+
+    def _own(client: Client, request: web.Request) -> Subscription:
+        subscription = store.get(request.match_info["id"])
+        if subscription is None:
+            raise _Failure(404, "not_found", "no such subscription")
+        if not client.operator and subscription.owner != client.id:
+            raise Forbidden("not_the_owner", f"client {client.id} does not own this subscription")
+        return subscription
+
+    async def _record(actor: str, action: str, **what: object) -> None:
+        producer = make_producer(settings, "audit")
+        await producer.start()
+        try:
+            await audit(producer, Topics(settings.kafka.topic_prefix), action, actor, **what)
+        finally:
+            await producer.stop()
+
+    app.router.add_get("/subscriptions/{id}/deliveries", answering(deliveries))
+    app.router.add_get("/subscriptions/{id}/dlq", answering(dead_letters))
+    app.router.add_post("/subscriptions/{id}/dlq/redrive", answering(redrive_letters))
+    app.router.add_post("/audit/persons", answering(person))

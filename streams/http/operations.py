@@ -1,0 +1,236 @@
+"""Operations over HTTP (SPEC §4): replays, reconciliation, and pulling a subscription's events.
+
+`add_operation_routes(app, settings=..., store=...)` mounts, on the app `make_api` builds:
+- `POST /subscriptions/{id}/replays` (operators): 202 with the replay's id and state;
+  `GET /subscriptions/{id}/replays/{replay_id}`: state, counts, ETA;
+- `GET /subscriptions/{id}/reconciliation?from=&to=` and `POST` with `{from, to, held}`
+  (the subscription's owner or an operator);
+- `GET /subscriptions/{id}/events?after=&limit=` (owner or operator): the subscription's
+  deliver topic as structured CloudEvents, `{"events": [...], "next": cursor}`. `after` is
+  an earlier `next` (cheap), an event id (its last occurrence; the topic is searched) or an
+  RFC 3339 time (records appended at or after it). Order: by append time, then partition.
+The replayer starts and stops with the app.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+from datetime import datetime
+from typing import Any, Final
+
+from aiohttp import hdrs, web
+from aiokafka import TopicPartition
+from pydantic import TypeAdapter, ValidationError
+
+from streams.auth import Client, Forbidden
+from streams.config import Settings
+from streams.http.api import AUTHENTICATOR, _Failure, _json, _read, answering
+from streams.kafka.window import consumer, merged, offsets_at, partitions
+from streams.operations.reconcile import reconcile
+from streams.operations.replay import BeyondRetention, Replayer, ReplayError, ReplayRequest
+from streams.routing.store import SubscriptionStore
+from streams.routing.subscriptions import Subscription
+
+__all__ = ["REPLAYER", "add_operation_routes"]
+
+REPLAYER: Final = web.AppKey("replayer", Replayer)
+MAX_LIMIT: Final = 1000
+DEFAULT_LIMIT: Final = 100
+_TIME = TypeAdapter(datetime)
+
+
+def _time(value: str | None, name: str) -> datetime:
+    try:
+        parsed = _TIME.validate_python(value)
+    except ValidationError:
+        parsed = None
+    if parsed is None or parsed.utcoffset() is None:
+        raise _Failure(400, "invalid_time", f"{name}: an RFC 3339 time with a zone is required")
+    return parsed
+
+
+def _cursor(positions: dict[TopicPartition, int]) -> str:
+    raw = json.dumps({f"{tp.topic}:{tp.partition}": o for tp, o in positions.items()})
+    return "c." + base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _positions(cursor: str, topic: str) -> dict[TopicPartition, int]:
+    try:
+        encoded = cursor[2:]
+        raw = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+        found = {TopicPartition(topic, int(k.rpartition(":")[2])): int(v) for k, v in raw.items()}
+    except (ValueError, TypeError, AttributeError):
+        raise _Failure(400, "invalid_cursor", "after: not a cursor this API gave") from None
+    return found
+
+
+class _Operations:
+    def __init__(self, settings: Settings, store: SubscriptionStore, app: web.Application) -> None:
+        self.settings, self.store, self.app = settings, store, app
+        self.max_body = settings.http.max_event_bytes * 64
+
+    def _subscription(self, request: web.Request, *, operator: bool) -> tuple[Client, Subscription]:
+        auth = request.app[AUTHENTICATOR]
+        client = auth.authenticate(request.headers.get(hdrs.AUTHORIZATION))
+        if operator:
+            auth.require_operator(client)
+        subscription = self.store.get(request.match_info["id"])
+        if subscription is None:
+            raise _Failure(404, "not_found", "no such subscription")
+        if not client.operator and subscription.owner != client.id:
+            raise Forbidden("not_the_owner", f"client {client.id} does not own this subscription")
+        return client, subscription
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = _json(await _read(request, self.max_body))
+        except ValueError:
+            raise _Failure(400, "invalid_json", "the body is not UTF-8 JSON") from None
+        if not isinstance(body, dict):
+            raise _Failure(400, "invalid_body", "expected a JSON object")
+        return body
+
+    # -- replays ------------------------------------------------------------------------------
+
+    async def replay(self, request: web.Request) -> web.Response:
+        client, subscription = self._subscription(request, operator=True)
+        body = await self._body(request)
+        try:
+            replay_request = ReplayRequest.model_validate(body)
+        except ValidationError as exc:
+            errors = [
+                {"path": ".".join(map(str, e["loc"])), "code": e["type"], "message": e["msg"]}
+                for e in exc.errors(include_url=False, include_input=False)
+            ]
+            raise _Failure(400, "invalid_replay", "not a replay request", errors) from None
+        try:
+            status = await self.app[REPLAYER].submit(
+                subscription.id, replay_request, actor=client.id
+            )
+        except BeyondRetention as exc:
+            raise _Failure(400, "beyond_retention", str(exc)) from None
+        except ReplayError as exc:
+            raise _Failure(409, "replay_refused", str(exc)) from None
+        location = {hdrs.LOCATION: f"/subscriptions/{subscription.id}/replays/{status.id}"}
+        return web.json_response(status.public_dict(), status=202, headers=location)
+
+    async def replay_status(self, request: web.Request) -> web.Response:
+        _, subscription = self._subscription(request, operator=True)
+        status = self.app[REPLAYER].status(request.match_info["replay_id"])
+        if status is None or status.subscription != subscription.id:
+            raise _Failure(404, "not_found", "no such replay of this subscription")
+        return web.json_response(status.public_dict())
+
+    # -- reconciliation -----------------------------------------------------------------------
+
+    async def reconciliation(self, request: web.Request) -> web.Response:
+        client, subscription = self._subscription(request, operator=False)
+        held: set[str] | None = None
+        if request.method == "POST":
+            body = await self._body(request)
+            start, end = _time(body.get("from"), "from"), _time(body.get("to"), "to")
+            ids = body.get("held")
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise _Failure(400, "invalid_held", "held: a list of event ids")
+            held = set(ids)
+        else:
+            query = request.query
+            start, end = _time(query.get("from"), "from"), _time(query.get("to"), "to")
+        if end <= start:
+            raise _Failure(400, "invalid_window", "to must be after from")
+        result = await reconcile(
+            self.settings, self.store, subscription.id, start, end, held, actor=client.id
+        )
+        return web.json_response(result.as_dict())
+
+    # -- pull ---------------------------------------------------------------------------------
+
+    async def events(self, request: web.Request) -> web.Response:
+        _, subscription = self._subscription(request, operator=False)
+        try:
+            limit = int(request.query.get("limit", DEFAULT_LIMIT))
+        except ValueError:
+            raise _Failure(400, "invalid_limit", "limit: a whole number") from None
+        if not 1 <= limit <= MAX_LIMIT:
+            raise _Failure(400, "invalid_limit", f"limit: 1 to {MAX_LIMIT}")
+        topic = self.store.topics.deliver(subscription.id)
+        after = request.query.get("after")
+        reader = consumer(self.settings)
+        await reader.start()
+        try:
+            tps = await partitions(reader, [topic])
+            ends = await offsets_at(reader, tps, None)
+            starts = await self._starts(reader, tps, ends, after, topic)
+            events: list[Any] = []
+            positions = dict(starts)
+            async with contextlib.aclosing(merged(reader, starts, ends)) as records:
+                async for record in records:
+                    events.append(json.loads(record.value or b"null"))
+                    positions[TopicPartition(record.topic, record.partition)] = record.offset + 1
+                    if len(events) >= limit:
+                        break
+        finally:
+            await reader.stop()
+        return web.json_response({"events": events, "next": _cursor(positions)})
+
+    async def _starts(
+        self,
+        reader: Any,
+        tps: list[TopicPartition],
+        ends: dict[TopicPartition, int],
+        after: str | None,
+        topic: str,
+    ) -> dict[TopicPartition, int]:
+        begins: dict[TopicPartition, int] = dict(await reader.beginning_offsets(tps))
+        if not after:
+            return begins
+        if after.startswith("c."):
+            return {tp: max(begins[tp], o) for tp, o in _positions(after, topic).items()}
+        try:
+            at = _TIME.validate_python(after)
+        except ValidationError:
+            at = None
+        if at is not None and at.utcoffset() is not None:
+            return await offsets_at(reader, tps, at)
+        last = None  # the event id's last occurrence
+        async for record in merged(reader, begins, ends):
+            if any(k == "ce_id" and bytes(v).decode() == after for k, v in record.headers or ()):
+                last = record
+        if last is None:
+            raise _Failure(
+                404, "unknown_event", "after: no such event in this subscription's topic"
+            )
+        # the merge order is (timestamp, partition): after `last` in every partition
+        starts = {}
+        for tp in tps:
+            ts = last.timestamp + (0 if tp.partition > last.partition else 1)
+            found = await reader.offsets_for_times({tp: ts})
+            starts[tp] = ends[tp] if found[tp] is None else found[tp].offset
+        starts[TopicPartition(topic, last.partition)] = last.offset + 1
+        return starts
+
+
+def add_operation_routes(
+    app: web.Application, *, settings: Settings, store: SubscriptionStore
+) -> None:
+    """Mount replays, reconciliation and the pull endpoint; `store` started while serving."""
+    replayer = Replayer(settings, store)
+    app[REPLAYER] = replayer
+    ops = _Operations(settings, store, app)
+
+    async def start(_: web.Application) -> None:
+        await replayer.start()
+
+    async def stop(_: web.Application) -> None:
+        await replayer.stop()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    one = "/subscriptions/{id}"
+    app.router.add_post(one + "/replays", answering(ops.replay))
+    app.router.add_get(one + "/replays/{replay_id}", answering(ops.replay_status))
+    app.router.add_get(one + "/reconciliation", answering(ops.reconciliation))
+    app.router.add_post(one + "/reconciliation", answering(ops.reconciliation))
+    app.router.add_get(one + "/events", answering(ops.events))

@@ -1,0 +1,209 @@
+"""The gate every published event passes, whether it came over HTTP or through Kafka.
+
+`Gate.admit` checks an event against the whole contract (Avro structure, SPEC §1 rules, the
+publisher's grant) and fills in what the bus derives (routing attributes, subject, partition
+key); `Gate.accept` turns it into the record for its events topic, `Gate.reject` into the
+byte-for-byte record for `gemeentebus.invalid`. Pure: no Kafka client here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Final
+
+from streams.contract import attributes, codec, values
+from streams.contract.avrodata import write_data
+from streams.contract.envelope import CloudEvent
+from streams.contract.rules import Verdict, examine
+from streams.exceptions import FieldError, InvalidEvent
+from streams.kafka.topics import Topics
+
+__all__ = [
+    "DETAIL_HEADER",
+    "ERROR_HEADER",
+    "ORDER_HEADER",
+    "TRUNCATED_HEADER",
+    "Accepted",
+    "Gate",
+    "Rejected",
+]
+
+ERROR_HEADER: Final = "gemeentebus_error"
+# The acceptance order of an events-topic record: nanoseconds since the epoch when this
+# process accepted it, strictly increasing per process (ASCII digits, no personal data).
+# Replays merge the events topics by record time and break a millisecond's ties with it.
+ORDER_HEADER: Final = "gemeentebus_order"
+DETAIL_HEADER: Final = "gemeentebus_error_detail"
+# On a dead letter too large for the invalid topic: the original value's size in bytes.
+TRUNCATED_HEADER: Final = "gemeentebus_truncated"
+_OURS: Final = frozenset({ERROR_HEADER, DETAIL_HEADER, TRUNCATED_HEADER})
+_DETAIL_LIMIT: Final = 4000
+
+# Extensions a publisher may send besides the routing attributes: W3C trace context only.
+# Anything else would become a Kafka header, and headers must carry no personal data.
+_PUBLISHER_EXTENSIONS: Final = frozenset({"traceparent", "tracestate"})
+# Per type: the extensions an event may carry (routing attributes are the bus's to check).
+_ALLOWED_EXTENSIONS: Final = {
+    t: _PUBLISHER_EXTENSIONS | frozenset(names)
+    for t, names in attributes.ROUTING_ATTRIBUTES.items()
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A valid event and the record that carries it to its events topic."""
+
+    event: CloudEvent
+    topic: str
+    record: codec.KafkaRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Rejected input: every error, and the record for the invalid topic (an `Unreadable`
+    when the input was one: its null header values stay null)."""
+
+    errors: tuple[FieldError, ...]
+    topic: str
+    record: codec.KafkaRecord | codec.Unreadable
+
+    @property
+    def code(self) -> str:
+        return self.errors[0].code if self.errors else "invalid"
+
+    @property
+    def event_type(self) -> str | None:
+        """The `ce_type` the input claimed, if readable (for metrics)."""
+        for name, value in self.record.headers:
+            if name == "ce_type" and value is not None:
+                return value.decode("utf-8", "replace")
+        return None
+
+
+class Gate:
+    """Validates events and makes their Kafka records, for one topic namespace and key."""
+
+    def __init__(self, topics: Topics, pseudonym_key: bytes) -> None:
+        if not pseudonym_key:
+            raise ValueError("the pseudonym key is empty")
+        self._topics = topics
+        self._key = attributes.PseudonymKey(pseudonym_key)
+        self._last_order = 0
+
+    def admit(
+        self, event: CloudEvent, *, today: date | None = None, now: datetime | None = None
+    ) -> CloudEvent:
+        """The event with its derived attributes, or `InvalidEvent` listing every error."""
+        return self._admit(event, today, now)[0]
+
+    def _admit(
+        self, event: CloudEvent, today: date | None, now: datetime | None
+    ) -> tuple[CloudEvent, Verdict]:
+        allowed = _ALLOWED_EXTENSIONS.get(event.type, _PUBLISHER_EXTENSIONS)
+        errors = [
+            FieldError(
+                f"extensions.{name}",
+                "extension_not_allowed",
+                "extension attribute not allowed for this type",
+            )
+            for name in event.extensions
+            if name not in allowed
+            and values.is_extension_name(name)  # a malformed name is validation's error
+        ]
+        verdict = examine(event, today=today, now=now)
+        errors += verdict.errors
+        if errors:
+            raise InvalidEvent(errors)
+        derived = verdict.routing
+        if derived is None:  # examine always reads the data of a valid event; to be sure
+            derived = attributes.routing_attributes(event.type, event.data)
+        admitted = CloudEvent(
+            id=event.id,
+            source=event.source,
+            type=event.type,
+            time=event.time,
+            dataschema=event.dataschema,
+            data=event.data,
+            subject=attributes.subject_for(event.type, event.data),
+            sequence=event.sequence,
+            extensions={**event.extensions, **derived},
+        )
+        return admitted, verdict
+
+    def accept(
+        self, event: CloudEvent, *, today: date | None = None, now: datetime | None = None
+    ) -> Accepted:
+        """Admit the event and encode it for `gemeentebus.events.<type>`."""
+        return self._accept(event, None, today, now)
+
+    def _accept(
+        self, event: CloudEvent, value: bytes | None, today: date | None, now: datetime | None
+    ) -> Accepted:
+        # `value`: the Avro bytes of `event.data` under the current schema, read from Kafka.
+        admitted, verdict = self._admit(event, today, now)
+        key = attributes.partition_key(admitted.type, admitted.data, self._key)
+        if verdict.exact is None:
+            value = None  # not provably exact: `to_kafka` checks and encodes as ever
+        elif value is None:
+            value = write_data(verdict.exact, admitted.data)  # exact: passes the Avro check
+        record = codec.to_kafka(admitted, key=key, value=value)
+        self._last_order = max(time.time_ns(), self._last_order + 1)
+        order = (ORDER_HEADER, str(self._last_order).encode())
+        record = codec.KafkaRecord(
+            key=record.key, headers=(*record.headers, order), value=record.value
+        )
+        return Accepted(
+            event=admitted,
+            topic=self._topics.events(admitted.type),
+            record=record,
+        )
+
+    def from_record(self, record: codec.KafkaRecord) -> Accepted | Rejected:
+        """Judge one record read from `gemeentebus.ingress`; never raises for bad input."""
+        try:
+            event, value = codec.from_kafka_with_value(record)
+            return self._accept(event, value, None, None)
+        except InvalidEvent as exc:
+            return self.reject(record, exc.errors)
+
+    def reject(
+        self, original: codec.KafkaRecord | codec.Unreadable, errors: Sequence[FieldError]
+    ) -> Rejected:
+        """The record for the invalid topic: the input byte for byte, plus error headers."""
+        errors = tuple(errors) or (FieldError("event", "invalid", "rejected"),)
+        detail = "; ".join(f"{e.path}: {e.code}: {e.message}" for e in errors)
+        ours = (
+            (ERROR_HEADER, errors[0].code.encode()),
+            (DETAIL_HEADER, detail[:_DETAIL_LIMIT].encode()),
+        )
+        # The publisher's key is not kept: it may be anything, a BSN included.
+        record: codec.KafkaRecord | codec.Unreadable
+        if isinstance(original, codec.Unreadable):
+            raw = tuple((k, v) for k, v in original.headers if k not in _OURS)
+            # Kafka takes no record without both key and value: a tombstone's dead letter
+            # (its key dropped) has an empty value, and the code `null_value` says so.
+            value = b"" if original.value is None else original.value
+            record = codec.Unreadable(key=None, headers=(*raw, *ours), value=value, error=errors[0])
+        else:
+            kept = tuple((k, v) for k, v in original.headers if k not in _OURS)
+            record = codec.KafkaRecord(key=None, headers=(*kept, *ours), value=original.value)
+        return Rejected(errors=errors, topic=self._topics.invalid, record=record)
+
+    @staticmethod
+    def truncated(rejected: Rejected, keep: int) -> Rejected:
+        """The same dead letter with only the first `keep` bytes of its value, for an invalid
+        topic that refused the whole: `gemeentebus_truncated` says how large it was."""
+        record = rejected.record
+        size = len(record.value or b"")
+        headers = (*record.headers, (TRUNCATED_HEADER, str(size).encode()))
+        value = None if record.value is None else record.value[: max(0, keep)]
+        smaller: codec.KafkaRecord | codec.Unreadable
+        if isinstance(record, codec.Unreadable):
+            smaller = codec.Unreadable(key=None, headers=headers, value=value, error=record.error)
+        else:
+            clean = tuple((k, v) for k, v in headers if v is not None)
+            smaller = codec.KafkaRecord(key=None, headers=clean, value=value or b"")
+        return Rejected(errors=rejected.errors, topic=rejected.topic, record=smaller)

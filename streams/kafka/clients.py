@@ -1,0 +1,362 @@
+"""The Faust application and the producer every stream worker shares.
+
+Faust is used for what it is good at: consumer groups, partition assignment and offset
+commits. Producing goes through our own idempotent aiokafka producer (`acks=all`), whose
+futures the agents await before a source message is acked (Faust's producer is only
+idempotent inside transactions, and its `send()` returns before the broker has the record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import faust
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+from streams.config import Settings
+from streams.kafka.partitioner import KeyPartitioner
+from streams.retry import spoils_producer
+
+__all__ = [
+    "MAX_REQUEST_BYTES",
+    "EventBatches",
+    "Producer",
+    "Writable",
+    "fits",
+    "make_app",
+    "make_consumer",
+    "make_producer",
+    "send_all",
+    "send_each",
+    "too_large",
+]
+
+log = logging.getLogger(__name__)
+
+# Errors a broker or client gives one record for what it is, not for the moment: sending the
+# same record again fails the same way, whatever the producer or the broker's health.
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+
+# aiokafka's default `max_request_size` (make_producer keeps it): its `send` refuses more.
+MAX_REQUEST_BYTES = 1024 * 1024
+
+
+def fits(record: Writable) -> bool:
+    """Whether the producer takes `record` (aiokafka's own size estimate, before sending)."""
+    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
+        record.key, record.value, list(record.headers)
+    )
+    return bool(size <= MAX_REQUEST_BYTES)
+
+
+def too_large(exc: BaseException) -> bool:
+    """Whether `exc` refused a record for its size (the record's fault: never retry it)."""
+    return isinstance(exc, _TOO_LARGE)
+
+
+class Writable(Protocol):
+    """What a producer writes: a `KafkaRecord`, or a dead letter that keeps null headers."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes | None]]: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+def _kafka_url(bootstrap: str) -> list[str]:
+    return [f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip()]
+
+
+def make_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
+    """A Faust app whose consumer group is `<topic prefix>.<name>`.
+
+    Safe defaults: no web server (Faust's `/table/` views are unauthenticated), no
+    auto-created internal topics beyond Faust's own, start at the earliest offset for a new
+    group, commit often. Faust's data directory (empty: tables live in memory) goes under the
+    system's temporary directory, not into whatever directory the process was started in.
+    """
+    app_id = f"{settings.kafka.topic_prefix}.{name}"
+    datadir = Path(tempfile.gettempdir()) / f"gemeentebus-faust-{os.getuid()}"  # one per user
+    datadir.mkdir(mode=0o700, exist_ok=True)
+    options: dict[str, Any] = {
+        "broker": _kafka_url(settings.kafka.bootstrap_servers),
+        "broker_client_id": f"{settings.kafka.client_id}-{name}",
+        "web_enabled": False,
+        "web_tables_enabled": False,
+        "consumer_auto_offset_reset": "earliest",
+        "topic_replication_factor": settings.kafka.replication_factor,
+        "topic_partitions": settings.kafka.partitions,
+        "topic_disable_leader": True,
+        "broker_commit_interval": 1.0,
+        # A SIGKILLed worker's partitions wait this long for another member (Faust: 60 s).
+        "broker_session_timeout": 20.0,
+        "producer_acks": -1,
+        "autodiscover": False,
+        "store": "memory://",
+        "table_cleanup_interval": 3600.0,
+        "datadir": datadir / f"{app_id}-data",
+    }
+    options.update(overrides)
+    return faust.App(app_id, **options)
+
+
+def make_producer(settings: Settings, name: str, **overrides: Any) -> Producer:
+    """An idempotent producer (`acks=all`, ordered per partition); call `start()` on it."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka.bootstrap_servers,
+        "client_id": f"{settings.kafka.client_id}-{name}",
+        "enable_idempotence": True,
+        "acks": "all",
+        "linger_ms": 0,
+        "max_batch_size": 256 * 1024,
+        "partitioner": KeyPartitioner(),
+        "request_timeout_ms": int(settings.kafka.request_timeout_s * 1000),
+    }
+    options.update(overrides)
+    return Producer(options)
+
+
+class Producer:
+    """An idempotent aiokafka producer that replaces its client once the client is spoiled.
+
+    A batch that expired while the broker was away used up its sequence numbers, and from
+    then on the client fails every send (`OutOfOrderSequenceNumber`, for good). The first
+    send after any spoiling error (`streams.retry.spoils_producer`) therefore stops the old
+    client and starts a new one (a new producer id, sequences from zero). The records that
+    failed are the caller's to send again: their futures raised, so they were never acked.
+    `replaced` counts the replacements (a gauge of trouble, not of progress).
+    """
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self._options = options
+        self._client = AIOKafkaProducer(**options)
+        self._started = False
+        self._spoiled: BaseException | None = None
+        self._replacing: asyncio.Lock | None = None
+        self.replaced = 0
+
+    @property
+    def client(self) -> Any:
+        """aiokafka's client of the current producer (cluster metadata, readiness)."""
+        return self._client.client
+
+    @property
+    def spoiled(self) -> BaseException | None:
+        """The error that spoiled the current client, until it is replaced."""
+        return self._spoiled
+
+    @property
+    def running(self) -> bool:
+        """Started, not stopped, and its sender task alive (aiokafka has no public state)."""
+        sender = getattr(getattr(self._client, "_sender", None), "sender_task", None)
+        return self._started and sender is not None and not sender.done()
+
+    async def start(self) -> None:
+        await self._client.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        self._started = False
+        await self._client.stop()
+
+    async def flush(self) -> None:
+        """Wait until every record queued so far was sent (confirmed or failed)."""
+        await self._client.flush()
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        partitions: set[int] = await self._client.partitions_for(topic)
+        return partitions
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        headers: Sequence[tuple[str, bytes | None]] | None = None,
+        partition: int | None = None,
+    ) -> asyncio.Future[Any]:
+        """Queue one record; returns a future of its metadata (raises when not confirmed)."""
+        if self._spoiled is not None:
+            await self._replace()
+        future: asyncio.Future[Any] = await self._client.send(
+            topic,
+            value,
+            key=key,
+            headers=None if headers is None else list(headers),
+            partition=partition,
+        )
+        client = self._client
+        future.add_done_callback(lambda done: self._check(client, done))
+        return future
+
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        headers: Sequence[tuple[str, bytes | None]] | None = None,
+        partition: int | None = None,
+    ) -> Any:
+        """Send one record and return its metadata once the broker has it."""
+        future = await self.send(topic, value, key, headers=headers, partition=partition)
+        return await future
+
+    def _check(self, client: AIOKafkaProducer, done: asyncio.Future[Any]) -> None:
+        if done.cancelled() or client is not self._client:
+            return
+        error = done.exception()
+        if error is not None and spoils_producer(error) and self._spoiled is None:
+            self._spoiled = error
+            log.warning(
+                "producer %s is spoiled (%s): replacing it",
+                self._options.get("client_id"),
+                type(error).__name__,
+            )
+
+    async def _replace(self) -> None:
+        if self._replacing is None:
+            self._replacing = asyncio.Lock()
+        async with self._replacing:
+            if self._spoiled is None:
+                return  # another sender replaced it meanwhile
+            old, self._client = self._client, AIOKafkaProducer(**self._options)
+            self._spoiled = None
+            with contextlib.suppress(Exception):  # the old client is broken: close what closes
+                await asyncio.wait_for(old.stop(), timeout=5.0)
+            await self._client.start()
+            self.replaced += 1
+
+
+def make_consumer(
+    settings: Settings, name: str, *, group: str | None = None, **overrides: Any
+) -> AIOKafkaConsumer:
+    """A consumer that commits only by hand, starts a new group (or a group-less reader) at
+    the earliest offset and long-polls at most 100 ms; call `start()` on it."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka.bootstrap_servers,
+        "client_id": f"{settings.kafka.client_id}-{name}",
+        "group_id": group,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "fetch_max_wait_ms": 100,
+        "request_timeout_ms": int(settings.kafka.request_timeout_s * 1000),
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(**options)
+
+
+async def send_all(producer: Producer, outputs: Iterable[tuple[str, Writable]]) -> None:
+    """Send every (topic, record) in order; return once the broker has all of them, or raise
+    the first error (after every queued record was settled, confirmed or failed).
+
+    With `acks=all` and idempotence, records to one partition land in the order sent.
+    """
+    for error in await send_each(producer, outputs):
+        if error is not None:
+            raise error
+
+
+async def send_each(
+    producer: Producer, outputs: Iterable[tuple[str, Writable]]
+) -> list[BaseException | None]:
+    """Send every (topic, record) in order and wait for all; per record its error or None.
+
+    A record that `send` refuses at once (too large) gets its error and the rest is still
+    sent; any other error of `send` (no metadata, a stopped producer) stops sending: that
+    record and every later one get it. The caller decides what a failure means; a record
+    with an error was not written (or, after a timeout, maybe written: send it again).
+    """
+    items = list(outputs)
+    futures: list[asyncio.Future[Any] | None] = []
+    errors: list[BaseException | None] = [None] * len(items)
+    for index, (topic, record) in enumerate(items):
+        try:
+            futures.append(
+                await producer.send(topic, record.value, key=record.key, headers=record.headers)
+            )
+        except Exception as exc:  # noqa: BLE001 - handed to the caller, per record
+            futures.append(None)
+            errors[index] = exc
+            if not too_large(exc):
+                errors[index + 1 :] = [exc] * (len(items) - index - 1)
+                break
+    settled = await asyncio.gather(*(f for f in futures if f is not None), return_exceptions=True)
+    results = iter(settled)
+    for index, future in enumerate(futures):
+        if future is not None:
+            result = next(results)
+            if isinstance(result, BaseException):
+                errors[index] = result
+    return errors
+
+
+class EventBatches:
+    """A Faust stream read in batches of whatever has arrived, acked by hand.
+
+    Unlike `Stream.noack_take`, no batch waits for a window to close: the first event that
+    arrives after a batch was taken starts the next one at once, and while a batch is being
+    handled (validated, produced, confirmed) the events arriving meanwhile gather for the
+    next. Quiet input gives batches of one at the latency of one; a backlog gives batches of
+    `max_size`. Nothing is acked here: `ack` the events of a batch once their outputs are
+    confirmed.
+    """
+
+    def __init__(self, stream: faust.StreamT[Any], max_size: int) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self._stream = stream.noack()  # type: ignore[attr-defined]
+        self._max = max_size
+        self._arrived: list[faust.EventT[Any]] = []
+        self._more = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def ack(self, events: Iterable[faust.EventT[Any]]) -> None:
+        for event in events:
+            await self._stream.ack(event)
+
+    def __aiter__(self) -> AsyncIterator[list[faust.EventT[Any]]]:
+        return self._batches()
+
+    async def _pump(self) -> None:
+        async for event in self._stream.events():
+            self._arrived.append(event)
+            self._more.set()
+            while len(self._arrived) >= self._max:  # hold the stream: a batch is full
+                self._room.clear()
+                await self._room.wait()
+
+    async def _batches(self) -> AsyncIterator[list[faust.EventT[Any]]]:
+        pump = asyncio.create_task(self._pump(), name="event-batches")
+        try:
+            while True:
+                if not self._arrived:
+                    arrival = asyncio.ensure_future(self._more.wait())
+                    await asyncio.wait({pump, arrival}, return_when=asyncio.FIRST_COMPLETED)
+                    if pump.done():
+                        arrival.cancel()
+                        pump.result()  # the stream's error, if it failed
+                        return
+                self._more.clear()
+                batch = self._arrived[: self._max]
+                del self._arrived[: self._max]
+                self._room.set()
+                yield batch
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump

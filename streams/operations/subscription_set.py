@@ -1,0 +1,214 @@
+"""`gemeentebus subscriptions list|add|remove|apply`: the operator's view of the subscription set.
+
+These work on a `SubscriptionStore` directly, with operator rights, where the Kafka cluster is
+reachable. An entry has the JSON shape of the HTTP API plus `id` (required for `apply`) and
+`owner` (a configured client); `purpose` defaults as in the API. The owner's purpose binding
+must cover every type. Fields only the bus sets (`created`, `status`, `volgindicaties`,
+`signingSecret`) are ignored; an existing subscription keeps them. No callback check is made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import ValidationError
+
+from streams.auth import Authenticator, Forbidden
+from streams.config import Settings
+from streams.exceptions import GemeentebusError
+from streams.http.subscriptions import (
+    check_purpose,
+    client_of,
+    new_signing_secret,
+    purpose_of,
+    server_owned,
+    validation_errors,
+)
+from streams.routing.store import SubscriptionStore
+from streams.routing.subscriptions import Subscription, new_subscription_id
+
+__all__ = [
+    "Applied",
+    "InvalidSubscriptions",
+    "add",
+    "apply",
+    "describe",
+    "dumps",
+    "opened",
+    "prepare",
+    "read_entries",
+    "remove",
+    "table",
+]
+
+
+class InvalidSubscriptions(GemeentebusError):
+    """Entries that do not validate; `errors` lists every one, and nothing was applied."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors = list(errors)
+        lines = "\n".join(f"  {e}" for e in self.errors)
+        super().__init__(f"{len(self.errors)} errors; nothing applied:\n{lines}")
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What `apply` or `add` did with one subscription; `signing_secret` only when created."""
+
+    action: Literal["created", "updated", "unchanged"]
+    subscription: Subscription
+    signing_secret: str | None = None
+
+
+def read_entries(path: Path) -> Any:
+    """The parsed YAML (or JSON) of a file, or `InvalidSubscriptions` saying why not."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InvalidSubscriptions([f"{path}: cannot be read ({type(exc).__name__})"]) from None
+
+
+@contextlib.asynccontextmanager
+async def opened(settings: Settings) -> AsyncIterator[SubscriptionStore]:
+    """A started store that has read the whole subscription set."""
+    store = SubscriptionStore(settings, name="cli")
+    await store.start()
+    try:
+        await store.ready()
+        yield store
+    finally:
+        await store.stop()
+
+
+def prepare(
+    settings: Settings,
+    entries: object,
+    existing: Mapping[str, Subscription],
+    *,
+    need_id: bool = True,
+) -> list[Applied]:
+    """What putting each entry would do; `InvalidSubscriptions` listing every error if any."""
+    if not isinstance(entries, list):
+        raise InvalidSubscriptions(["the file must hold a list of subscriptions"])
+    auth = Authenticator(settings)
+    plans: list[Applied] = []
+    errors: list[str] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        where = f"[{index}]"
+        if not isinstance(entry, dict):
+            errors.append(f"{where}: expected a mapping")
+            continue
+        sub_id = entry.get("id") if "id" in entry or need_id else new_subscription_id()
+        where += f" {sub_id}" if isinstance(sub_id, str) else ""
+        if isinstance(sub_id, str) and sub_id in seen:
+            errors.append(f"{where}: id: listed twice")
+        seen.add(str(sub_id))
+        found = _plan(settings, auth, entry, sub_id, existing)
+        if isinstance(found, Applied):
+            plans.append(found)
+        else:
+            errors.extend(f"{where}: {e}" for e in found)
+    if errors:
+        raise InvalidSubscriptions(errors)
+    return plans
+
+
+def _plan(
+    settings: Settings,
+    auth: Authenticator,
+    entry: Mapping[str, Any],
+    sub_id: object,
+    existing: Mapping[str, Subscription],
+) -> Applied | list[str]:
+    owner_id = entry.get("owner")
+    owner = client_of(settings, owner_id) if isinstance(owner_id, str) else None
+    if owner is None:
+        return ["owner: must name a configured client"]
+    try:
+        check_purpose(auth, owner, entry.get("types"))
+    except Forbidden as exc:
+        return [f"types: {exc.message}"]
+    given = {k: v for k, v in entry.items() if not server_owned(k)}
+    before = existing.get(sub_id) if isinstance(sub_id, str) else None
+    secret = None
+    server: dict[str, Any] = {"id": sub_id, "owner": owner.id}
+    server["purpose"] = entry.get("purpose", purpose_of(owner))
+    if before is None:
+        secret = server["signingSecret"] = new_signing_secret()
+    else:
+        record = before.record_dict()
+        kept = ("created", "volgindicaties", "signingSecret")
+        server.update({name: record[name] for name in kept if name in record})
+    try:
+        subscription = Subscription.model_validate({**given, **server})
+    except ValidationError as exc:
+        found = validation_errors(exc, given)
+        return [f"{e['path'] or 'subscription'}: {e['message']}" for e in found]
+    if before is None:
+        return Applied("created", subscription, secret)
+    same = before.record_dict() == subscription.record_dict()
+    return Applied("unchanged" if same else "updated", subscription)
+
+
+async def apply(store: SubscriptionStore, settings: Settings, entries: object) -> list[Applied]:
+    """Validate all entries, then put each that is new or changed (idempotent)."""
+    existing = {s.id: s for s in store}
+    plans = prepare(settings, entries, existing)
+    for plan in plans:
+        if plan.action != "unchanged":
+            await store.put(plan.subscription)
+    return plans
+
+
+async def add(store: SubscriptionStore, settings: Settings, entry: object) -> Applied:
+    """Add (or replace) one subscription; an entry without `id` gets a new one."""
+    existing = {s.id: s for s in store}
+    [plan] = prepare(settings, [entry], existing, need_id=False)
+    if plan.action != "unchanged":
+        await store.put(plan.subscription)
+    return plan
+
+
+async def remove(store: SubscriptionStore, subscription_id: str) -> bool:
+    """Retire and delete a subscription; False when there is none with this id."""
+    subscription = store.get(subscription_id)
+    if subscription is None:
+        return False
+    if subscription.active:
+        await store.put(subscription.retired())
+    await store.delete(subscription_id)
+    return True
+
+
+def table(subscriptions: Iterable[Subscription]) -> str:
+    """The subscriptions as an aligned text table, one line each."""
+    header = ("ID", "OWNER", "PROTOCOL", "STATUS", "TYPES", "SINK")
+    rows = [header] + [
+        (s.id, s.owner, s.protocol, s.status, ",".join(s.types), s.sink)
+        for s in sorted(subscriptions, key=lambda s: (s.owner, s.id))
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]])
+        for row in rows
+    )
+
+
+def describe(applied: Applied) -> str:
+    """One line for the operator; a new subscription's signing secret is shown this once."""
+    line = f"{applied.action} {applied.subscription.id}"
+    if applied.signing_secret is not None:
+        line += f"  signingSecret {applied.signing_secret} (shown once)"
+    return line
+
+
+def dumps(subscription: Subscription) -> str:
+    """The public JSON of a subscription, indented."""
+    return json.dumps(subscription.public_dict(), indent=2, ensure_ascii=False)

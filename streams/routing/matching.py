@@ -1,0 +1,181 @@
+"""Matching: which subscriptions receive an event, at a cost that follows the candidates.
+
+`SubscriptionIndex` indexes active subscriptions by event type, then by the (attribute, value)
+pairs their compiled filters pin (`Filter.pins`: every match carries one of them). An event
+looks up its own attribute values, so a thousand subscriptions for other gemeenten cost
+nothing; subscriptions without pins are checked with their compiled predicate. Volgindicaties
+add a followed person's events regardless of filters (SPEC §4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date
+
+from streams.contract.codec import format_time
+from streams.contract.envelope import CloudEvent
+from streams.routing.filters import Pin
+from streams.routing.subscriptions import Subscription
+
+__all__ = ["SubscriptionIndex", "event_attributes"]
+
+
+def event_attributes(event: CloudEvent) -> dict[str, str]:
+    """The attributes filters see: extension attributes plus the context attributes present."""
+    attributes = dict(event.extensions)
+    attributes.update(
+        id=event.id,
+        source=event.source,
+        type=event.type,
+        time=format_time(event.time),  # as on the wire, so a `prefix` on time means the same
+        dataschema=event.dataschema,
+        specversion=event.specversion,
+    )
+    if event.subject is not None:
+        attributes["subject"] = event.subject
+    if event.sequence is not None:
+        attributes["sequence"] = event.sequence
+    return attributes
+
+
+@dataclass(slots=True)
+class _TypeIndex:
+    """The subscriptions of one event type."""
+
+    # attribute -> value -> subscription id -> subscription
+    pinned: dict[str, dict[str, dict[str, Subscription]]] = field(default_factory=dict)
+    unpinned: dict[str, Subscription] = field(default_factory=dict)
+
+
+class SubscriptionIndex:
+    """The active subscriptions, indexed for matching; change it with `upsert` and `remove`.
+
+    Not thread-safe: one stream worker owns it. `predicates_evaluated` counts filter
+    evaluations (for metrics and for tests that the cost does not grow with unrelated
+    subscriptions).
+    """
+
+    def __init__(self, subscriptions: Iterable[Subscription] = ()) -> None:
+        self._subscriptions: dict[str, Subscription] = {}
+        self._by_type: dict[str, _TypeIndex] = {}
+        self._pins: dict[str, frozenset[Pin] | None] = {}
+        self._followers: dict[str, dict[str, Subscription]] = {}
+        self.predicates_evaluated = 0
+        for subscription in subscriptions:
+            self.upsert(subscription)
+
+    def __len__(self) -> int:
+        return len(self._subscriptions)
+
+    def __contains__(self, subscription_id: object) -> bool:
+        return subscription_id in self._subscriptions
+
+    def __iter__(self) -> Iterator[Subscription]:
+        return iter(self._subscriptions.values())
+
+    def get(self, subscription_id: str) -> Subscription | None:
+        """The active subscription with this id, if any."""
+        return self._subscriptions.get(subscription_id)
+
+    def upsert(self, subscription: Subscription) -> None:
+        """Add or replace a subscription; a retired one is dropped from the index."""
+        self.remove(subscription.id)
+        if not subscription.active:
+            return
+        self._subscriptions[subscription.id] = subscription
+        for pseudonym in subscription.volgindicaties:
+            self._followers.setdefault(pseudonym, {})[subscription.id] = subscription
+        if subscription.volgindicaties_only:
+            return
+        pins = _pins(subscription)
+        self._pins[subscription.id] = pins
+        for event_type in subscription.types:
+            bucket = self._by_type.setdefault(event_type, _TypeIndex())
+            if pins is None:
+                bucket.unpinned[subscription.id] = subscription
+                continue
+            for name, value in pins:
+                by_value = bucket.pinned.setdefault(name, {})
+                by_value.setdefault(value, {})[subscription.id] = subscription
+
+    def follow(self, subscription_id: str, pseudonym: str, *, following: bool) -> None:
+        """Record that an indexed subscription now follows a person (or no longer does),
+        its `volgindicaties` already changed in place; unknown ids are ignored."""
+        subscription = self._subscriptions.get(subscription_id)
+        if subscription is None:
+            return
+        if following:
+            self._followers.setdefault(pseudonym, {})[subscription_id] = subscription
+            return
+        followers = self._followers.get(pseudonym, {})
+        followers.pop(subscription_id, None)
+        if not followers:
+            self._followers.pop(pseudonym, None)
+
+    def remove(self, subscription_id: str) -> None:
+        """Forget a subscription; unknown ids are ignored."""
+        subscription = self._subscriptions.pop(subscription_id, None)
+        if subscription is None:
+            return
+        for pseudonym in subscription.volgindicaties:
+            followers = self._followers.get(pseudonym, {})
+            followers.pop(subscription_id, None)
+            if not followers:
+                self._followers.pop(pseudonym, None)
+        if subscription.volgindicaties_only:
+            return
+        pins = self._pins.pop(subscription_id)
+        for event_type in subscription.types:
+            bucket = self._by_type.get(event_type)
+            if bucket is None:
+                continue
+            bucket.unpinned.pop(subscription_id, None)
+            for name, value in pins or ():
+                by_value = bucket.pinned[name]
+                by_value[value].pop(subscription_id, None)
+                if not by_value[value]:
+                    del by_value[value]
+                if not by_value:
+                    del bucket.pinned[name]
+            if not bucket.pinned and not bucket.unpinned:
+                del self._by_type[event_type]
+
+    def match(self, event: CloudEvent, pseudonym: str | None, today: date) -> list[Subscription]:
+        """The subscriptions that receive `event`, ordered by id.
+
+        `pseudonym` is the pseudonym of the event's person (None for events about no person);
+        `today` decides which volgindicaties are still active (einddatum absent or >= today).
+        """
+        found: dict[str, Subscription] = {}
+        bucket = self._by_type.get(event.type)
+        if bucket is not None:
+            attributes = event_attributes(event)
+            candidates = dict(bucket.unpinned)
+            for name, by_value in bucket.pinned.items():
+                value = attributes.get(name)
+                if value is not None and value in by_value:
+                    candidates.update(by_value[value])
+            for subscription in candidates.values():
+                if subscription.source is not None and subscription.source != event.source:
+                    continue
+                self.predicates_evaluated += 1
+                if subscription.filter(attributes):
+                    found[subscription.id] = subscription
+        if pseudonym is not None:
+            for subscription in self._followers.get(pseudonym, {}).values():
+                if subscription.id in found or event.type not in subscription.types:
+                    continue
+                if subscription.source is not None and subscription.source != event.source:
+                    continue
+                if subscription.volgindicatie_active(pseudonym, today):
+                    found[subscription.id] = subscription
+        return [found[key] for key in sorted(found)]
+
+
+def _pins(subscription: Subscription) -> frozenset[Pin] | None:
+    """The (attribute, value) pairs to index a subscription under; None: check it always."""
+    pins = subscription.filter.pins
+    if pins is None and subscription.source is not None:
+        return frozenset({("source", subscription.source)})  # `source` is an exact match too
+    return pins

@@ -1,0 +1,351 @@
+"""The durable subscription set: the compacted topic `gemeentebus.subscriptions`, read by all.
+
+One record per subscription (key = id, value = JSON of `Subscription.record_dict()`), a
+tombstone deletes; each volgindicatie is a record of its own (`streams.routing.records`),
+so concurrent changes to one subscription's volgindicaties lose none.
+`put`, `delete`, `follow` and `unfollow` write with the idempotent producer and wait for the
+broker; every process runs a reader (a plain consumer without a group, from the beginning,
+then following) that keeps its `SubscriptionIndex` up to date.
+
+Consistency, in offsets of that topic:
+- `ready()`: the reader has applied everything that existed when the store started;
+- `sync()`: the reader has applied everything written before the call (the router calls it
+  per batch, so an event published after `put` returned is matched against that `put`);
+- `put`/`delete` return only once their own write is applied here (read-your-writes).
+
+The reader never dies silently. A temporary Kafka error is retried for as long as it lasts
+(the `subscriptions` part of `Health` says why the process is not ready). Anything else
+that stops it, the topic vanishing from the cluster included, stops reading (no spinning
+on a topic that is gone), is retried with a backoff, and once it lasted
+`health.give_up_after_s` the store gives up: every waiter raises `KafkaUnavailable` and
+`Health.fail` tells the process to exit non-zero, for a supervisor to restart it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import date
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
+from pydantic import ValidationError
+
+from streams.config import Settings
+from streams.exceptions import KafkaUnavailable
+from streams.health import Health, Progress
+from streams.kafka.clients import make_consumer, make_producer
+from streams.kafka.topics import Topics, bus_topics, create_topics, subscription_topics
+from streams.retry import RetryPolicy, retriable
+from streams.routing.matching import SubscriptionIndex
+from streams.routing.records import Records
+from streams.routing.subscriptions import Subscription
+
+__all__ = ["Change", "SubscriptionStore"]
+
+log = logging.getLogger(__name__)
+
+# A change as the reader applied it: the id, and the new value (None: deleted).
+Change = Callable[[str, Subscription | None], None]
+
+_POLL_MS = 200
+_TOPICS_TIMEOUT_S = 5.0
+
+
+class _TopicGone(Exception):
+    """The subscription topic is no longer in the cluster's metadata."""
+
+
+class SubscriptionStore:
+    """The subscription set of one process, kept in step with the compacted topic.
+
+    `start()` before use, `stop()` after. `index` is what matching reads; `changes` holds
+    callbacks run (in the reader task) after each applied record. The reader reports into
+    `health` (a shared part `subscriptions`) when given one.
+    """
+
+    def __init__(
+        self, settings: Settings, *, name: str = "store", health: Health | None = None
+    ) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.kafka.topic_prefix)
+        self.index = SubscriptionIndex()
+        self.changes: list[Change] = []
+        self._name = name
+        self._records = Records()
+        self._all = self._records.subscriptions  # retired ones too (the index has active only)
+        self._producer: AIOKafkaProducer = make_producer(settings, f"{name}-writer", linger_ms=0)
+        self._consumer = make_consumer(settings, f"{name}-reader")
+        # End offsets are asked on a connection of their own: on the reader's, Kafka would
+        # answer them only after its pending long-poll fetch (up to fetch_max_wait_ms).
+        self._offsets = make_consumer(settings, f"{name}-offsets")
+        self._partitions: list[TopicPartition] = []
+        self._applied: dict[TopicPartition, int] = {}  # next offset to apply, per partition
+        self._moved = asyncio.Condition()
+        self._ready = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._readying: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._health = health
+        self.progress = health.shared("subscriptions") if health else Progress("subscriptions")
+        self._policy = RetryPolicy(
+            initial_s=0.5, max_s=5.0, give_up_after_s=settings.health.give_up_after_s
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the topic if missing, connect, and start following it from the beginning."""
+        specs = [
+            s for s in bus_topics(self.settings.kafka, ()) if s.name == self.topics.subscriptions
+        ]
+        await create_topics(self.settings.kafka, specs)
+        await self._producer.start()
+        await self._consumer.start()
+        await self._offsets.start()
+        try:
+            parts = await self._partitions_of(self.topics.subscriptions)
+        except BaseException:
+            await self.stop()
+            raise
+        self._partitions = [TopicPartition(self.topics.subscriptions, p) for p in sorted(parts)]
+        self._consumer.assign(self._partitions)
+        await self._consumer.seek_to_beginning(*self._partitions)
+        for tp in self._partitions:
+            self._applied[tp] = await self._consumer.position(tp)
+        ends = await self._end_offsets()
+        self._reader = asyncio.create_task(self._follow(), name=f"{self._name}-reader")
+        self._readying = asyncio.create_task(self._become_ready(ends), name=f"{self._name}-ready")
+
+    async def stop(self) -> None:
+        """Stop following and close the Kafka clients."""
+        for task in (self._readying, self._reader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, KafkaUnavailable):
+                    await task
+        self._reader = self._readying = None
+        await self._consumer.stop()
+        await self._offsets.stop()
+        await self._producer.stop()
+
+    async def ready(self) -> None:
+        """Return once every record that existed when the store started is applied."""
+        await self._ready.wait()
+
+    async def sync(self) -> None:
+        """Return once every record written before this call is applied here."""
+        if self._failure is not None:
+            raise KafkaUnavailable("the subscription reader stopped") from self._failure
+        await self._wait_applied(await self._end_offsets())
+
+    # -- reading ------------------------------------------------------------------------
+
+    def get(self, subscription_id: str) -> Subscription | None:
+        """The subscription with this id as this process knows it (retired ones included)."""
+        return self._all.get(subscription_id)
+
+    def __iter__(self) -> Iterator[Subscription]:
+        return iter(list(self._all.values()))
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    async def wait_for(
+        self,
+        subscription_id: str,
+        predicate: Callable[[Subscription | None], bool] | None = None,
+    ) -> Subscription | None:
+        """Wait until this id's local value satisfies `predicate` (default: it exists).
+
+        Bound the wait with `asyncio.timeout` around the call.
+        """
+        check = predicate or (lambda sub: sub is not None)
+        async with self._moved:
+            await self._moved.wait_for(lambda: check(self._all.get(subscription_id)))
+        return self._all.get(subscription_id)
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def put(self, subscription: Subscription) -> Subscription:
+        """Store a subscription (new or changed); returns once it is visible here.
+
+        A new subscription gets its `deliver.<id>` and `.dlq` topics first, so nothing is
+        ever routed to a topic that does not exist.
+        """
+        if subscription.id not in self._all:
+            await create_topics(
+                self.settings.kafka, subscription_topics(self.settings.kafka, subscription.id)
+            )
+        await self._write(self._records.put(subscription))
+        return subscription
+
+    async def delete(self, subscription_id: str) -> None:
+        """Delete a subscription (a tombstone); returns once the delete is visible here.
+
+        Its topics stay: a Kafka subscriber may still be reading what was delivered.
+        """
+        await self._write(self._records.delete(subscription_id))
+
+    async def follow(self, subscription_id: str, pseudonym: str, einddatum: date | None) -> None:
+        """Follow one person (one record of its own); returns once it is visible here."""
+        await self._write([self._records.follow(subscription_id, pseudonym, einddatum)])
+
+    async def unfollow(self, subscription_id: str, pseudonym: str) -> None:
+        """Stop following one person; returns once it is visible here."""
+        await self._write(self._records.unfollow(subscription_id, pseudonym))
+
+    async def _write(self, records: list[tuple[bytes, bytes | None]]) -> None:
+        futures = [
+            await self._producer.send(self.topics.subscriptions, value, key=key)
+            for key, value in records
+        ]
+        targets: dict[TopicPartition, int] = {}
+        for meta in await asyncio.gather(*futures):
+            tp = TopicPartition(meta.topic, meta.partition)
+            targets[tp] = max(targets.get(tp, 0), meta.offset + 1)
+        await self._wait_applied(targets)
+
+    # -- the reader ---------------------------------------------------------------------
+
+    async def _partitions_of(self, topic: str) -> set[int]:
+        try:
+            # the producer waits for a topic just created to show up in the metadata
+            parts: set[int] = set(await self._producer.partitions_for(topic))
+        except KafkaError as exc:
+            raise KafkaUnavailable(f"topic {topic} has no partitions: {exc}") from exc
+        return parts
+
+    async def _end_offsets(self) -> dict[TopicPartition, int]:
+        ends = await self._offsets.end_offsets(self._partitions)
+        return {tp: int(offset) for tp, offset in ends.items()}
+
+    async def _wait_applied(self, targets: Mapping[TopicPartition, int]) -> None:
+        def reached() -> bool:
+            if self._failure is not None:
+                raise KafkaUnavailable("the subscription reader stopped") from self._failure
+            return all(self._applied.get(tp, 0) >= offset for tp, offset in targets.items())
+
+        async with self._moved:
+            await self._moved.wait_for(reached)
+
+    async def _become_ready(self, ends: Mapping[TopicPartition, int]) -> None:
+        await self._wait_applied(ends)
+        self._ready.set()
+
+    async def _follow(self) -> None:
+        failing_since: float | None = None
+        attempt = 0
+        while True:
+            try:
+                if failing_since is not None:
+                    await self._resume()
+                await self._read()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure is retried with a bound
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                attempt += 1
+                reason = _reason(exc, self.topics.subscriptions)
+                self.progress.broken(reason)
+                # temporary (the broker away): retried as long as it lasts, never given up on
+                temporary = retriable(exc) or isinstance(exc, TimeoutError)
+                bound = self._policy.give_up_after_s
+                gives_up = not temporary and bound is not None and now - failing_since >= bound
+                if gives_up:
+                    await self._give_up(exc, reason)
+                    return
+                log.warning("%s; trying again (attempt %d)", reason, attempt)
+                if isinstance(exc, _TopicGone):  # let go: aiokafka spins on a missing topic
+                    self._consumer.unsubscribe()
+                await asyncio.sleep(self._policy.delay(attempt))
+                continue
+            if failing_since is not None:
+                log.warning("reading subscriptions again after %d attempts", attempt)
+                self.progress.mended()
+                failing_since, attempt = None, 0
+
+    async def _read(self) -> None:
+        """One poll: apply what arrived, move the applied offsets, wake the waiters."""
+        batches = await self._consumer.getmany(timeout_ms=_POLL_MS)
+        applied = 0
+        for records in batches.values():
+            for record in records:
+                self._apply(record)
+                applied += 1
+        if not batches and self._consumer.partitions_for_topic(self.topics.subscriptions) is None:
+            await self._check_topic()
+        async with self._moved:
+            for tp in self._partitions:
+                self._applied[tp] = await self._consumer.position(tp)
+            self._moved.notify_all()
+        if applied:
+            self.progress.advanced()
+        highwater = (self._consumer.highwater(tp) for tp in self._partitions)
+        lag = sum(
+            max(0, (end or 0) - self._applied[tp])
+            for tp, end in zip(self._partitions, highwater, strict=True)
+        )
+        self.progress.waiting(lag)
+
+    async def _check_topic(self) -> None:
+        """Raise `_TopicGone` when a fresh metadata request lacks the subscription topic."""
+        async with asyncio.timeout(_TOPICS_TIMEOUT_S):
+            present = self.topics.subscriptions in await self._offsets.topics()
+        if not present:
+            raise _TopicGone(self.topics.subscriptions)
+
+    async def _resume(self) -> None:
+        """Start reading again where the reader was, once its topic is there."""
+        await self._check_topic()
+        if not self._consumer.assignment():
+            self._consumer.assign(self._partitions)
+        for tp in self._partitions:
+            self._consumer.seek(tp, self._applied[tp])
+
+    async def _give_up(self, exc: BaseException, reason: str) -> None:
+        self._failure = exc
+        log.error("the subscription reader gave up: %s", reason)
+        async with self._moved:
+            self._moved.notify_all()
+        if self._health is not None:
+            self._health.fail(f"subscriptions: {reason}")
+
+    def _apply(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        where = f"partition {record.partition} offset {record.offset}"
+        try:
+            applied = self._records.apply(record.key, record.value)
+        except (UnicodeDecodeError, ValueError, ValidationError) as exc:
+            # no content in the log: a record may hold a token or a pseudonym
+            log.error(
+                "skipped an undecodable subscription record at %s (%s)", where, type(exc).__name__
+            )
+            return
+        subscription_id, subscription = applied.subscription_id, applied.subscription
+        if applied.pseudonym is not None:
+            if subscription is None:
+                return  # a volgindicatie of a subscription not (yet) read
+            self.index.follow(subscription_id, applied.pseudonym, following=applied.following)
+        elif subscription is None:
+            self.index.remove(subscription_id)
+        else:
+            self.index.upsert(subscription)
+        for callback in self.changes:
+            try:
+                callback(subscription_id, subscription)
+            except Exception:  # a listener's bug must not stop the reader
+                log.exception("a subscription change listener failed")
+
+
+def _reason(exc: BaseException, topic: str) -> str:
+    """Why the reader stopped, without any record content."""
+    if isinstance(exc, _TopicGone):
+        return f"topic {topic} is gone from the cluster"
+    if isinstance(exc, TimeoutError):
+        return "the cluster did not answer a metadata request"
+    return f"reading {topic} failed ({type(exc).__name__})"

@@ -1,0 +1,295 @@
+"""Replays against a real broker: ids and windows into one subscription, marked `replay`, in
+per-key order; killed half way and resumed; beyond retention; one replay at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+from streams.config import Settings
+from streams.contract.attributes import OVERLEDEN, VERHUISD, ZAAK_GEMUTEERD
+from streams.contract.rules import dutch_today
+from streams.demo.generators import EventFactory
+from streams.ingress.gate import Accepted, Gate
+from streams.kafka.clients import make_producer
+from streams.kafka.topics import Topics
+from streams.operations.replay import BeyondRetention, Replayer, ReplayRequest, ReplayStatus
+from streams.operations.replay_log import supersedes
+from streams.routing.store import SubscriptionStore
+from streams.routing.subscriptions import Subscription
+
+pytestmark = pytest.mark.kafka
+
+KEY = b"test-pseudonym-key"
+TODAY = dutch_today()
+DEADLINE_S = 60.0
+FIELDS = ["soort", "nieuwAdres.gemeentecode", "datumOverlijden", "actie", "bronorganisatie"]
+
+
+def subscription(id_: str, **extra: Any) -> Subscription:
+    return Subscription.model_validate(
+        {
+            "id": id_,
+            "sink": f"deliver.{id_}",
+            "protocol": "KAFKA",
+            "types": [VERHUISD, OVERLEDEN, ZAAK_GEMUTEERD],
+            "owner": id_,
+            "purpose": "test",
+            "fields": FIELDS,
+            **extra,
+        }
+    )
+
+
+async def publish(settings: Settings, topics: Topics, n: int, seed: int = 7) -> list[Accepted]:
+    """`n` mixed events written into their events topics, in order, as the validator does."""
+    gate, producer = Gate(topics, KEY), make_producer(settings, "test-publisher")
+    accepted = [gate.accept(e, today=TODAY) for e in EventFactory(seed, today=TODAY).mixed(n)]
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(
+                a.topic, a.record.value, key=a.record.key, headers=list(a.record.headers)
+            )
+            for a in accepted
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return accepted
+
+
+@pytest.fixture
+async def replayers(
+    settings: Settings, store: SubscriptionStore
+) -> AsyncIterator[Callable[..., Awaitable[Replayer]]]:
+    made: list[Replayer] = []
+
+    async def make(**options: Any) -> Replayer:
+        replayer = Replayer(settings, store, **options)
+        await replayer.start()
+        made.append(replayer)
+        return replayer
+
+    yield make
+    for replayer in made:
+        await replayer.stop()
+
+
+def replayed(records: list[Any], replay_id: str | None = None) -> list[dict[str, Any]]:
+    """The structured CloudEvents of the deliver topic that carry `replay` (this id)."""
+    events = [json.loads(r.value) | {"_key": r.key} for r in records]
+    return [e for e in events if "replay" in e and replay_id in (None, e["replay"])]
+
+
+def assert_per_key_order(events: list[dict[str, Any]], accepted: list[Accepted]) -> None:
+    """Per (type, key): the first occurrences come in the order of the events topic."""
+    position = {a.event.id: i for i, a in enumerate(accepted)}
+    seen: set[str] = set()
+    per_key: dict[tuple[str, bytes], list[int]] = defaultdict(list)
+    for e in events:
+        if e["id"] not in seen:
+            seen.add(e["id"])
+            per_key[(e["type"], e["_key"])].append(position[e["id"]])
+    assert all(seq == sorted(seq) for seq in per_key.values())
+
+
+async def until(check: Callable[[], bool]) -> None:
+    """Wait until `check()` holds, polling; fails after the deadline."""
+    async with asyncio.timeout(DEADLINE_S):
+        while True:
+            if check():
+                return
+            await asyncio.sleep(0.01)
+
+
+async def finished(replayer: Replayer, status: ReplayStatus) -> ReplayStatus:
+    async with asyncio.timeout(DEADLINE_S):
+        done = await replayer.wait(status.id)
+    assert done.state == "done", done.error
+    return done
+
+
+async def test_ids_and_window_replays_arrive_marked_in_per_key_order(
+    settings: Settings, store: SubscriptionStore, bus_topics: Topics, replayers: Any,
+    read_topic: Any,
+) -> None:  # fmt: skip
+    sub = await store.put(subscription("s1", filters=[{"prefix": {"type": "nl.brp."}}]))
+    start = datetime.now(UTC) - timedelta(seconds=1)
+    accepted = await publish(settings, bus_topics, 300)
+    end = datetime.now(UTC) + timedelta(seconds=1)
+    persons = [a for a in accepted if a.event.type in (VERHUISD, OVERLEDEN)]
+    lost = [a.event.id for a in persons[::7]]
+    replayer = await replayers()
+
+    by_ids = await replayer.submit(sub.id, ReplayRequest(ids=lost), actor="beheer")
+    done = await finished(replayer, by_ids)
+    assert (done.matched, done.written) == (len(lost), len(lost))
+    records = await read_topic(bus_topics.deliver(sub.id), count=len(lost))
+    events = replayed(records, by_ids.id)
+    assert sorted(e["id"] for e in events) == sorted(lost)
+    assert_per_key_order(events, accepted)
+    # the current projection applies: only the subscription's fields are in `data`
+    assert all(set(e["data"]) <= {"soort", "nieuwAdres", "datumOverlijden"} for e in events)
+
+    window = ReplayRequest.model_validate({"from": start.isoformat(), "to": end.isoformat()})
+    whole = await finished(replayer, await replayer.submit(sub.id, window, actor="beheer"))
+    assert whole.scanned == len(accepted)
+    assert whole.written == len(persons)  # the zaak events do not match the filter
+    records = await read_topic(bus_topics.deliver(sub.id), count=len(lost) + len(persons))
+    events = replayed(records, whole.id)
+    assert sorted(e["id"] for e in events) == sorted(a.event.id for a in persons)
+    assert_per_key_order(events, accepted)
+    audit = await read_topic(bus_topics.audit, count=2)
+    logged = [json.loads(r.value) for r in audit]
+    assert [(e["action"], e["actor"], e["replay"]) for e in logged] == [
+        ("replay", "beheer", by_ids.id),
+        ("replay", "beheer", whole.id),
+    ]
+    assert logged[1]["request"]["from"] and logged[1]["subscription"] == sub.id
+
+
+async def test_a_replay_killed_half_way_resumes_without_loss_or_reordering(
+    settings: Settings, store: SubscriptionStore, bus_topics: Topics, replayers: Any,
+    read_topic: Any,
+) -> None:  # fmt: skip
+    sub = await store.put(subscription("s2"))
+    start = datetime.now(UTC) - timedelta(seconds=1)
+    accepted = await publish(settings, bus_topics, 600, seed=3)
+    first = await replayers(rate=600.0, checkpoint_every=40)
+    request = ReplayRequest.model_validate({"from": start.isoformat()})
+    status = await first.submit(sub.id, request, actor="beheer")
+    await until(lambda: status.written >= 200)  # checkpointed: confirmed in the deliver topic
+    await first.stop()  # killed half way: the task is cancelled, the rest never written
+    assert status.state == "running" and status.written < len(accepted)
+
+    second = await replayers(checkpoint_every=40)
+    resumed = second.status(status.id)
+    assert resumed is not None and 200 <= resumed.written < len(accepted)
+    checkpoint = resumed.written
+    second.resume(status.id)
+    done = await finished(second, resumed)
+    assert done.written >= len(accepted)
+    records = await read_topic(bus_topics.deliver(sub.id), count=len(accepted))
+    events = replayed(records, status.id)
+    assert {e["id"] for e in events} == {a.event.id for a in accepted}  # nothing lost
+    assert_per_key_order(events, accepted)
+    duplicates = len(events) - len(accepted)
+    print(f"resumed after {checkpoint} of {len(accepted)}; {duplicates} duplicates")
+
+
+async def test_a_window_beyond_retention_is_refused_naming_the_oldest_time(
+    settings: Settings, store: SubscriptionStore, bus_topics: Topics, replayers: Any,
+) -> None:  # fmt: skip
+    sub = await store.put(subscription("s3"))
+    long_ago = datetime.now(UTC) - timedelta(days=1)
+    accepted = await publish(settings, bus_topics, 60)
+    topic = bus_topics.events(VERHUISD)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await admin.start()
+    try:  # retention removed the first records of one partition
+        await admin.delete_records({TopicPartition(topic, 0): RecordsToDelete(2)})
+    finally:
+        await admin.close()
+    replayer = await replayers()
+    request = ReplayRequest.model_validate({"from": long_ago.isoformat()})
+    with pytest.raises(BeyondRetention) as refused:
+        await replayer.submit(sub.id, request, actor="beheer")
+    oldest = refused.value.oldest
+    assert long_ago < oldest <= datetime.now(UTC)
+    assert oldest.strftime("%Y-%m-%dT%H:%M:%S") in str(refused.value)
+    # from the oldest available time on, the replay is accepted
+    later = ReplayRequest.model_validate({"from": oldest.isoformat()})
+    assert (await replayer.submit(sub.id, later, actor="beheer")).state == "queued"
+    assert accepted
+
+
+async def test_two_replays_of_one_subscription_run_one_after_the_other(
+    settings: Settings, store: SubscriptionStore, bus_topics: Topics, replayers: Any,
+    read_topic: Any,
+) -> None:  # fmt: skip
+    sub = await store.put(subscription("s4"))
+    other = await store.put(subscription("s5"))
+    start = datetime.now(UTC) - timedelta(seconds=1)
+    accepted = await publish(settings, bus_topics, 200)
+    # slow enough (about 3 s a replay) that the first is surely still running when checked
+    replayer = await replayers(rate=60.0)
+    request = ReplayRequest.model_validate({"from": start.isoformat()})
+    one = await replayer.submit(sub.id, request, actor="beheer")
+    two = await replayer.submit(sub.id, request, actor="beheer")
+    elsewhere = await replayer.submit(other.id, request, actor="beheer")
+    assert two.state == "queued"
+    await until(lambda: elsewhere.state == "running")  # another subscription does not wait
+    assert one.state == "running" and two.state == "queued"
+    one, two = await finished(replayer, one), await finished(replayer, two)
+    assert one.finished_at is not None and two.started_at is not None
+    assert one.finished_at <= two.started_at
+    records = await read_topic(bus_topics.deliver(sub.id), count=2 * len(accepted))
+    for p in range(settings.kafka.partitions):  # per partition: all of one, then two
+        marks = [json.loads(r.value)["replay"] for r in records if r.partition == p]
+        assert marks == sorted(marks, key=lambda mark: mark != one.id)
+    assert len(records) == 2 * len(accepted)
+    await finished(replayer, elsewhere)
+
+
+@pytest.mark.parametrize("first", [VERHUISD, OVERLEDEN])
+async def test_a_move_and_a_death_in_one_millisecond_come_back_in_acceptance_order(
+    settings: Settings, store: SubscriptionStore, bus_topics: Topics, replayers: Any,
+    read_topic: Any, first: str,
+) -> None:  # fmt: skip
+    sub = await store.put(subscription("s6"))
+    factory = EventFactory(5, today=TODAY)
+    move = factory.verhuisd()
+    death = factory.overleden()
+    death = death.with_data({**death.data, "bsn": move.data["bsn"]})  # one person
+    events = [move, death] if first == VERHUISD else [death, move]
+    gate = Gate(bus_topics, KEY)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+    accepted = [gate.accept(e, today=TODAY) for e in events]
+    assert accepted[0].record.key == accepted[1].record.key
+    stamp = int(datetime.now(UTC).timestamp() * 1000)
+    await producer.start()
+    try:  # one millisecond for both, as when the bus accepts them back to back
+        for a in accepted:
+            await (
+                await producer.send(
+                    a.topic, a.record.value, key=a.record.key,
+                    headers=list(a.record.headers), timestamp_ms=stamp,
+                )
+            )  # fmt: skip
+    finally:
+        await producer.stop()
+    replayer = await replayers()
+    request = ReplayRequest(ids=tuple(e.id for e in events))
+    await finished(replayer, await replayer.submit(sub.id, request, actor="beheer"))
+    records = await read_topic(bus_topics.deliver(sub.id), count=2)
+    assert [e["id"] for e in replayed(records)] == [e.id for e in events]
+
+
+def test_one_owner_at_a_time_a_claim_counts_only_after_the_lease() -> None:
+    at = datetime(2030, 1, 1, tzinfo=UTC)
+    lease = timedelta(seconds=30)
+
+    def written(owner: str, when: datetime, state: str = "running") -> ReplayStatus:
+        return ReplayStatus.model_validate(
+            {"id": "r", "subscription": "s", "request": {}, "requested_by": "beheer",
+             "requested_at": at, "state": state, "owner": owner, "saved_at": when,
+             "lease_until": when + lease if state == "running" else None}
+        )  # fmt: skip
+
+    a = written("a", at)
+    assert supersedes(None, a) and supersedes(a, written("a", at + timedelta(seconds=10)))
+    assert not supersedes(a, written("b", at + timedelta(seconds=29)))  # still a's lease
+    b = written("b", at + timedelta(seconds=31))
+    assert supersedes(a, b)  # a's lease ran out: b's claim counts
+    assert not supersedes(b, written("a", at + timedelta(seconds=32)))  # a woke up too late
+    done = written("b", at + timedelta(seconds=40), state="done")
+    assert supersedes(b, done) and not supersedes(done, written("b", at + timedelta(days=1)))

@@ -1,0 +1,219 @@
+"""The durable subscription set against a real broker: other processes, restarts, own writes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from streams.config import Settings
+from streams.contract.attributes import OVERLEDEN, VERHUISD, pseudonym
+from streams.exceptions import KafkaUnavailable
+from streams.health import Health
+from streams.kafka.clients import make_producer
+from streams.kafka.topics import Topics, TopicSpec, create_topics
+from streams.kafka.topics import bus_topics as specs
+from streams.routing.store import SubscriptionStore
+from streams.routing.subscriptions import Subscription
+
+pytestmark = pytest.mark.kafka
+
+KEY = b"test-pseudonym-key"
+DEADLINE_S = 30.0
+
+
+def gemeente(code: str, **extra: Any) -> Subscription:
+    moves = {"any": [{"exact": {"gemeentevan": code}}, {"exact": {"gemeentenaar": code}}]}
+    residents = {"exact": {"gemeente": code}}
+    return Subscription.model_validate(
+        {
+            "id": f"gemeente-{code}",
+            "sink": f"https://gemeente-{code}.example/events",
+            "protocol": "HTTP",
+            "sinkCredential": {"accessToken": "secret-token"},
+            "types": [VERHUISD, OVERLEDEN],
+            "filters": [{"any": [moves, residents]}],
+            "owner": f"gemeente-{code}",
+            "purpose": "basisregistratie",
+            **extra,
+        }
+    )
+
+
+@asynccontextmanager
+async def running(settings: Settings, name: str) -> AsyncIterator[SubscriptionStore]:
+    store = SubscriptionStore(settings, name=name)
+    await store.start()
+    try:
+        async with asyncio.timeout(DEADLINE_S):
+            await store.ready()
+        yield store
+    finally:
+        await store.stop()
+
+
+async def eventually(store: SubscriptionStore, id_: str, check: Callable[[Any], bool]) -> Any:
+    async with asyncio.timeout(DEADLINE_S):
+        return await store.wait_for(id_, check)
+
+
+async def test_put_and_delete_reach_another_process(settings: Settings, bus_topics: Topics) -> None:
+    async with running(settings, "api") as api, running(settings, "router") as router:
+        amsterdam = await api.put(gemeente("0363"))
+        seen = await eventually(router, amsterdam.id, lambda s: s is not None)
+        assert seen.record_dict() == amsterdam.record_dict()
+        # the whole record travels, the token included (the deliverer needs it)
+        assert seen.sink_credential.access_token.get_secret_value() == "secret-token"
+        assert [s.id for s in router.index] == [amsterdam.id]
+
+        await api.delete(amsterdam.id)
+        await eventually(router, amsterdam.id, lambda s: s is None)
+        assert len(router.index) == 0
+
+
+async def test_put_creates_the_subscription_topics(settings: Settings, bus_topics: Topics) -> None:
+    async with running(settings, "api") as api:
+        await api.put(gemeente("0344"))
+    # what a producer sees (it waits for new topics to reach the metadata, then answers)
+    producer = make_producer(settings, "check")
+    await producer.start()
+    try:
+        for topic in (bus_topics.deliver("gemeente-0344"), bus_topics.dlq("gemeente-0344")):
+            assert len(await producer.partitions_for(topic)) == settings.kafka.partitions
+    finally:
+        await producer.stop()
+
+
+async def test_the_set_survives_a_restart(settings: Settings, bus_topics: Topics) -> None:
+    async with running(settings, "first") as first:
+        for code in ("0363", "0344", "0599"):
+            await first.put(gemeente(code))
+        await first.delete("gemeente-0599")
+        await first.put(gemeente("0344", purpose="changed"))
+
+    async with running(settings, "restarted") as restarted:
+        # ready() alone is enough: everything written before the start is applied
+        assert sorted(s.id for s in restarted) == ["gemeente-0344", "gemeente-0363"]
+        changed = restarted.get("gemeente-0344")
+        assert changed is not None and changed.purpose == "changed"
+
+
+async def test_read_your_writes(settings: Settings, bus_topics: Topics) -> None:
+    followed = pseudonym("999993653", KEY)
+    async with running(settings, "api") as api:
+        amsterdam = await api.put(gemeente("0363"))
+        stored = api.get(amsterdam.id)  # no waiting: put returned after applying its write
+        assert stored is not None and stored.record_dict() == amsterdam.record_dict()
+        await api.put(amsterdam.with_volgindicatie(followed))
+        updated = api.get(amsterdam.id)
+        assert updated is not None and followed in updated.volgindicaties
+        await api.put(amsterdam.retired())
+        retired = api.get(amsterdam.id)
+        assert retired is not None and retired.status == "retired"
+        assert amsterdam.id not in api.index  # a retired subscription matches nothing
+        await api.delete(amsterdam.id)
+        assert api.get(amsterdam.id) is None
+
+
+async def test_changes_are_announced(settings: Settings, bus_topics: Topics) -> None:
+    async with running(settings, "api") as api:
+        seen: list[tuple[str, str | None]] = []
+        api.changes.append(lambda id_, sub: seen.append((id_, sub and sub.purpose)))
+        await api.put(gemeente("0363"))
+        await api.delete("gemeente-0363")
+        assert seen == [("gemeente-0363", "basisregistratie"), ("gemeente-0363", None)]
+
+
+async def test_undecodable_records_are_skipped(
+    settings: Settings, bus_topics: Topics, caplog: pytest.LogCaptureFixture
+) -> None:
+    producer = make_producer(settings, "vandal")
+    await producer.start()
+    try:
+        for key, value in [
+            (b"broken", b"{not json"),
+            (b"gemeente-0363", b'{"id": "gemeente-0363"}'),  # not a valid subscription
+            (b"\xff\xfe", b"{}"),
+            (b"other-id", gemeente("0344").model_dump_json().encode()),  # key is not the id
+        ]:
+            await (await producer.send(bus_topics.subscriptions, value, key=key))
+    finally:
+        await producer.stop()
+
+    async with running(settings, "api") as api:
+        assert len(api) == 0
+        await api.put(gemeente("0363"))  # the reader still follows
+        assert api.get("gemeente-0363") is not None
+    skipped = [r for r in caplog.records if "undecodable subscription record" in r.getMessage()]
+    assert len(skipped) == 4
+    assert not any("secret-token" in r.getMessage() or "{" in r.getMessage() for r in skipped)
+
+
+async def _delete_topic(settings: Settings, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+    finally:
+        await admin.close()
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    async with asyncio.timeout(DEADLINE_S):
+        while not check():  # noqa: ASYNC110 - polled by design
+            await asyncio.sleep(0.05)
+
+
+async def test_a_reader_whose_topic_is_gone_says_so_then_gives_up(
+    settings: Settings, bus_topics: Topics, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings.model_copy(
+        update={"health": settings.health.model_copy(update={"give_up_after_s": 3.0})}
+    )
+    health = Health()
+    health.started("worker")
+    store = SubscriptionStore(settings, name="doomed", health=health)
+    await store.start()
+    try:
+        await store.ready()
+        await _delete_topic(settings, bus_topics.subscriptions)
+        gone = f"subscriptions: topic {bus_topics.subscriptions} is gone from the cluster"
+        await _until(lambda: gone in health.ready()[1]["worker"])
+        await _until(lambda: health.failed is not None)  # not permanent-and-silent
+        assert health.failed == gone
+        with pytest.raises(KafkaUnavailable):
+            await store.sync()
+    finally:
+        await store.stop()
+    # it let go of the topic instead of asking for it in a loop
+    spun = [r for r in caplog.records if "not found in cluster metadata" in r.getMessage()]
+    assert len(spun) < 500
+
+
+async def test_a_reader_resumes_when_its_topic_is_back_in_time(
+    settings: Settings, bus_topics: Topics
+) -> None:
+    health = Health()
+    health.started("api")
+    async with running(settings, "writer") as writer:
+        store = SubscriptionStore(settings, name="follower", health=health)
+        await store.start()
+        try:
+            await store.ready()
+            await _delete_topic(settings, bus_topics.subscriptions)
+            await _until(lambda: health.ready()[0] is False)
+            await create_topics(settings.kafka, bus_topics_specs(settings))
+            await _until(lambda: health.ready()[0] is True)
+            assert health.failed is None
+            await writer.put(gemeente("0363"))
+            await eventually(store, "gemeente-0363", lambda s: s is not None)
+        finally:
+            await store.stop()
+
+
+def bus_topics_specs(settings: Settings) -> list[TopicSpec]:
+    return [s for s in specs(settings.kafka, ()) if s.name.endswith(".subscriptions")]
