@@ -17,6 +17,7 @@ from streams.exceptions import ConfigurationError
 from streams.kafka.topics import (
     Topics,
     TopicSpec,
+    TopicState,
     bus_topics,
     create_topics,
     describe_topics,
@@ -45,6 +46,14 @@ async def _visible(settings: Settings, topic: str) -> None:
             await asyncio.sleep(0.1)
 
 
+async def _described(settings: Settings, names: list[str]) -> dict[str, TopicState]:
+    """The state of topics just created, once the cluster's metadata has every one of them."""
+    async with asyncio.timeout(30):
+        while len(states := await describe_topics(settings.kafka, names)) < len(names):  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+    return states
+
+
 async def test_topics_get_the_configured_replication_not_our_own(settings: Settings) -> None:
     # the defaults are a cluster's (3 and 2): a one-node broker cannot hold them, and says so
     three = _with(settings, replication_factor=3, min_insync_replicas=2)
@@ -58,7 +67,7 @@ async def test_ingress_retention_is_a_setting(settings: Settings) -> None:
     specs = bus_topics(settings.kafka, ())
     await create_topics(settings.kafka, specs)
     t = Topics(settings.kafka.topic_prefix)
-    states = await describe_topics(settings.kafka, [t.ingress, t.subscriptions])
+    states = await _described(settings, [t.ingress, t.subscriptions])
     assert states[t.ingress].retention_ms == 9 * _DAY_MS
     assert states[t.ingress].replicas == 1
     assert states[t.ingress].min_insync_replicas == 1
@@ -67,7 +76,7 @@ async def test_ingress_retention_is_a_setting(settings: Settings) -> None:
 async def test_one_replica_is_a_problem_unless_allowed(
     settings: Settings, bus_topics: Topics
 ) -> None:
-    states = await describe_topics(settings.kafka, [bus_topics.ingress])
+    states = await _described(settings, [bus_topics.ingress])
     assert durability_problems(settings, states.values()) == []  # allowed in the fixture
     strict = _with(settings, allow_single_replica=False)
     [problem] = durability_problems(strict, states.values())
