@@ -21,6 +21,7 @@ from typing import Any
 
 from connectors.writes import Write
 from streams.contract import codec
+from streams.contract.headers import RawHeaders
 from streams.delivery.dlq import EventRef, event_ref
 from streams.exceptions import FieldError
 
@@ -57,7 +58,7 @@ class Held:
     partition: int
     offset: int
     key: bytes | None
-    headers: codec.RawHeaders
+    headers: RawHeaders
     value: bytes | None
     ref: EventRef
     read_at: float  # monotonic; the retry window runs from here

@@ -25,7 +25,7 @@ from typing import Final
 
 from aiokafka.errors import KafkaError
 
-from streams.contract.codec import RawHeaders
+from streams.contract.headers import RawHeaders
 from streams.delivery.dlq import dead_letter_headers, truncated_headers
 from streams.delivery.log import DeliveryAttempt, encode_attempt, shortened
 from streams.kafka.clients import Producer

@@ -33,6 +33,7 @@ from streams.contract.avrodata import (
     writer_binding,
 )
 from streams.contract.envelope import SPECVERSION, CloudEvent
+from streams.contract.headers import RawHeaders
 from streams.contract.schemas import SchemaRegistry, registry
 from streams.exceptions import FieldError, InvalidEvent, UndecodableEvent, UnknownSchema
 
@@ -43,7 +44,6 @@ __all__ = [
     "STRUCTURED_CONTENT_TYPE",
     "UNSUPPORTED_MEDIA_TYPE",
     "KafkaRecord",
-    "RawHeaders",
     "Unreadable",
     "decode_data",
     "encode_data",
@@ -79,9 +79,6 @@ class KafkaRecord:
     key: bytes | None
     headers: tuple[tuple[str, bytes], ...]
     value: bytes
-
-
-RawHeaders = tuple[tuple[str, bytes | None], ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

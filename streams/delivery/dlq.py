@@ -32,21 +32,23 @@ from aiokafka.errors import KafkaError
 
 from streams.config import Settings
 from streams.contract.attributes import PERSON_TYPES
-from streams.contract.codec import RawHeaders
+from streams.contract.headers import (
+    ATTEMPTS_HEADER,
+    DETAIL_HEADER,
+    ERROR_HEADER,
+    ORIGIN_HEADER,
+    REDRIVEN_HEADER,
+    TRUNCATED_HEADER,
+    RawHeaders,
+    raw_headers,
+)
 from streams.delivery.log import DeliveryAttempt, Outcome, encode_attempt
 from streams.exceptions import KafkaUnavailable
-from streams.ingress.gate import DETAIL_HEADER, ERROR_HEADER
 from streams.kafka.clients import make_consumer, make_producer
 from streams.kafka.topics import Topics
 from streams.routing.store import SubscriptionStore
 
 __all__ = [
-    "ATTEMPTS_HEADER",
-    "DETAIL_HEADER",
-    "ERROR_HEADER",
-    "ORIGIN_HEADER",
-    "REDRIVEN_HEADER",
-    "TRUNCATED_HEADER",
     "DeadLetter",
     "EventRef",
     "Headers",
@@ -61,10 +63,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ATTEMPTS_HEADER: Final = "gemeentebus_attempts"
-REDRIVEN_HEADER: Final = "gemeentebus_redriven"
-TRUNCATED_HEADER: Final = "gemeentebus_truncated"
-ORIGIN_HEADER: Final = "gemeentebus_origin"
 _DLQ_HEADERS: Final = frozenset({ERROR_HEADER, DETAIL_HEADER, ATTEMPTS_HEADER})
 _KEPT_HEADER_BYTES: Final = 1024  # a truncated dead letter keeps only headers up to this size
 
@@ -228,11 +226,6 @@ class DeadLetter:
     redriven: bool  # a redrive already took it
 
 
-def _headers_of(record: Any) -> RawHeaders:
-    # a dead letter keeps a null header value null (the poison record it was)
-    return tuple((str(k), None if v is None else bytes(v)) for k, v in record.headers or ())
-
-
 def _attempts(raw: bytes | None) -> int:
     return int(raw) if raw is not None and raw.isdigit() else 0
 
@@ -295,7 +288,7 @@ async def list_dead_letters(settings: Settings, subscription_id: str) -> list[De
         await consumer.stop()
     letters = []
     for r in records:
-        headers = _headers_of(r)
+        headers = raw_headers(r.headers)  # a null header value stays null
         found = {k: v.decode("utf-8", "replace") for k, v in headers if v is not None}
         ref = event_ref(r.key, headers, r.value)
         letters.append(
@@ -392,7 +385,7 @@ async def redrive(
                 for r in batch:
                     if r.offset >= ends[tp]:
                         break
-                    headers = _headers_of(r)
+                    headers = raw_headers(r.headers)  # a null header value stays null
                     futures.append(
                         await producer.send(
                             target, r.value, key=r.key, headers=list(_redriven_headers(headers))

@@ -26,6 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from streams.auth import Client, Forbidden
 from streams.config import Settings
+from streams.contract.headers import header_text
 from streams.http.api import AUTHENTICATOR, _Failure, _json, _read, answering
 from streams.kafka.window import consumer, merged, offsets_at, partitions
 from streams.operations.reconcile import reconcile
@@ -196,7 +197,7 @@ class _Operations:
             return await offsets_at(reader, tps, at)
         last = None  # the event id's last occurrence
         async for record in merged(reader, begins, ends):
-            if any(k == "ce_id" and bytes(v).decode() == after for k, v in record.headers or ()):
+            if header_text(record.headers, "ce_id") == after:
                 last = record
         if last is None:
             raise _Failure(

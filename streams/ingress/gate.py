@@ -17,28 +17,23 @@ from typing import Final
 from streams.contract import attributes, codec, values
 from streams.contract.avrodata import write_data
 from streams.contract.envelope import CloudEvent
+from streams.contract.headers import (
+    DETAIL_HEADER,
+    ERROR_HEADER,
+    ORDER_HEADER,
+    TRUNCATED_HEADER,
+    header_text,
+)
 from streams.contract.rules import Verdict, examine
 from streams.exceptions import FieldError, InvalidEvent
 from streams.kafka.topics import Topics
 
 __all__ = [
-    "DETAIL_HEADER",
-    "ERROR_HEADER",
-    "ORDER_HEADER",
-    "TRUNCATED_HEADER",
     "Accepted",
     "Gate",
     "Rejected",
 ]
 
-ERROR_HEADER: Final = "gemeentebus_error"
-# The acceptance order of an events-topic record: nanoseconds since the epoch when this
-# process accepted it, strictly increasing per process (ASCII digits, no personal data).
-# Replays merge the events topics by record time and break a millisecond's ties with it.
-ORDER_HEADER: Final = "gemeentebus_order"
-DETAIL_HEADER: Final = "gemeentebus_error_detail"
-# On a dead letter too large for the invalid topic: the original value's size in bytes.
-TRUNCATED_HEADER: Final = "gemeentebus_truncated"
 _OURS: Final = frozenset({ERROR_HEADER, DETAIL_HEADER, TRUNCATED_HEADER})
 _DETAIL_LIMIT: Final = 4000
 
@@ -77,10 +72,7 @@ class Rejected:
     @property
     def event_type(self) -> str | None:
         """The `ce_type` the input claimed, if readable (for metrics)."""
-        for name, value in self.record.headers:
-            if name == "ce_type" and value is not None:
-                return value.decode("utf-8", "replace")
-        return None
+        return header_text(self.record.headers, "ce_type")
 
 
 class Gate:

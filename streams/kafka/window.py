@@ -23,9 +23,9 @@ from aiokafka.structs import ConsumerRecord
 from streams.config import Settings
 from streams.contract import attributes, codec
 from streams.contract.envelope import CloudEvent
+from streams.contract.headers import ORDER_HEADER, header
 from streams.contract.rules import dutch_today
 from streams.exceptions import InvalidEvent
-from streams.ingress.gate import ORDER_HEADER
 from streams.kafka.clients import make_consumer
 from streams.routing.matching import SubscriptionIndex
 from streams.routing.subscriptions import Subscription, projection
@@ -140,11 +140,8 @@ def _head(
 
 def accepted_order(record: ConsumerRecord[bytes, bytes]) -> int:
     """The gate's acceptance order of an events-topic record (0 when it carries none)."""
-    for name, value in record.headers or ():
-        if name == ORDER_HEADER and value is not None:
-            digits = bytes(value)
-            return int(digits) if digits.isdigit() and len(digits) <= 20 else 0
-    return 0
+    digits = header(record.headers, ORDER_HEADER) or b""
+    return int(digits) if digits.isdigit() and len(digits) <= 20 else 0
 
 
 class Matcher:

@@ -25,6 +25,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from streams.config import Settings
+from streams.contract.headers import header_text
 from streams.delivery.log import decode_attempt
 from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics
@@ -133,7 +134,7 @@ async def reconcile(
         starts, ends = await offsets_at(reader, tps, start), await offsets_at(reader, tps, end)
         async for record in merged(reader, starts, ends):
             event = matcher.match(record)
-            event_id = _header(record.headers, "ce_id")
+            event_id = header_text(record.headers, "ce_id")
             if event_id is not None:
                 in_window.add(event_id)
             if event is not None:
@@ -195,13 +196,6 @@ async def _delivery_log(
     finally:
         await reader.stop()
     return delivered, dead, types
-
-
-def _header(headers: Any, name: str) -> str | None:
-    for key, value in headers or ():
-        if key == name:
-            return bytes(value).decode("utf-8", "replace")
-    return None
 
 
 def print_reconciliation(result: Reconciliation, console: Any = None) -> None:

@@ -50,11 +50,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.structs import ConsumerRecord
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from streams.config import Settings
 from streams.contract import codec
+from streams.contract.headers import header_text
 from streams.exceptions import GemeentebusError
 from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics, bus_topics, create_topics
@@ -475,7 +475,11 @@ class Replayer:
                 if status.lease_until is None or datetime.now(UTC) >= status.lease_until:
                     await self._renew(only=status)  # never write past its lease unconfirmed
                 status.scanned += 1
-                event = matcher.match(record) if not ids or _id_of(record) in ids else None
+                event = (
+                    matcher.match(record)
+                    if not ids or header_text(record.headers, "ce_id") in ids
+                    else None
+                )
                 if event is not None:
                     status.matched += 1
                     await pace.take()
@@ -517,13 +521,6 @@ class Replayer:
         async with self._log.changed:
             self._log.changed.notify_all()
         return offsets
-
-
-def _id_of(record: ConsumerRecord[bytes, bytes]) -> str | None:
-    for name, value in record.headers or ():
-        if name == "ce_id":
-            return bytes(value).decode("utf-8", "replace")
-    return None
 
 
 async def run_replay_cli(

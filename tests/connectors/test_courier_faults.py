@@ -32,7 +32,7 @@ from connectors.courier import LANE_CAP, MAX_PENDING
 from connectors.dispatcher import Dispatcher
 from connectors.webhook import WebhookSender
 from streams.config import DeliverySettings, Settings
-from streams.delivery.dlq import ATTEMPTS_HEADER, ERROR_HEADER, ORIGIN_HEADER, TRUNCATED_HEADER
+from streams.contract.headers import ATTEMPTS_HEADER, ERROR_HEADER, ORIGIN_HEADER, TRUNCATED_HEADER
 from streams.delivery.log import decode_attempt
 from streams.exceptions import KafkaUnavailable
 from streams.health import Health

@@ -27,7 +27,8 @@ from standardwebhooks import Webhook
 from connectors.dispatcher import Dispatcher
 from connectors.webhook import WebhookSender
 from streams.config import DeliverySettings, Settings
-from streams.delivery.dlq import ATTEMPTS_HEADER, ERROR_HEADER, list_dead_letters, redrive
+from streams.contract.headers import ATTEMPTS_HEADER, ERROR_HEADER
+from streams.delivery.dlq import list_dead_letters, redrive
 from streams.delivery.log import decode_attempt
 from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics

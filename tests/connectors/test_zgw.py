@@ -18,9 +18,10 @@ from connectors import zgw
 from streams.config import ClientConfig, Settings
 from streams.contract import codec
 from streams.contract.attributes import ZAAK_GEMUTEERD
+from streams.contract.headers import ERROR_HEADER
 from streams.exceptions import InvalidEvent
 from streams.http.api import make_api
-from streams.ingress.gate import ERROR_HEADER, Gate
+from streams.ingress.gate import Gate
 from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics
 from streams.routing.store import SubscriptionStore

@@ -12,15 +12,8 @@ import pytest
 from aiokafka.structs import ConsumerRecord
 
 from streams.config import Settings
-from streams.delivery.dlq import (
-    ATTEMPTS_HEADER,
-    DETAIL_HEADER,
-    ERROR_HEADER,
-    REDRIVEN_HEADER,
-    dead_letter_headers,
-    list_dead_letters,
-    redrive,
-)
+from streams.contract.headers import ATTEMPTS_HEADER, DETAIL_HEADER, ERROR_HEADER, REDRIVEN_HEADER
+from streams.delivery.dlq import dead_letter_headers, list_dead_letters, redrive
 from streams.delivery.log import decode_attempt
 from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics, create_topics, subscription_topics

@@ -18,10 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from streams.config import ClientConfig, Settings
 from streams.contract import codec
 from streams.contract.attributes import VERHUISD, ZAAK_GEMUTEERD, partition_key
+from streams.contract.headers import ERROR_HEADER
 from streams.contract.rules import dutch_today
 from streams.demo.generators import BRP_SOURCE, EventFactory
 from streams.http.api import make_api
-from streams.ingress.gate import ERROR_HEADER
 from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics
 from streams.routing.store import SubscriptionStore

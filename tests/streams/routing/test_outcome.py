@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from streams.contract.codec import KafkaRecord
-from streams.ingress.gate import ERROR_HEADER, Gate, Rejected
+from streams.contract.headers import ERROR_HEADER
+from streams.ingress.gate import Gate, Rejected
 from streams.kafka.topics import Topics
 from streams.routing.worker import outcome_for
 

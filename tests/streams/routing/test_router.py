@@ -29,10 +29,11 @@ from streams.contract.attributes import (
     pseudonym,
 )
 from streams.contract.envelope import CloudEvent
+from streams.contract.headers import ERROR_HEADER
 from streams.contract.rules import dutch_today
 from streams.demo.generators import BRP_SOURCE, EventFactory
 from streams.exceptions import RoutingFailed
-from streams.ingress.gate import ERROR_HEADER, Accepted, Gate
+from streams.ingress.gate import Accepted, Gate
 from streams.kafka.clients import make_producer, send_all
 from streams.kafka.topics import Topics
 from streams.routing.router import CONTENT_TYPE, UNDECODABLE, Router

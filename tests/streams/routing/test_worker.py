@@ -11,10 +11,10 @@ from streams.config import Settings
 from streams.contract import codec
 from streams.contract.attributes import partition_key
 from streams.contract.envelope import CloudEvent
+from streams.contract.headers import DETAIL_HEADER, ERROR_HEADER
 from streams.contract.rules import dutch_today
 from streams.demo.generators import EventFactory, invalid_corpus
 from streams.exceptions import InvalidEvent
-from streams.ingress.gate import DETAIL_HEADER, ERROR_HEADER
 from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics
 from streams.routing.worker import Validator

@@ -18,11 +18,12 @@ from streams.config import HttpSettings, Settings
 from streams.contract import codec
 from streams.contract.attributes import VERHUISD, ZAAK_GEMUTEERD
 from streams.contract.envelope import CloudEvent
+from streams.contract.headers import DETAIL_HEADER, ERROR_HEADER, TRUNCATED_HEADER
 from streams.contract.rules import dutch_today
 from streams.demo.generators import EventFactory
 from streams.exceptions import WorkerFailed
 from streams.health import Health
-from streams.ingress.gate import DETAIL_HEADER, ERROR_HEADER, TRUNCATED_HEADER, Gate
+from streams.ingress.gate import Gate
 from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics, create_topics, subscription_topics
 from streams.routing.store import SubscriptionStore

@@ -1,0 +1,74 @@
+"""The Kafka headers of the bus: the names it writes, and one way to read a header.
+
+Every header the bus writes carries routing or bookkeeping only, never personal data. Readers
+take a client's headers as they come (any iterable of pairs, a value may be null or not bytes
+at all) and go through `raw_headers`, `header` or `header_text`, which never raise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Final
+
+__all__ = [
+    "ATTEMPTS_HEADER",
+    "DETAIL_HEADER",
+    "ERROR_HEADER",
+    "ORDER_HEADER",
+    "ORIGIN_HEADER",
+    "REDRIVEN_HEADER",
+    "TRUNCATED_HEADER",
+    "RawHeaders",
+    "header",
+    "header_text",
+    "raw_headers",
+]
+
+# On a dead letter: the stable error code, and the human-readable detail (no personal data).
+ERROR_HEADER: Final = "gemeentebus_error"
+DETAIL_HEADER: Final = "gemeentebus_error_detail"
+# The acceptance order of an events-topic record: nanoseconds since the epoch when this
+# process accepted it, strictly increasing per process (ASCII digits, no personal data).
+# Replays merge the events topics by record time and break a millisecond's ties with it.
+ORDER_HEADER: Final = "gemeentebus_order"
+# On a dead letter too large for its topic: what was cut (the original value's size).
+TRUNCATED_HEADER: Final = "gemeentebus_truncated"
+# On a delivery dead letter: how many attempts were made; where a truncated one came from.
+ATTEMPTS_HEADER: Final = "gemeentebus_attempts"
+ORIGIN_HEADER: Final = "gemeentebus_origin"
+# On a record put back from a DLQ into its deliver topic.
+REDRIVEN_HEADER: Final = "gemeentebus_redriven"
+
+# Headers as the bus keeps them: text names, values as bytes or null (as Kafka allows).
+RawHeaders = tuple[tuple[str, bytes | None], ...]
+
+
+def _pair(item: Any) -> tuple[str, bytes | None]:
+    try:
+        name, value = item
+    except (TypeError, ValueError):
+        return repr(item), None
+    name = name if isinstance(name, str) else repr(name)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return name, bytes(value)
+    return name, None
+
+
+def raw_headers(headers: Iterable[Any] | None) -> RawHeaders:
+    """A client's headers as `RawHeaders`; never raises. A name that is not text becomes its
+    `repr`; a value that is not bytes (or an item that is not a pair) becomes null."""
+    return tuple(_pair(item) for item in headers or ())
+
+
+def header(headers: Iterable[Any] | None, name: str) -> bytes | None:
+    """The value of the first header called `name`, or None (absent, null, or not bytes)."""
+    for found, value in raw_headers(headers):
+        if found == name:
+            return value
+    return None
+
+
+def header_text(headers: Iterable[Any] | None, name: str) -> str | None:
+    """`header` decoded as UTF-8 (bytes that are not become U+FFFD), or None."""
+    value = header(headers, name)
+    return None if value is None else value.decode("utf-8", "replace")
