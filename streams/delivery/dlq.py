@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from streams.config import Settings
@@ -45,7 +44,7 @@ from streams.contract.headers import (
 from streams.delivery.log import DeliveryAttempt, Outcome, encode_attempt
 from streams.exceptions import KafkaUnavailable
 from streams.kafka.clients import make_consumer, make_producer
-from streams.kafka.topics import Topics
+from streams.kafka.topics import Topics, partitions
 from streams.routing.store import SubscriptionStore
 
 __all__ = [
@@ -239,23 +238,10 @@ def _redrive_group(settings: Settings, subscription_id: str) -> str:
 
 
 async def _partitions(settings: Settings, topic: str) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        client_id=f"{settings.kafka.client_id}-dlq-admin",
-        request_timeout_ms=int(settings.kafka.request_timeout_s * 1000),
-    )
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    found = [t for t in described if t.get("topic") == topic and t.get("error_code") == 0]
+    found = await partitions(settings.kafka, [topic])
     if not found:
         raise KafkaUnavailable(f"topic {topic} does not exist")
-    return [
-        TopicPartition(topic, p["partition"])
-        for p in sorted(found[0]["partitions"], key=lambda p: p["partition"])
-    ]
+    return found
 
 
 async def _read_until(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> list[Any]:

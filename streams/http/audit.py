@@ -18,10 +18,8 @@ from streams.auth import Client, Forbidden
 from streams.config import Settings
 from streams.delivery.dlq import list_dead_letters, redrive
 from streams.http.api import AUTHENTICATOR, _Failure, _json, _read, answering
-from streams.kafka.clients import make_producer
-from streams.kafka.topics import Topics
+from streams.operations.audit import record_action_once
 from streams.operations.logboek import deliveries_of, person_deliveries
-from streams.operations.replay import audit
 from streams.routing.store import SubscriptionStore
 from streams.routing.subscriptions import Subscription
 
@@ -58,7 +56,7 @@ def add_audit_routes(app: web.Application, *, settings: Settings, store: Subscri
             found = await person_deliveries(settings, bsn)
         except ValueError:
             raise _Failure(400, "invalid_bsn", "not a BSN (9 digits, elfproef)") from None
-        await _record(client.id, "person_audit", results=len(found))
+        await record_action_once(settings, "person_audit", client.id, results=len(found))
         return web.json_response({"deliveries": [asdict(d) for d in found]})
 
     async def dead_letters(request: web.Request) -> web.Response:
@@ -79,7 +77,9 @@ def add_audit_routes(app: web.Application, *, settings: Settings, store: Subscri
         auth.require_operator(client)
         subscription = _own(client, request)
         count = await redrive(settings, subscription.id, purpose=subscription.purpose)
-        await _record(client.id, "dlq_redrive", subscription=subscription.id, redriven=count)
+        await record_action_once(
+            settings, "dlq_redrive", client.id, subscription=subscription.id, redriven=count
+        )
         return web.json_response({"redriven": count})
 
     def _own(client: Client, request: web.Request) -> Subscription:
@@ -89,14 +89,6 @@ def add_audit_routes(app: web.Application, *, settings: Settings, store: Subscri
         if not client.operator and subscription.owner != client.id:
             raise Forbidden("not_the_owner", f"client {client.id} does not own this subscription")
         return subscription
-
-    async def _record(actor: str, action: str, **what: object) -> None:
-        producer = make_producer(settings, "audit")
-        await producer.start()
-        try:
-            await audit(producer, Topics(settings.kafka.topic_prefix), action, actor, **what)
-        finally:
-            await producer.stop()
 
     app.router.add_get("/subscriptions/{id}/deliveries", answering(deliveries))
     app.router.add_get("/subscriptions/{id}/dlq", answering(dead_letters))

@@ -28,7 +28,8 @@ from streams.auth import Client, Forbidden
 from streams.config import Settings
 from streams.contract.headers import header_text
 from streams.http.api import AUTHENTICATOR, _Failure, _json, _read, answering
-from streams.kafka.window import consumer, merged, offsets_at, partitions
+from streams.kafka.topics import partitions
+from streams.kafka.window import consumer, merged, offsets_at
 from streams.operations.reconcile import reconcile
 from streams.operations.replay import BeyondRetention, Replayer, ReplayError, ReplayRequest
 from streams.routing.store import SubscriptionStore
@@ -161,7 +162,7 @@ class _Operations:
         reader = consumer(self.settings)
         await reader.start()
         try:
-            tps = await partitions(reader, [topic])
+            tps = await partitions(self.settings.kafka, [topic])
             ends = await offsets_at(reader, tps, None)
             starts = await self._starts(reader, tps, ends, after, topic)
             events: list[Any] = []

@@ -19,10 +19,11 @@ from typing import Any, Protocol
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from streams.config import Settings
+from streams.config import KafkaSettings, Settings
 from streams.kafka.partitioner import KeyPartitioner
 from streams.retry import spoils_producer
 
@@ -32,6 +33,7 @@ __all__ = [
     "Producer",
     "Writable",
     "fits",
+    "make_admin",
     "make_app",
     "make_consumer",
     "make_producer",
@@ -257,6 +259,15 @@ def make_consumer(
     }
     options.update(overrides)
     return AIOKafkaConsumer(**options)
+
+
+def make_admin(settings: KafkaSettings, name: str = "admin") -> AIOKafkaAdminClient:
+    """An admin client (topics, configs, partitions); call `start()` and `close()` on it."""
+    return AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.client_id}-{name}",
+        request_timeout_ms=int(settings.request_timeout_s * 1000),
+    )
 
 
 async def send_all(producer: Producer, outputs: Iterable[tuple[str, Writable]]) -> None:

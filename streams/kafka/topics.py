@@ -11,7 +11,8 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import TopicPartition
+from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     InvalidReplicationFactorError,
@@ -23,6 +24,7 @@ from aiokafka.errors import (
 
 from streams.config import KafkaSettings, Settings
 from streams.exceptions import ConfigurationError, KafkaUnavailable
+from streams.kafka.clients import make_admin
 
 __all__ = [
     "RETENTION_MARGIN_S",
@@ -34,6 +36,7 @@ __all__ = [
     "describe_topics",
     "durability_problems",
     "existing_topics",
+    "partitions",
     "subscription_topics",
 ]
 
@@ -145,11 +148,7 @@ def subscription_topics(settings: KafkaSettings, subscription_id: str) -> list[T
 
 async def create_topics(settings: KafkaSettings, specs: Sequence[TopicSpec]) -> list[str]:
     """Create the topics that do not exist yet; return the names created. Idempotent."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.client_id}-admin",
-        request_timeout_ms=int(settings.request_timeout_s * 1000),
-    )
+    admin = make_admin(settings)
     try:
         await admin.start()
         existing = set(await admin.list_topics())
@@ -191,16 +190,36 @@ async def create_topics(settings: KafkaSettings, specs: Sequence[TopicSpec]) -> 
 
 async def existing_topics(settings: KafkaSettings) -> set[str]:
     """The names of every topic in the cluster (a metadata request; raises KafkaError)."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.client_id}-admin",
-        request_timeout_ms=int(settings.request_timeout_s * 1000),
-    )
+    admin = make_admin(settings)
     try:
         await admin.start()
         return set(await admin.list_topics())
     finally:
         await admin.close()
+
+
+async def partitions(settings: KafkaSettings, topics: Iterable[str]) -> list[TopicPartition]:
+    """Every partition of those of `topics` that exist, sorted (a metadata request through the
+    admin API; raises `KafkaUnavailable` when the cluster does not answer)."""
+    names = sorted(set(topics))
+    if not names:
+        return []
+    admin = make_admin(settings)
+    try:
+        await admin.start()
+        described = await admin.describe_topics(names)
+    except KafkaError as exc:
+        raise KafkaUnavailable(
+            f"cannot list partitions on {settings.bootstrap_servers}: {exc}"
+        ) from exc
+    finally:
+        await admin.close()
+    return sorted(
+        TopicPartition(t["topic"], p["partition"])
+        for t in described
+        if t.get("error_code") == 0
+        for p in t["partitions"]
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,11 +234,7 @@ class TopicState:
 
 async def describe_topics(settings: KafkaSettings, names: Sequence[str]) -> dict[str, TopicState]:
     """The state of each topic of `names` that exists (missing ones are left out)."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.client_id}-admin",
-        request_timeout_ms=int(settings.request_timeout_s * 1000),
-    )
+    admin = make_admin(settings)
     try:
         await admin.start()
         replicas: dict[str, int] = {}

@@ -1,60 +1,41 @@
 """A window of the `gemeentebus.events.<type>` topics: its partitions, offsets and records.
 
 Replays and reconciliation both read the events topics the same way: a group-less `consumer`
-for explicit partitions, `partitions` of the topics that exist, `offsets_at` a time,
+for explicit partitions, `offsets_at` a time,
 `oldest_kept` (where retention has trimmed), and `merged`, the records of a window of every
 partition merged by record timestamp; within one millisecond by the acceptance order the
 gate wrote (`gemeentebus_order`), so one person's move and death accepted in the same
 millisecond come back in the order the bus accepted them, not by topic name.
-A `Matcher` applies a subscription's *current* filters, volgindicaties and fields to what
-was read.
+The partitions of a topic come from `streams.kafka.topics.partitions`; a subscription's
+current definition is applied to what was read by `streams.routing.matching.Matcher`.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import defaultdict, deque
-from collections.abc import AsyncGenerator, Iterable, Mapping
-from datetime import UTC, date, datetime
+from collections.abc import AsyncGenerator, Mapping
+from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from streams.config import Settings
-from streams.contract import attributes, codec
-from streams.contract.envelope import CloudEvent
 from streams.contract.headers import ORDER_HEADER, header
-from streams.contract.rules import dutch_today
-from streams.exceptions import InvalidEvent
 from streams.kafka.clients import make_consumer
-from streams.routing.matching import SubscriptionIndex
-from streams.routing.subscriptions import Subscription, projection
 
 __all__ = [
-    "Matcher",
     "accepted_order",
     "consumer",
     "merged",
     "offsets_at",
     "oldest_kept",
-    "partitions",
 ]
 
 
 def consumer(settings: Settings) -> AIOKafkaConsumer:
     """A group-less reader for explicit partitions and offsets."""
     return make_consumer(settings, "replay-reader")
-
-
-async def partitions(reader: AIOKafkaConsumer, topics: Iterable[str]) -> list[TopicPartition]:
-    """Every partition of the topics that exist."""
-    # what `reader.topics()` fetches, kept: the reader's own cache knows no unassigned topic
-    cluster = await reader._client.fetch_all_metadata()
-    return [
-        TopicPartition(t, p)
-        for t in sorted(set(topics) & cluster.topics())
-        for p in sorted(cluster.partitions_for_topic(t) or ())
-    ]
 
 
 async def offsets_at(
@@ -142,28 +123,3 @@ def accepted_order(record: ConsumerRecord[bytes, bytes]) -> int:
     """The gate's acceptance order of an events-topic record (0 when it carries none)."""
     digits = header(record.headers, ORDER_HEADER) or b""
     return int(digits) if digits.isdigit() and len(digits) <= 20 else 0
-
-
-class Matcher:
-    """The subscription's current definition applied to events read from an events topic."""
-
-    def __init__(self, subscription: Subscription, key: bytes) -> None:
-        self.subscription, self._key = subscription, key
-        self._index = SubscriptionIndex([subscription])
-        self._today: date = dutch_today()
-
-    def match(self, record: ConsumerRecord[bytes, bytes]) -> CloudEvent | None:
-        """The event, projected, if the subscription receives it (undecodable: None)."""
-        headers = tuple((str(k), bytes(v)) for k, v in record.headers or ())
-        try:
-            event = codec.from_kafka(
-                codec.KafkaRecord(key=record.key, headers=headers, value=record.value or b"")
-            )
-        except InvalidEvent:
-            return None
-        person = None
-        if event.type in attributes.PERSON_TYPES:
-            person = attributes.pseudonym(str(event.data["bsn"]), self._key)
-        if not self._index.match(event, person, self._today):
-            return None
-        return event.with_data(projection(self.subscription, event.type)(event.data))

@@ -15,8 +15,7 @@ from streams.config import Settings
 from streams.contract import attributes, values
 from streams.delivery.log import DeliveryAttempt, decode_attempt
 from streams.kafka.clients import make_consumer
-from streams.kafka.topics import Topics
-from streams.kafka.window import partitions
+from streams.kafka.topics import Topics, partitions
 
 __all__ = ["PersonDelivery", "deliveries_of", "person_deliveries"]
 
@@ -52,7 +51,7 @@ async def _scan(
     await consumer.start()
     found: list[DeliveryAttempt] = []
     try:
-        parts = await partitions(consumer, [topic])
+        parts = await partitions(settings.kafka, [topic])
         if not parts:
             return found
         ends = await consumer.end_offsets(parts)

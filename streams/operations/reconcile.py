@@ -27,10 +27,10 @@ from aiokafka import TopicPartition
 from streams.config import Settings
 from streams.contract.headers import header_text
 from streams.delivery.log import decode_attempt
-from streams.kafka.clients import make_producer
-from streams.kafka.topics import Topics
-from streams.kafka.window import Matcher, consumer, merged, offsets_at, partitions
-from streams.operations.replay import audit
+from streams.kafka.topics import Topics, partitions
+from streams.kafka.window import consumer, merged, offsets_at
+from streams.operations.audit import record_action_once
+from streams.routing.matching import Matcher
 from streams.routing.store import SubscriptionStore
 
 __all__ = ["Reconciliation", "digest", "print_reconciliation", "reconcile"]
@@ -130,7 +130,7 @@ async def reconcile(
     await reader.start()
     try:
         wanted = {topics.events(t) for t in (*subscription.types, *types)}
-        tps = await partitions(reader, wanted)
+        tps = await partitions(settings.kafka, wanted)
         starts, ends = await offsets_at(reader, tps, start), await offsets_at(reader, tps, end)
         async for record in merged(reader, starts, ends):
             event = matcher.match(record)
@@ -151,18 +151,13 @@ async def reconcile(
         dead_lettered=frozenset((dead - delivered) & in_window),
         held=None if held_ids is None else frozenset(held_ids),
     )
-    producer = make_producer(settings, "reconcile-audit")
-    await producer.start()
-    try:
-        counts = {k: v for k, v in result.as_dict().items() if k in ("published", "delivered")}
-        await audit(
-            producer, topics, "reconcile", actor, subscription=sub_id,
-            window={"from": start.isoformat(), "to": end.isoformat()},
-            held=None if held_ids is None else len(held_ids), consistent=result.consistent,
-            **counts,
-        )  # fmt: skip
-    finally:
-        await producer.stop()
+    counts = {k: v for k, v in result.as_dict().items() if k in ("published", "delivered")}
+    await record_action_once(
+        settings, "reconcile", actor, subscription=sub_id,
+        window={"from": start.isoformat(), "to": end.isoformat()},
+        held=None if held_ids is None else len(held_ids), consistent=result.consistent,
+        **counts,
+    )  # fmt: skip
     return result
 
 
@@ -177,7 +172,7 @@ async def _delivery_log(
     reader = consumer(settings)
     await reader.start()
     try:
-        tps: list[TopicPartition] = await partitions(reader, [topics.deliveries])
+        tps: list[TopicPartition] = await partitions(settings.kafka, [topics.deliveries])
         starts, ends = await offsets_at(reader, tps, start), await offsets_at(reader, tps, None)
         async for record in merged(reader, starts, ends):
             if bytes(record.key or b"").decode("utf-8", "replace") != sub_id or not record.value:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -48,7 +47,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -57,11 +56,13 @@ from streams.contract import codec
 from streams.contract.headers import header_text
 from streams.exceptions import GemeentebusError
 from streams.kafka.clients import make_producer
-from streams.kafka.topics import Topics, bus_topics, create_topics
+from streams.kafka.topics import Topics, bus_topics, create_topics, partitions
+from streams.kafka.window import consumer, merged, offsets_at, oldest_kept
 
 # The window helpers moved to `streams.kafka.window`; re-exported here for existing importers.
-from streams.kafka.window import Matcher, consumer, merged, offsets_at, oldest_kept, partitions
+from streams.operations.audit import record_action
 from streams.operations.replay_log import ReplayLog, ReplayStatus
+from streams.routing.matching import Matcher
 from streams.routing.router import delivery_record
 from streams.routing.store import SubscriptionStore
 from streams.routing.subscriptions import Subscription
@@ -73,7 +74,6 @@ __all__ = [
     "ReplayRequest",
     "ReplayStatus",
     "Replayer",
-    "audit",
     "consumer",
     "merged",
     "offsets_at",
@@ -136,15 +136,6 @@ def tp_name(tp: TopicPartition) -> str:
 def _tp(name: str) -> TopicPartition:
     topic, _, partition = name.rpartition(":")
     return TopicPartition(topic, int(partition))
-
-
-async def audit(
-    producer: AIOKafkaProducer, topics: Topics, action: str, actor: str, **what: Any
-) -> None:
-    """Record an operator action in the audit topic (key: the subscription)."""
-    entry = {"action": action, "actor": actor, "at": datetime.now(UTC).isoformat(), **what}
-    key = str(what.get("subscription", "")).encode()
-    await (await producer.send(topics.audit, json.dumps(entry, default=str).encode(), key=key))
 
 
 class _Pace:
@@ -268,7 +259,7 @@ class Replayer:
         )
         self._mine[status.id] = status
         await self._save(status)
-        await audit(
+        await record_action(
             self._producer, self.topics, "replay", actor,
             subscription=subscription_id, replay=status.id, request=status.request,
         )  # fmt: skip
@@ -399,7 +390,7 @@ class Replayer:
         reader = consumer(self.settings)
         await reader.start()
         try:
-            tps = await partitions(reader, [self.topics.events(t) for t in types])
+            tps = await partitions(self.settings.kafka, [self.topics.events(t) for t in types])
             if request.from_offsets is not None or request.to_offsets is not None:
                 begins = dict(await reader.beginning_offsets(tps)) if tps else {}
                 starts = {**begins, **self._offsets(request.from_offsets)}

@@ -32,8 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streams.config import Settings
 from streams.kafka.clients import Producer
-from streams.kafka.topics import Topics
-from streams.kafka.window import consumer, partitions
+from streams.kafka.topics import Topics, partitions
+from streams.kafka.window import consumer
 from streams.retry import RetryPolicy
 
 __all__ = ["ReplayLog", "ReplayStatus", "State", "supersedes"]
@@ -122,7 +122,7 @@ class ReplayLog:
     async def start(self) -> None:
         await self._reader.start()
         try:
-            tps = await partitions(self._reader, [self.topic])
+            tps = await partitions(self.settings.kafka, [self.topic])
             self._reader.assign(tps)
             await self._reader.seek_to_beginning(*tps)
             for tp in tps:

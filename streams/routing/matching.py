@@ -4,7 +4,9 @@
 pairs their compiled filters pin (`Filter.pins`: every match carries one of them). An event
 looks up its own attribute values, so a thousand subscriptions for other gemeenten cost
 nothing; subscriptions without pins are checked with their compiled predicate. Volgindicaties
-add a followed person's events regardless of filters (SPEC §4).
+add a followed person's events regardless of filters (SPEC §4). A `Matcher` applies one
+subscription's *current* filters, volgindicaties and fields to records read back from an
+events topic (replays, reconciliation).
 """
 
 from __future__ import annotations
@@ -12,13 +14,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Final
 
+from aiokafka.structs import ConsumerRecord
+
+from streams.contract import attributes, codec
 from streams.contract.codec import format_time
 from streams.contract.envelope import CloudEvent
+from streams.contract.rules import dutch_today
+from streams.exceptions import InvalidEvent
 from streams.routing.filters import Pin
-from streams.routing.subscriptions import Subscription
+from streams.routing.subscriptions import Subscription, projection
 
-__all__ = ["SubscriptionIndex", "event_attributes"]
+__all__ = ["Matcher", "SubscriptionIndex", "event_attributes"]
+
+# An events-topic record was under the size limit when it was accepted: read it whole.
+_ANY_SIZE: Final = 1 << 62
 
 
 def event_attributes(event: CloudEvent) -> dict[str, str]:
@@ -179,3 +190,29 @@ def _pins(subscription: Subscription) -> frozenset[Pin] | None:
     if pins is None and subscription.source is not None:
         return frozenset({("source", subscription.source)})  # `source` is an exact match too
     return pins
+
+
+class Matcher:
+    """The subscription's current definition applied to events read from an events topic."""
+
+    def __init__(self, subscription: Subscription, key: bytes) -> None:
+        self.subscription, self._key = subscription, key
+        self._index = SubscriptionIndex([subscription])
+        self._today: date = dutch_today()
+
+    def match(self, record: ConsumerRecord[bytes, bytes]) -> CloudEvent | None:
+        """The event, projected, if the subscription receives it (unreadable or undecodable:
+        None; never raises)."""
+        read = codec.read_record(record.key, record.headers, record.value, max_bytes=_ANY_SIZE)
+        if isinstance(read, codec.Unreadable):
+            return None
+        try:
+            event = codec.from_kafka(read)
+        except InvalidEvent:
+            return None
+        person = None
+        if event.type in attributes.PERSON_TYPES:
+            person = attributes.pseudonym(str(event.data["bsn"]), self._key)
+        if not self._index.match(event, person, self._today):
+            return None
+        return event.with_data(projection(self.subscription, event.type)(event.data))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from streams.contract import codec
 from streams.contract.attributes import (
     OVERLEDEN,
     VERHUISD,
@@ -15,7 +19,7 @@ from streams.contract.attributes import (
     routing_attributes,
 )
 from streams.contract.envelope import CloudEvent
-from streams.routing.matching import SubscriptionIndex, event_attributes
+from streams.routing.matching import Matcher, SubscriptionIndex, event_attributes
 from streams.routing.subscriptions import Subscription
 
 KEY = b"test-pseudonym-key"
@@ -237,3 +241,32 @@ def test_one_volgindicatie_more_or_less_without_reindexing(index: SubscriptionIn
     assert ids(index.match(move(FOLLOWED[0], "0599", "0518"), person(FOLLOWED[0]), TODAY)) == [
         "brp-afnemer-alles"
     ]
+
+
+VECTORS = Path(__file__).parents[2] / "vectors"
+
+
+def _read_back(type_: str, **change: Any) -> Any:
+    """The test vector of a type as a consumer hands it out (key, headers as a list, value)."""
+    vector = json.loads((VECTORS / type_ / "event.json").read_text(encoding="utf-8"))
+    record = codec.to_kafka(codec.from_json(vector), key=b"k")
+    found = {"key": record.key, "headers": list(record.headers), "value": record.value}
+    return SimpleNamespace(**(found | change))
+
+
+def test_a_matcher_projects_what_its_subscription_receives_and_skips_the_rest() -> None:
+    matcher = Matcher(gemeente("0363"), KEY)  # the vector's move: from 0344 into 0363
+    found = matcher.match(_read_back(VERHUISD))
+    assert found is not None
+    assert found.data["bsn"] == "999993653"
+    assert Matcher(gemeente("0599"), KEY).match(_read_back(VERHUISD)) is None
+    assert matcher.match(_read_back(ZAAK_GEMUTEERD)) is None
+
+
+def test_a_matcher_skips_an_unreadable_record_and_never_raises() -> None:
+    matcher = Matcher(gemeente("0363"), KEY)
+    good = _read_back(VERHUISD)
+    null_header = [(name, None if name == "ce_id" else value) for name, value in good.headers]
+    assert matcher.match(_read_back(VERHUISD, headers=null_header)) is None
+    assert matcher.match(_read_back(VERHUISD, value=None)) is None
+    assert matcher.match(_read_back(VERHUISD, value=b"\xff")) is None
