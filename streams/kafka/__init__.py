@@ -1,7 +1,8 @@
-"""Kafka as the bus uses it: clients, topics, the partitioner, headers and topic readers.
+"""Kafka as the bus uses it: clients, topics, the partitioner and topic readers.
 
-The Faust application and the one producer wrapper every role shares (`clients`), the bus's
-topics and their checks (`topics`), the default partitioner (`partitioner`), the header names
-and the one way to read a header or list a topic's partitions (`headers`), the cluster watch
-(`watch`) and windows of the events topics (`window`). Knows the contract, nothing of routing.
+The client factories every role shares (`clients`: the Faust app, the idempotent producer
+wrapper, consumers, the admin client), the bus's topics, their checks and the one way to list
+a topic's partitions (`topics`), the default partitioner (`partitioner`), the cluster watch
+(`watch`) and windows of the events topics (`window`). Header names and reading a header
+belong to the contract (`streams.contract.headers`). Knows the contract, nothing of routing.
 """
