@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import secrets
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
@@ -34,7 +33,15 @@ from streams.contract.codec import STRUCTURED_CONTENT_TYPE
 from streams.contract.schemas import registry
 from streams.contract.values import elfproef
 from streams.exceptions import KafkaUnavailable
-from streams.http.api import AUTHENTICATOR, _Failure, _json, _read, answering
+from streams.http.kit import (
+    AUTHENTICATOR,
+    Failure,
+    answering,
+    caller,
+    dump_json,
+    parse_json,
+    read_body,
+)
 from streams.routing.filters import DIALECTS, InvalidFilter
 from streams.routing.store import SubscriptionStore
 from streams.routing.subscriptions import MASK, Subscription, new_subscription_id, schema_fields
@@ -63,8 +70,6 @@ SERVER_FIELDS: Final = frozenset(
 )
 # Standard Webhooks: at least 24 random bytes; 32 is what most senders use.
 _SECRET_BYTES: Final = 32
-
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def new_signing_secret() -> str:
@@ -189,10 +194,6 @@ class _Volgindicatie(BaseModel):
     einddatum: date | None = None
 
 
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 class _Subscriptions:
     """The handlers, over one store and the API's authenticator."""
 
@@ -293,7 +294,7 @@ class _Subscriptions:
     # -- helpers --------------------------------------------------------------------------------
 
     def _caller(self, request: web.Request) -> Client:
-        client = self.auth.authenticate(request.headers.get(hdrs.AUTHORIZATION))
+        client = caller(request)
         if client.subscribe is None and not client.operator:
             raise Forbidden("not_a_subscriber", f"client {client.id} may not subscribe")
         return client
@@ -308,7 +309,7 @@ class _Subscriptions:
             await self.store.sync()
             subscription = self.store.get(request.match_info["id"])
         if subscription is None:
-            raise _Failure(404, "not_found", "no such subscription")
+            raise Failure(404, "not_found", "no such subscription")
         if subscription.owner != client.id and not client.operator:
             message = f"client {client.id} does not own this subscription"
             raise Forbidden("not_the_owner", message)
@@ -319,25 +320,25 @@ class _Subscriptions:
         if not elfproef(bsn):
             message = "not a BSN: 9 digits that pass the elfproef"
             error = {"path": "bsn", "code": "invalid_bsn", "message": message}
-            raise _Failure(400, "invalid_bsn", message, [error])
+            raise Failure(400, "invalid_bsn", message, [error])
         return pseudonym(bsn, self.key)
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        raw = await _read(request, self.max_body)
+        raw = await read_body(request, self.max_body)
         try:
-            body = _json(raw)
+            body = parse_json(raw)
         except ValueError:
             error = {"path": "", "code": "invalid_json", "message": "not UTF-8 JSON"}
-            raise _Failure(400, "invalid_json", "the body is not UTF-8 JSON", [error]) from None
+            raise Failure(400, "invalid_json", "the body is not UTF-8 JSON", [error]) from None
         if not isinstance(body, dict):
             error = {"path": "", "code": "invalid_body", "message": "expected a JSON object"}
-            raise _Failure(400, "invalid_body", "expected a JSON object", [error])
+            raise Failure(400, "invalid_body", "expected a JSON object", [error])
         return body
 
     async def _einddatum(self, request: web.Request) -> date | None:
         if not request.can_read_body:
             return None
-        raw = await _read(request, self.max_body)
+        raw = await read_body(request, self.max_body)
         if not raw.strip():
             return None
         try:
@@ -345,7 +346,7 @@ class _Subscriptions:
         except ValidationError as exc:
             errors = validation_errors(exc, {})
             message = "expected {einddatum: YYYY-MM-DD}"
-            raise _Failure(400, "invalid_volgindicatie", message, errors) from None
+            raise Failure(400, "invalid_volgindicatie", message, errors) from None
 
     @staticmethod
     def _validate(body: Mapping[str, Any], server: Mapping[str, Any]) -> Subscription:
@@ -355,7 +356,7 @@ class _Subscriptions:
         except ValidationError as exc:
             errors = validation_errors(exc, given)
             message = f"{len(errors)} errors in the subscription; nothing stored"
-            raise _Failure(400, "invalid_subscription", message, errors) from None
+            raise Failure(400, "invalid_subscription", message, errors) from None
 
     async def _callback_check(self, subscription: Subscription) -> None:
         """POST a test event to an HTTP sink; anything but a 2xx answer is a 400."""
@@ -380,18 +381,18 @@ class _Subscriptions:
             async with (
                 aiohttp.ClientSession(timeout=timeout) as session,
                 session.post(
-                    subscription.sink, data=_dumps(event), headers=headers, allow_redirects=False
+                    subscription.sink, data=dump_json(event), headers=headers, allow_redirects=False
                 ) as response,
             ):
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             message = f"the sink did not answer the callback check ({type(exc).__name__})"
             error = {"path": "sink", "code": "callback_check_failed", "message": message}
-            raise _Failure(400, "callback_check_failed", message + advice, [error]) from None
+            raise Failure(400, "callback_check_failed", message + advice, [error]) from None
         if not 200 <= status < 300:
             message = f"the sink answered the callback check with HTTP {status}"
             error = {"path": "sink", "code": "callback_check_failed", "message": message}
-            raise _Failure(400, "callback_check_failed", message + advice, [error])
+            raise Failure(400, "callback_check_failed", message + advice, [error])
 
     async def _write(self, write: Awaitable[object]) -> None:
         """Wait for a store write to be durable and visible here, or answer 503."""
@@ -401,7 +402,7 @@ class _Subscriptions:
         except (KafkaError, KafkaUnavailable, TimeoutError) as exc:
             log.warning("the subscription store did not confirm a write: %s", type(exc).__name__)
             message = "the broker did not confirm in time; GET to see whether the change holds"
-            raise _Failure(503, "kafka_unavailable", message) from exc
+            raise Failure(503, "kafka_unavailable", message) from exc
 
 
 def _unmasked(body: dict[str, Any], existing: Subscription) -> dict[str, Any]:
