@@ -171,9 +171,6 @@ class _Subscriptions:
             raise Forbidden("not_a_subscriber", f"client {client.id} may not subscribe")
         return client
 
-    def _owner(self, subscription: Subscription) -> Client | None:
-        return client_of(self.settings, subscription.owner)
-
     async def _own(self, request: web.Request, client: Client) -> Subscription:
         subscription = self.store.get(request.match_info["id"])
         if subscription is None:
