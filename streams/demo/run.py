@@ -255,7 +255,7 @@ async def _send_kafka(settings: Settings, events: list[tuple[bool, CloudEvent]])
 def _metric_totals() -> tuple[Counter[str], Counter[str]]:
     accepted: Counter[str] = Counter()
     rejected: Counter[str] = Counter()
-    for family in metrics.bus().registry.collect():
+    for family in metrics.metrics().registry.collect():
         for sample in family.samples:
             if sample.name == "gemeentebus_events_accepted_total":
                 accepted[sample.labels["type"]] += int(sample.value)

@@ -16,10 +16,9 @@ Responses, logs and metrics carry codes, paths, types and client ids, never even
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote
@@ -35,6 +34,19 @@ from streams.contract import codec
 from streams.contract.attributes import ZAAK_GEMUTEERD
 from streams.exceptions import FieldError, InvalidEvent, KafkaUnavailable, RoutingFailed
 from streams.health import Health, add_health_routes
+from streams.http.audit import add_audit_routes
+from streams.http.kit import (
+    AUTHENTICATOR,
+    RETRY_AFTER_S,
+    Failure,
+    dump_json,
+    error_response,
+    internal_errors,
+    parse_json,
+    read_body,
+)
+from streams.http.operations import add_operation_routes
+from streams.http.subscriptions import add_subscription_routes
 from streams.ingress import metrics
 from streams.ingress.gate import Accepted, Gate, Rejected
 from streams.kafka.clients import Producer, send_all
@@ -45,14 +57,7 @@ from streams.routing.worker import outputs_for, produce
 if TYPE_CHECKING:
     from streams.routing.store import SubscriptionStore
 
-__all__ = [
-    "AUTHENTICATOR",
-    "BATCH_BODY_FACTOR",
-    "MAX_BATCH_EVENTS",
-    "METRICS_CONTENT_TYPE",
-    "answering",
-    "make_api",
-]
+__all__ = ["BATCH_BODY_FACTOR", "MAX_BATCH_EVENTS", "METRICS_CONTENT_TYPE", "make_api"]
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +66,7 @@ MAX_BATCH_EVENTS: Final = 1000
 # A batch body may be this many times `max_event_bytes` (4 MiB with the default 64 KiB).
 BATCH_BODY_FACTOR: Final = 64
 METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-# Later endpoints (subscriptions, replays) authenticate with the same clients.
-AUTHENTICATOR: Final = web.AppKey("authenticator", Authenticator)
 _MODES: Final = (codec.STRUCTURED_CONTENT_TYPE, codec.BATCH_CONTENT_TYPE, codec.JSON_CONTENT_TYPE)
-_RETRY_AFTER_S: Final = "5"
-
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class _Failure(Exception):
-    """Any answer but success: status, stable code, why, and per-event errors."""
-
-    def __init__(
-        self, status: int, code: str, message: str, errors: Iterable[dict[str, Any]] = ()
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.errors = status, code, message, list(errors)
 
 
 @dataclass(slots=True)
@@ -97,48 +87,8 @@ def _error(index: int | None, e: FieldError) -> dict[str, Any]:
     return {"index": index, "path": e.path, "code": e.code, "message": e.message}
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError("NaN and Infinity are not JSON")
-
-
-def _json(body: bytes) -> Any:
-    """Parsed JSON, or `ValueError`."""
-    try:
-        return json.loads(body, parse_constant=_no_constant)
-    except RecursionError as exc:
-        raise ValueError("nested too deeply") from exc
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
-
-
-async def _read(request: web.Request, limit: int) -> bytes:
-    """The body, or a 413 as soon as it is known to be over `limit` bytes."""
-    too_large = _Failure(413, "payload_too_large", f"the body is over {limit} bytes")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _reply(status: int, code: str, message: str, errors: list[dict[str, Any]]) -> web.Response:
-    body: dict[str, Any] = {"status": status, "code": code, "message": message}
-    if errors or status == 400:
-        body["errors"] = errors
-    headers = {"Retry-After": _RETRY_AFTER_S} if status == 503 else None
-    if status == 401:
-        headers = {"WWW-Authenticate": 'Bearer realm="gemeentebus"'}
-    return web.json_response(body, status=status, headers=headers)
 
 
 def _producer_running(producer: Producer) -> bool:
@@ -178,9 +128,9 @@ class _Api:
             media = request.content_type
             if media not in _MODES:
                 message = f"use {', '.join(_MODES)}"
-                raise _Failure(415, codec.UNSUPPORTED_MEDIA_TYPE, message)
+                raise Failure(415, codec.UNSUPPORTED_MEDIA_TYPE, message)
             limit = self.max_event * (BATCH_BODY_FACTOR if media == codec.BATCH_CONTENT_TYPE else 1)
-            inputs = self._inputs(request, media, await _read(request, limit))
+            inputs = self._inputs(request, media, await read_body(request, limit))
             self._authorize(client, inputs)
             for item in inputs:
                 self._judge(item)
@@ -189,16 +139,16 @@ class _Api:
                 errors = [_error(i.index, e) for i in inputs for e in i.errors]
                 count = sum(1 for i in inputs if i.errors)
                 message = f"{len(errors)} errors in {count} of {len(inputs)} events; none published"
-                raise _Failure(400, "invalid_event", message, errors)
+                raise Failure(400, "invalid_event", message, errors)
             accepted = [i.accepted for i in inputs if i.accepted is not None]
             await self._publish(accepted)
         except AuthError as exc:
             metrics.observe(event_type=None, via=VIA, code=exc.code)
-            return _reply(exc.status, exc.code, exc.message, [])
-        except _Failure as failure:
+            return error_response(exc.status, exc.code, exc.message, [])
+        except Failure as failure:
             if failure.status != 400 and failure.status < 500:  # 400s are counted per event
                 metrics.observe(event_type=None, via=VIA, code=failure.code)
-            return _reply(failure.status, failure.code, failure.message, failure.errors)
+            return error_response(failure.status, failure.code, failure.message, failure.errors)
         metrics.observe_batch(accepted, VIA, time.perf_counter() - started)
         log.info("client %s published %d events over HTTP", client.id, len(accepted))
         return web.json_response({"ids": [a.event.id for a in accepted]}, status=202)
@@ -213,7 +163,7 @@ class _Api:
             )
             return [_Input(0, body, media, headers=headers, claimed=(claimed[0], claimed[1]))]
         try:
-            parsed = _json(body)
+            parsed = parse_json(body)
         except ValueError:
             error = FieldError("body", "invalid_json", "not UTF-8 JSON")
             return [
@@ -228,8 +178,8 @@ class _Api:
             return [_Input(None, body, media, errors=[error])]
         if len(parsed) > MAX_BATCH_EVENTS:
             message = f"a batch holds at most {MAX_BATCH_EVENTS} events"
-            raise _Failure(413, "batch_too_large", message)
-        inputs = [self._structured(i, _dumps(obj), obj) for i, obj in enumerate(parsed)]
+            raise Failure(413, "batch_too_large", message)
+        inputs = [self._structured(i, dump_json(obj), obj) for i, obj in enumerate(parsed)]
         large = [i for i in inputs if len(i.value) > self.max_event]
         if large:
             message = f"events over {self.max_event} bytes"
@@ -237,7 +187,7 @@ class _Api:
                 {"index": i.index, "path": "", "code": "event_too_large", "message": message}
                 for i in large
             ]
-            raise _Failure(413, "event_too_large", f"{len(large)} {message}", errors)
+            raise Failure(413, "event_too_large", f"{len(large)} {message}", errors)
         return inputs
 
     @staticmethod
@@ -263,7 +213,7 @@ class _Api:
                 )
                 metrics.observe(event_type=event_type, via=VIA, code=exc.code)
         if errors:
-            raise _Failure(403, errors[0]["code"], errors[0]["message"], errors)
+            raise Failure(403, errors[0]["code"], errors[0]["message"], errors)
 
     def _judge(self, item: _Input) -> None:
         """Decode and validate one input; its errors or its accepted record."""
@@ -323,11 +273,11 @@ class _Api:
             log.error("%s; %d events not accepted, nothing published", exc, len(accepted))
             metrics.observe(event_type=None, via=VIA, code="routing_failed")
             message = "the bus failed to route these events; nothing is accepted, send it again"
-            raise _Failure(500, "routing_failed", message) from exc
+            raise Failure(500, "routing_failed", message) from exc
         except (KafkaError, KafkaUnavailable, TimeoutError) as exc:
             log.warning("broker did not confirm %d records: %s", len(accepted), type(exc).__name__)
             message = "the broker did not confirm in time; nothing is accepted, send it again"
-            raise _Failure(503, "kafka_unavailable", message) from exc
+            raise Failure(503, "kafka_unavailable", message) from exc
 
     # -- POST /api/v1/notificaties ----------------------------------------------------------
 
@@ -338,8 +288,8 @@ class _Api:
             client = self.auth.authenticate(request.headers.get(hdrs.AUTHORIZATION))
             self.auth.authorize_publish(client, ZAAK_GEMUTEERD, None)
             if request.content_type != codec.JSON_CONTENT_TYPE:
-                raise _Failure(415, "unsupported_media_type", "use application/json")
-            body = await _read(request, self.max_event)
+                raise Failure(415, "unsupported_media_type", "use application/json")
+            body = await read_body(request, self.max_event)
             item = _Input(0, body, codec.JSON_CONTENT_TYPE)
             accepted = self._notificatie(client, item)
             if accepted is None:
@@ -355,11 +305,11 @@ class _Api:
             metrics.observe(event_type=ZAAK_GEMUTEERD, via=VIA, code=exc.code)
             problem = zgw.problem(exc.status, exc.code, exc.message, base_url=base_url)
             return web.json_response(problem, status=exc.status)
-        except _Failure as failure:
+        except Failure as failure:
             if failure.status < 500:
                 metrics.observe(event_type=ZAAK_GEMUTEERD, via=VIA, code=failure.code)
             problem = zgw.problem(failure.status, failure.code, failure.message, base_url=base_url)
-            headers = {"Retry-After": _RETRY_AFTER_S} if failure.status == 503 else None
+            headers = {"Retry-After": RETRY_AFTER_S} if failure.status == 503 else None
             return web.json_response(problem, status=failure.status, headers=headers)
         metrics.observe_batch([accepted], VIA, time.perf_counter() - started)
         log.info("client %s published a notificatie as event %s", client.id, accepted.event.id)
@@ -368,7 +318,7 @@ class _Api:
     def _notificatie(self, client: Client, item: _Input) -> Accepted | None:
         """The accepted event of a notificatie, or None with `item.errors` filled in."""
         try:
-            item.parsed = _json(item.value)
+            item.parsed = parse_json(item.value)
         except ValueError:
             item.errors = [FieldError("nonFieldErrors", "parse_error", "not UTF-8 JSON")]
             return None
@@ -397,39 +347,6 @@ class _Api:
         return web.Response(body=metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
-def _route(request: web.Request) -> str:
-    # The route's pattern, never the path: a path may hold a BSN (volgindicaties).
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "?"
-
-
-@web.middleware
-async def _internal_errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
-    """An unexpected error answers a bare 500: no stack trace, no input echoed."""
-    try:
-        return await handler(request)
-    except web.HTTPException:
-        raise
-    except Exception:
-        log.exception("internal error on %s %s", request.method, _route(request))
-        body = {"status": 500, "code": "internal_error", "message": "internal error"}
-        return web.json_response(body, status=500)
-
-
-def answering(handler: _Handler) -> _Handler:
-    """A route handler whose `AuthError`s and failures become JSON answers (401/403/4xx/5xx)."""
-
-    async def answer(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except AuthError as exc:
-            return _reply(exc.status, exc.code, exc.message, [])
-        except _Failure as failure:
-            return _reply(failure.status, failure.code, failure.message, failure.errors)
-
-    return answer
-
-
 def make_api(
     settings: Settings,
     *,
@@ -452,9 +369,9 @@ def make_api(
         produce_timeout_s if produce_timeout_s is not None else settings.kafka.request_timeout_s
     )
     api = _Api(settings, producer, timeout, auth, store)
-    # aiohttp's own limit backs up `_read`'s: never buffer more than a full batch.
+    # aiohttp's own limit backs up `read_body`'s: never buffer more than a full batch.
     app = web.Application(
-        middlewares=[_internal_errors],
+        middlewares=[internal_errors],
         client_max_size=settings.http.max_event_bytes * BATCH_BODY_FACTOR,
     )
     app[AUTHENTICATOR] = auth
@@ -466,10 +383,6 @@ def make_api(
         health = Health()
         health.started("api")
     add_health_routes(app, health, liveness=False)  # GET /ready
-    from streams.http.audit import add_audit_routes
-    from streams.http.operations import add_operation_routes
-    from streams.http.subscriptions import add_subscription_routes  # it builds on this module
-
     add_subscription_routes(app, settings=settings, store=store)
     add_operation_routes(app, settings=settings, store=store)
     add_audit_routes(app, settings=settings, store=store)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from streams.auth import Client, Forbidden
 from streams.config import Settings
 from streams.delivery.dlq import list_dead_letters, redrive
-from streams.http.api import AUTHENTICATOR, _Failure, _json, _read, answering
+from streams.http.kit import AUTHENTICATOR, Failure, answering, caller, parse_json, read_body
 from streams.operations.audit import record_action_once
 from streams.operations.logboek import deliveries_of, person_deliveries
 from streams.routing.store import SubscriptionStore
@@ -32,35 +32,35 @@ def add_audit_routes(app: web.Application, *, settings: Settings, store: Subscri
     """Mount the audit routes on an API app built by `make_api`."""
 
     async def deliveries(request: web.Request) -> web.Response:
-        client = request.app[AUTHENTICATOR].authenticate(request.headers.get(hdrs.AUTHORIZATION))
+        client = caller(request)
         subscription = _own(client, request)
         try:
             limit = min(int(request.query.get("limit", "100")), _MAX_LIMIT)
         except ValueError:
-            raise _Failure(400, "invalid_limit", "limit is a whole number") from None
+            raise Failure(400, "invalid_limit", "limit is a whole number") from None
         attempts = await deliveries_of(settings, subscription.id, limit=max(limit, 1))
         return web.json_response({"deliveries": [a.as_dict() for a in attempts]})
 
     async def person(request: web.Request) -> web.Response:
         auth = request.app[AUTHENTICATOR]
-        client = auth.authenticate(request.headers.get(hdrs.AUTHORIZATION))
+        client = caller(request)
         auth.require_operator(client)
         try:
-            body = _json(await _read(request, 4096))
+            body = parse_json(await read_body(request, 4096))
         except ValueError:
-            raise _Failure(400, "invalid_json", "the body is not UTF-8 JSON") from None
+            raise Failure(400, "invalid_json", "the body is not UTF-8 JSON") from None
         bsn = body.get("bsn") if isinstance(body, dict) else None
         if not isinstance(bsn, str):
-            raise _Failure(400, "invalid_body", 'expected {"bsn": "<9 digits>"}')
+            raise Failure(400, "invalid_body", 'expected {"bsn": "<9 digits>"}')
         try:
             found = await person_deliveries(settings, bsn)
         except ValueError:
-            raise _Failure(400, "invalid_bsn", "not a BSN (9 digits, elfproef)") from None
+            raise Failure(400, "invalid_bsn", "not a BSN (9 digits, elfproef)") from None
         await record_action_once(settings, "person_audit", client.id, results=len(found))
         return web.json_response({"deliveries": [asdict(d) for d in found]})
 
     async def dead_letters(request: web.Request) -> web.Response:
-        client = request.app[AUTHENTICATOR].authenticate(request.headers.get(hdrs.AUTHORIZATION))
+        client = caller(request)
         subscription = _own(client, request)
         letters = await list_dead_letters(settings, subscription.id)
         return web.json_response(
@@ -73,7 +73,7 @@ def add_audit_routes(app: web.Application, *, settings: Settings, store: Subscri
 
     async def redrive_letters(request: web.Request) -> web.Response:
         auth = request.app[AUTHENTICATOR]
-        client = auth.authenticate(request.headers.get(hdrs.AUTHORIZATION))
+        client = caller(request)
         auth.require_operator(client)
         subscription = _own(client, request)
         count = await redrive(settings, subscription.id, purpose=subscription.purpose)
@@ -85,7 +85,7 @@ def add_audit_routes(app: web.Application, *, settings: Settings, store: Subscri
     def _own(client: Client, request: web.Request) -> Subscription:
         subscription = store.get(request.match_info["id"])
         if subscription is None:
-            raise _Failure(404, "not_found", "no such subscription")
+            raise Failure(404, "not_found", "no such subscription")
         if not client.operator and subscription.owner != client.id:
             raise Forbidden("not_the_owner", f"client {client.id} does not own this subscription")
         return subscription

@@ -27,7 +27,7 @@ from pydantic import TypeAdapter, ValidationError
 from streams.auth import Client, Forbidden
 from streams.config import Settings
 from streams.contract.headers import header_text
-from streams.http.api import AUTHENTICATOR, _Failure, _json, _read, answering
+from streams.http.kit import AUTHENTICATOR, Failure, answering, caller, parse_json, read_body
 from streams.kafka.topics import partitions
 from streams.kafka.window import consumer, merged, offsets_at
 from streams.operations.reconcile import reconcile
@@ -49,7 +49,7 @@ def _time(value: str | None, name: str) -> datetime:
     except ValidationError:
         parsed = None
     if parsed is None or parsed.utcoffset() is None:
-        raise _Failure(400, "invalid_time", f"{name}: an RFC 3339 time with a zone is required")
+        raise Failure(400, "invalid_time", f"{name}: an RFC 3339 time with a zone is required")
     return parsed
 
 
@@ -64,7 +64,7 @@ def _positions(cursor: str, topic: str) -> dict[TopicPartition, int]:
         raw = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
         found = {TopicPartition(topic, int(k.rpartition(":")[2])): int(v) for k, v in raw.items()}
     except (ValueError, TypeError, AttributeError):
-        raise _Failure(400, "invalid_cursor", "after: not a cursor this API gave") from None
+        raise Failure(400, "invalid_cursor", "after: not a cursor this API gave") from None
     return found
 
 
@@ -75,23 +75,23 @@ class _Operations:
 
     def _subscription(self, request: web.Request, *, operator: bool) -> tuple[Client, Subscription]:
         auth = request.app[AUTHENTICATOR]
-        client = auth.authenticate(request.headers.get(hdrs.AUTHORIZATION))
+        client = caller(request)
         if operator:
             auth.require_operator(client)
         subscription = self.store.get(request.match_info["id"])
         if subscription is None:
-            raise _Failure(404, "not_found", "no such subscription")
+            raise Failure(404, "not_found", "no such subscription")
         if not client.operator and subscription.owner != client.id:
             raise Forbidden("not_the_owner", f"client {client.id} does not own this subscription")
         return client, subscription
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         try:
-            body = _json(await _read(request, self.max_body))
+            body = parse_json(await read_body(request, self.max_body))
         except ValueError:
-            raise _Failure(400, "invalid_json", "the body is not UTF-8 JSON") from None
+            raise Failure(400, "invalid_json", "the body is not UTF-8 JSON") from None
         if not isinstance(body, dict):
-            raise _Failure(400, "invalid_body", "expected a JSON object")
+            raise Failure(400, "invalid_body", "expected a JSON object")
         return body
 
     # -- replays ------------------------------------------------------------------------------
@@ -106,15 +106,15 @@ class _Operations:
                 {"path": ".".join(map(str, e["loc"])), "code": e["type"], "message": e["msg"]}
                 for e in exc.errors(include_url=False, include_input=False)
             ]
-            raise _Failure(400, "invalid_replay", "not a replay request", errors) from None
+            raise Failure(400, "invalid_replay", "not a replay request", errors) from None
         try:
             status = await self.app[REPLAYER].submit(
                 subscription.id, replay_request, actor=client.id
             )
         except BeyondRetention as exc:
-            raise _Failure(400, "beyond_retention", str(exc)) from None
+            raise Failure(400, "beyond_retention", str(exc)) from None
         except ReplayError as exc:
-            raise _Failure(409, "replay_refused", str(exc)) from None
+            raise Failure(409, "replay_refused", str(exc)) from None
         location = {hdrs.LOCATION: f"/subscriptions/{subscription.id}/replays/{status.id}"}
         return web.json_response(status.public_dict(), status=202, headers=location)
 
@@ -122,7 +122,7 @@ class _Operations:
         _, subscription = self._subscription(request, operator=True)
         status = self.app[REPLAYER].status(request.match_info["replay_id"])
         if status is None or status.subscription != subscription.id:
-            raise _Failure(404, "not_found", "no such replay of this subscription")
+            raise Failure(404, "not_found", "no such replay of this subscription")
         return web.json_response(status.public_dict())
 
     # -- reconciliation -----------------------------------------------------------------------
@@ -135,13 +135,13 @@ class _Operations:
             start, end = _time(body.get("from"), "from"), _time(body.get("to"), "to")
             ids = body.get("held")
             if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-                raise _Failure(400, "invalid_held", "held: a list of event ids")
+                raise Failure(400, "invalid_held", "held: a list of event ids")
             held = set(ids)
         else:
             query = request.query
             start, end = _time(query.get("from"), "from"), _time(query.get("to"), "to")
         if end <= start:
-            raise _Failure(400, "invalid_window", "to must be after from")
+            raise Failure(400, "invalid_window", "to must be after from")
         result = await reconcile(
             self.settings, self.store, subscription.id, start, end, held, actor=client.id
         )
@@ -154,9 +154,9 @@ class _Operations:
         try:
             limit = int(request.query.get("limit", DEFAULT_LIMIT))
         except ValueError:
-            raise _Failure(400, "invalid_limit", "limit: a whole number") from None
+            raise Failure(400, "invalid_limit", "limit: a whole number") from None
         if not 1 <= limit <= MAX_LIMIT:
-            raise _Failure(400, "invalid_limit", f"limit: 1 to {MAX_LIMIT}")
+            raise Failure(400, "invalid_limit", f"limit: 1 to {MAX_LIMIT}")
         topic = self.store.topics.deliver(subscription.id)
         after = request.query.get("after")
         reader = consumer(self.settings)
@@ -201,9 +201,7 @@ class _Operations:
             if header_text(record.headers, "ce_id") == after:
                 last = record
         if last is None:
-            raise _Failure(
-                404, "unknown_event", "after: no such event in this subscription's topic"
-            )
+            raise Failure(404, "unknown_event", "after: no such event in this subscription's topic")
         # the merge order is (timestamp, partition): after `last` in every partition
         starts = {}
         for tp in tps:

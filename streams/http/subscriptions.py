@@ -11,13 +11,10 @@ is kept only as its pseudonym and never answered, logged or echoed.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
-import secrets
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
@@ -25,160 +22,40 @@ import aiohttp
 from aiohttp import hdrs, web
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, ValidationError
-from pydantic.alias_generators import to_camel
 
 from streams.auth import Authenticator, Client, Forbidden
 from streams.config import Settings
 from streams.contract.attributes import pseudonym
 from streams.contract.codec import STRUCTURED_CONTENT_TYPE
-from streams.contract.schemas import registry
 from streams.contract.values import elfproef
 from streams.exceptions import KafkaUnavailable
-from streams.http.api import AUTHENTICATOR, _Failure, _json, _read, answering
-from streams.routing.filters import DIALECTS, InvalidFilter
+from streams.http.kit import (
+    AUTHENTICATOR,
+    Failure,
+    answering,
+    caller,
+    dump_json,
+    parse_json,
+    read_body,
+)
+from streams.routing.intake import (
+    check_purpose,
+    client_of,
+    new_signing_secret,
+    purpose_of,
+    server_owned,
+    validation_errors,
+)
 from streams.routing.store import SubscriptionStore
-from streams.routing.subscriptions import MASK, Subscription, new_subscription_id, schema_fields
+from streams.routing.subscriptions import MASK, Subscription, new_subscription_id
 
-__all__ = [
-    "CALLBACK_CHECK_TIMEOUT_S",
-    "CALLBACK_CHECK_TYPE",
-    "SERVER_FIELDS",
-    "add_subscription_routes",
-    "check_purpose",
-    "client_of",
-    "new_signing_secret",
-    "purpose_of",
-    "server_owned",
-    "validation_errors",
-]
+__all__ = ["CALLBACK_CHECK_TIMEOUT_S", "CALLBACK_CHECK_TYPE", "add_subscription_routes"]
 
 log = logging.getLogger(__name__)
 
 CALLBACK_CHECK_TYPE: Final = "nl.gemeentebus.callback-check"
 CALLBACK_CHECK_SOURCE: Final = "urn:gemeentebus:callback-check"
 CALLBACK_CHECK_TIMEOUT_S: Final = 5.0
-# Set by the bus, never by a client: ignored in a body, so a GET answer can be PUT back.
-SERVER_FIELDS: Final = frozenset(
-    {"id", "owner", "purpose", "created", "status", "volgindicaties", "signingSecret"}
-)
-# Standard Webhooks: at least 24 random bytes; 32 is what most senders use.
-_SECRET_BYTES: Final = 32
-
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def new_signing_secret() -> str:
-    """A fresh Standard Webhooks signing secret: `whsec_` and base64 of 32 random bytes."""
-    return "whsec_" + base64.b64encode(secrets.token_bytes(_SECRET_BYTES)).decode("ascii")
-
-
-def purpose_of(client: Client) -> str:
-    """The purpose a client's subscriptions are bound to: its configured one, or its id."""
-    if client.subscribe is not None and client.subscribe.purpose:
-        return client.subscribe.purpose
-    return client.id
-
-
-def client_of(settings: Settings, client_id: str) -> Client | None:
-    """The configured client with this id (its grants), or None."""
-    for config in settings.clients:
-        if config.id == client_id:
-            return Client(
-                id=config.id,
-                via="token",
-                publish=config.publish,
-                subscribe=config.subscribe,
-                operator=config.operator,
-            )
-    return None
-
-
-def check_purpose(auth: Authenticator, owner: Client, types: object) -> None:
-    """`Forbidden` naming the first type outside the owner's purpose binding.
-
-    An operator without a subscribe grant has no binding; malformed `types` are left to
-    validation.
-    """
-    if not isinstance(types, list | tuple) or not all(isinstance(t, str) for t in types):
-        return
-    if owner.subscribe is None and owner.operator:
-        return
-    for event_type in types:
-        auth.authorize_subscribe(owner, event_type)
-
-
-def server_owned(key: str) -> bool:
-    """Whether a body key names a field only the bus sets (in camelCase or snake_case)."""
-    return to_camel(key) in SERVER_FIELDS
-
-
-def validation_errors(exc: ValidationError, body: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Field-level errors (`path`, `code`, `message`) of a rejected subscription.
-
-    No message repeats a value from the input: unknown types and fields are named by their
-    position (`types[1]`, `fields[0]`), filters by the path the filter compiler reports.
-    """
-    errors: list[dict[str, Any]] = []
-    for error in exc.errors(include_url=False, include_input=False):
-        loc: tuple[int | str, ...] = tuple(error["loc"])
-        message = str(error["msg"]).removeprefix("Value error, ")
-        cause = error.get("ctx", {}).get("error")
-        if loc == ("types",) and message.startswith("unknown event type"):
-            errors.extend(_unknown_types(body.get("types")))
-        elif loc:
-            errors.append({"path": _path(loc), "code": error["type"], "message": message})
-        elif isinstance(cause, InvalidFilter):
-            errors.append(_filter_error(cause))
-        elif message.startswith("fields: "):
-            errors.extend(_unknown_fields(body.get("fields"), body.get("types")))
-        else:
-            field, sep, rest = message.partition(": ")
-            known = sep and field.isidentifier()
-            errors.append(
-                {
-                    "path": field if known else "",
-                    "code": "invalid_subscription",
-                    "message": rest if known else message,
-                }
-            )
-    return errors
-
-
-def _path(loc: Iterable[int | str]) -> str:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
-    return path
-
-
-def _filter_error(cause: InvalidFilter) -> dict[str, Any]:
-    if cause.reason.startswith("unknown filter dialect"):
-        message = f"unknown filter dialect; expected one of {', '.join(DIALECTS)}"
-        return {"path": cause.path, "code": "unknown_dialect", "message": message}
-    code = "unknown_attribute" if cause.reason.startswith("unknown attribute") else "invalid_filter"
-    return {"path": cause.path, "code": code, "message": cause.reason}
-
-
-def _unknown_types(types: object) -> list[dict[str, Any]]:
-    known = registry().types()
-    listed = types if isinstance(types, list | tuple) else []
-    return [
-        {"path": f"types[{i}]", "code": "unknown_type", "message": "the bus knows no such type"}
-        for i, event_type in enumerate(listed)
-        if event_type not in known
-    ]
-
-
-def _unknown_fields(fields: object, types: object) -> list[dict[str, Any]]:
-    names = [t for t in types if isinstance(t, str)] if isinstance(types, list | tuple) else []
-    known = frozenset().union(*(schema_fields(t) for t in names))
-    message = f"no field of the schema of {' or '.join(names)}"
-    listed = fields if isinstance(fields, list | tuple) else []
-    return [
-        {"path": f"fields[{i}]", "code": "unknown_field", "message": message}
-        for i, path in enumerate(listed)
-        if path not in known
-    ]
 
 
 class _Volgindicatie(BaseModel):
@@ -187,10 +64,6 @@ class _Volgindicatie(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     einddatum: date | None = None
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class _Subscriptions:
@@ -293,13 +166,10 @@ class _Subscriptions:
     # -- helpers --------------------------------------------------------------------------------
 
     def _caller(self, request: web.Request) -> Client:
-        client = self.auth.authenticate(request.headers.get(hdrs.AUTHORIZATION))
+        client = caller(request)
         if client.subscribe is None and not client.operator:
             raise Forbidden("not_a_subscriber", f"client {client.id} may not subscribe")
         return client
-
-    def _owner(self, subscription: Subscription) -> Client | None:
-        return client_of(self.settings, subscription.owner)
 
     async def _own(self, request: web.Request, client: Client) -> Subscription:
         subscription = self.store.get(request.match_info["id"])
@@ -308,7 +178,7 @@ class _Subscriptions:
             await self.store.sync()
             subscription = self.store.get(request.match_info["id"])
         if subscription is None:
-            raise _Failure(404, "not_found", "no such subscription")
+            raise Failure(404, "not_found", "no such subscription")
         if subscription.owner != client.id and not client.operator:
             message = f"client {client.id} does not own this subscription"
             raise Forbidden("not_the_owner", message)
@@ -319,25 +189,25 @@ class _Subscriptions:
         if not elfproef(bsn):
             message = "not a BSN: 9 digits that pass the elfproef"
             error = {"path": "bsn", "code": "invalid_bsn", "message": message}
-            raise _Failure(400, "invalid_bsn", message, [error])
+            raise Failure(400, "invalid_bsn", message, [error])
         return pseudonym(bsn, self.key)
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        raw = await _read(request, self.max_body)
+        raw = await read_body(request, self.max_body)
         try:
-            body = _json(raw)
+            body = parse_json(raw)
         except ValueError:
             error = {"path": "", "code": "invalid_json", "message": "not UTF-8 JSON"}
-            raise _Failure(400, "invalid_json", "the body is not UTF-8 JSON", [error]) from None
+            raise Failure(400, "invalid_json", "the body is not UTF-8 JSON", [error]) from None
         if not isinstance(body, dict):
             error = {"path": "", "code": "invalid_body", "message": "expected a JSON object"}
-            raise _Failure(400, "invalid_body", "expected a JSON object", [error])
+            raise Failure(400, "invalid_body", "expected a JSON object", [error])
         return body
 
     async def _einddatum(self, request: web.Request) -> date | None:
         if not request.can_read_body:
             return None
-        raw = await _read(request, self.max_body)
+        raw = await read_body(request, self.max_body)
         if not raw.strip():
             return None
         try:
@@ -345,7 +215,7 @@ class _Subscriptions:
         except ValidationError as exc:
             errors = validation_errors(exc, {})
             message = "expected {einddatum: YYYY-MM-DD}"
-            raise _Failure(400, "invalid_volgindicatie", message, errors) from None
+            raise Failure(400, "invalid_volgindicatie", message, errors) from None
 
     @staticmethod
     def _validate(body: Mapping[str, Any], server: Mapping[str, Any]) -> Subscription:
@@ -355,7 +225,7 @@ class _Subscriptions:
         except ValidationError as exc:
             errors = validation_errors(exc, given)
             message = f"{len(errors)} errors in the subscription; nothing stored"
-            raise _Failure(400, "invalid_subscription", message, errors) from None
+            raise Failure(400, "invalid_subscription", message, errors) from None
 
     async def _callback_check(self, subscription: Subscription) -> None:
         """POST a test event to an HTTP sink; anything but a 2xx answer is a 400."""
@@ -380,18 +250,18 @@ class _Subscriptions:
             async with (
                 aiohttp.ClientSession(timeout=timeout) as session,
                 session.post(
-                    subscription.sink, data=_dumps(event), headers=headers, allow_redirects=False
+                    subscription.sink, data=dump_json(event), headers=headers, allow_redirects=False
                 ) as response,
             ):
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             message = f"the sink did not answer the callback check ({type(exc).__name__})"
             error = {"path": "sink", "code": "callback_check_failed", "message": message}
-            raise _Failure(400, "callback_check_failed", message + advice, [error]) from None
+            raise Failure(400, "callback_check_failed", message + advice, [error]) from None
         if not 200 <= status < 300:
             message = f"the sink answered the callback check with HTTP {status}"
             error = {"path": "sink", "code": "callback_check_failed", "message": message}
-            raise _Failure(400, "callback_check_failed", message + advice, [error])
+            raise Failure(400, "callback_check_failed", message + advice, [error])
 
     async def _write(self, write: Awaitable[object]) -> None:
         """Wait for a store write to be durable and visible here, or answer 503."""
@@ -401,7 +271,7 @@ class _Subscriptions:
         except (KafkaError, KafkaUnavailable, TimeoutError) as exc:
             log.warning("the subscription store did not confirm a write: %s", type(exc).__name__)
             message = "the broker did not confirm in time; GET to see whether the change holds"
-            raise _Failure(503, "kafka_unavailable", message) from exc
+            raise Failure(503, "kafka_unavailable", message) from exc
 
 
 def _unmasked(body: dict[str, Any], existing: Subscription) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from streams.contract.attributes import ROUTING_ATTRIBUTES
 from streams.health import Health
 from streams.ingress.gate import Accepted, Rejected
 
-__all__ = ["Bus", "bus", "observe", "observe_batch", "render", "watch_health"]
+__all__ = ["Metrics", "metrics", "observe", "observe_batch", "render", "watch_health"]
 
 
 class _Roles(Collector):
@@ -50,7 +50,7 @@ class _Roles(Collector):
         yield from (ready, lag, since)
 
 
-class Bus:
+class Metrics:
     """The bus's metrics in a registry of its own (no global state shared with libraries)."""
 
     def __init__(self) -> None:
@@ -79,9 +79,9 @@ class Bus:
 
 
 @cache
-def bus() -> Bus:
+def metrics() -> Metrics:
     """The process's metrics."""
-    return Bus()
+    return Metrics()
 
 
 def _type_label(event_type: str | None) -> str:
@@ -92,9 +92,9 @@ def _type_label(event_type: str | None) -> str:
 def observe(*, event_type: str | None, via: str, code: str | None = None) -> None:
     """Count one accepted (code None) or rejected event."""
     if code is None:
-        bus().accepted.labels(_type_label(event_type), via).inc()
+        metrics().accepted.labels(_type_label(event_type), via).inc()
     else:
-        bus().rejected.labels(_type_label(event_type), code, via).inc()
+        metrics().rejected.labels(_type_label(event_type), code, via).inc()
 
 
 def observe_batch(outcomes: Iterable[Accepted | Rejected], via: str, seconds: float) -> None:
@@ -104,14 +104,14 @@ def observe_batch(outcomes: Iterable[Accepted | Rejected], via: str, seconds: fl
             observe(event_type=outcome.event.type, via=via)
         else:
             observe(event_type=outcome.event_type, via=via, code=outcome.code)
-    bus().ingress_latency.labels(via).observe(seconds)
+    metrics().ingress_latency.labels(via).observe(seconds)
 
 
 def watch_health(health: Health) -> None:
     """Expose the roles of `health` in `/metrics` for as long as it lives."""
-    bus().roles.healths.add(health)
+    metrics().roles.healths.add(health)
 
 
 def render() -> bytes:
     """The Prometheus text exposition of the process's metrics."""
-    return generate_latest(bus().registry)
+    return generate_latest(metrics().registry)

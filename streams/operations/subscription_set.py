@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from streams.auth import Authenticator, Forbidden
 from streams.config import Settings
 from streams.exceptions import GemeentebusError
-from streams.http.subscriptions import (
+from streams.routing.intake import (
     check_purpose,
     client_of,
     new_signing_secret,

@@ -18,7 +18,7 @@ from streams.config import Settings
 from streams.contract.attributes import OVERLEDEN, VERHUISD
 from streams.contract.rules import dutch_today
 from streams.demo.generators import EventFactory
-from streams.http.api import AUTHENTICATOR
+from streams.http.kit import AUTHENTICATOR
 from streams.http.operations import add_operation_routes
 from streams.ingress.gate import Accepted, Gate
 from streams.kafka.clients import make_producer
