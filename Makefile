@@ -19,6 +19,7 @@ lint: $(BIN)/gemeentebus
 	$(BIN)/ruff check streams connectors tests
 	$(BIN)/ruff format --check streams connectors tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/gemeentebus schemas check
 
 test: lint
