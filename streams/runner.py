@@ -50,6 +50,7 @@ from streams.config import Settings
 from streams.contract.schemas import registry
 from streams.exceptions import ConfigurationError, KafkaUnavailable
 from streams.health import Health, health_app
+from streams.http.api import METRICS_CONTENT_TYPE, make_api
 from streams.ingress import metrics
 from streams.kafka.clients import make_producer
 from streams.kafka.topics import (
@@ -218,8 +219,6 @@ async def _serve(bus: Bus, roles: tuple[str, ...]) -> None:
     """The API with `/ready`, or for a process without it `/health`, `/ready`, `/metrics`."""
     settings = bus.settings
     if "api" in roles:
-        from streams.http.api import make_api
-
         assert bus.store is not None
         bus.producer = make_producer(settings, "api")
         await bus.producer.start()
@@ -227,8 +226,6 @@ async def _serve(bus: Bus, roles: tuple[str, ...]) -> None:
     else:
 
         async def serve_metrics(request: web.Request) -> web.Response:
-            from streams.http.api import METRICS_CONTENT_TYPE
-
             return web.Response(
                 body=metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE}
             )

@@ -25,6 +25,7 @@ from streams.chaos.checker import Ledger, Sent, Tally, tally
 from streams.chaos.cluster import Brokers
 from streams.chaos.receivers import Sink
 from streams.config import LocalKafkaSettings
+from streams.contract.schemas import registry
 
 __all__ = [
     "FULL",
@@ -218,8 +219,6 @@ class Stage:
         self, owner: str, url: str, types: tuple[str, ...] = (), **extra: Any
     ) -> str:
         """A subscription of `owner` (a configured subscriber) through the API: its id."""
-        from streams.contract.schemas import registry
-
         body = {"sink": url, "protocol": "HTTP", "types": list(types or registry().types()),
                 "callbackCheck": False, **extra}  # fmt: skip
         answer = await self.request("POST", "/subscriptions", owner, body)

@@ -29,7 +29,7 @@ from rich.live import Live
 from rich.table import Table
 
 from connectors.kafka_local import LocalKafka, free_port_range
-from streams.config import ENV, ClientConfig, KafkaSettings, Settings
+from streams.config import ENV, ClientConfig, KafkaSettings, Settings, load_settings
 from streams.contract import codec
 from streams.contract.attributes import OVERLEDEN, VERHUISD, ZAAK_GEMUTEERD, partition_key
 from streams.contract.envelope import CloudEvent
@@ -69,8 +69,6 @@ async def _broker(console: Console) -> AsyncIterator[str]:
         yield existing
         return
     with tempfile.TemporaryDirectory(prefix="gemeentebus-demo-") as tmp:
-        from streams.config import load_settings
-
         kafka = LocalKafka(
             data_dir=Path(tmp),
             cache_dir=load_settings().local_kafka.cache_dir,
