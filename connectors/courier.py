@@ -60,10 +60,7 @@ from connectors.webhook import SubscriberGone, WebhookFailed, WebhookSender
 from connectors.writes import Write, Writer, dead_letter_write, log_write
 from streams.config import DeliverySettings, Settings
 from streams.contract import codec
-from streams.delivery.dlq import (
-    delivery_attempt,
-)
-from streams.delivery.log import Outcome
+from streams.delivery.log import Outcome, delivery_attempt
 from streams.exceptions import FieldError
 from streams.health import Health, Progress
 from streams.kafka.clients import Producer, make_consumer

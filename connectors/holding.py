@@ -22,7 +22,7 @@ from typing import Any
 from connectors.writes import Write
 from streams.contract import codec
 from streams.contract.headers import RawHeaders
-from streams.delivery.dlq import EventRef, event_ref
+from streams.delivery.log import EventRef, event_ref
 from streams.exceptions import FieldError
 
 __all__ = ["Held", "Watermark", "held", "poison", "unsendable"]
