@@ -59,11 +59,8 @@ from connectors.holding import Held, Watermark, held, poison, unsendable
 from connectors.webhook import SubscriberGone, WebhookFailed, WebhookSender
 from connectors.writes import Write, Writer, dead_letter_write, log_write
 from streams.config import DeliverySettings, Settings
-from streams.contract import codec
-from streams.delivery.dlq import (
-    delivery_attempt,
-)
-from streams.delivery.log import Outcome
+from streams.contract.record import read_record
+from streams.delivery.log import Outcome, delivery_attempt
 from streams.exceptions import FieldError
 from streams.health import Health, Progress
 from streams.kafka.clients import Producer, make_consumer
@@ -353,7 +350,7 @@ class Courier:
 
     def _take(self, partition: int, message: Any) -> None:
         self._watermarks.setdefault(partition, Watermark()).read(message.offset)
-        read = codec.read_record(
+        read = read_record(
             message.key, message.headers, message.value, max_bytes=self._delivery.max_body_bytes
         )
         try:

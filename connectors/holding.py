@@ -1,7 +1,7 @@
 """What a courier holds: the records read and not finished, and per partition the offsets.
 
 `held` makes the courier's record of a client's record and never raises: every record is
-converted by `codec.read_record`, and one that is no event the courier can send (a null or
+converted by `read_record`, and one that is no event the courier can send (a null or
 non-bytes header value, a header that is not UTF-8, a value over the size limit, a value
 that is not a UTF-8 JSON CloudEvent) is held with its `problem`, to be dead-lettered byte
 for byte, null header values included.
@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.writes import Write
-from streams.contract import codec
 from streams.contract.headers import RawHeaders
-from streams.delivery.dlq import EventRef, event_ref
+from streams.contract.record import KafkaRecord, Unreadable
+from streams.delivery.log import EventRef, event_ref
 from streams.exceptions import FieldError
 
 __all__ = ["Held", "Watermark", "held", "poison", "unsendable"]
 
 
-def unsendable(record: codec.KafkaRecord) -> tuple[FieldError | None, dict[str, Any] | None]:
+def unsendable(record: KafkaRecord) -> tuple[FieldError | None, dict[str, Any] | None]:
     """Why a deliver-topic record cannot be POSTed as a structured-mode CloudEvent (None when
     it can), and its parsed JSON."""
     for name, raw in record.headers:
@@ -86,10 +86,10 @@ class Watermark:
         return next(iter(self.unfinished), self.next_offset)
 
 
-def held(partition: int, offset: int, read: codec.KafkaRecord | codec.Unreadable) -> Held:
+def held(partition: int, offset: int, read: KafkaRecord | Unreadable) -> Held:
     """The record `read_record` made, as held: with its `problem` when it cannot be sent."""
     now = time.monotonic()
-    if isinstance(read, codec.Unreadable):
+    if isinstance(read, Unreadable):
         return poison(partition, offset, read, read.error, now)
     problem, body = unsendable(read)
     ref = event_ref(read.key, read.headers, read.value, body=body)
@@ -99,7 +99,7 @@ def held(partition: int, offset: int, read: codec.KafkaRecord | codec.Unreadable
 def poison(
     partition: int,
     offset: int,
-    read: codec.KafkaRecord | codec.Unreadable,
+    read: KafkaRecord | Unreadable,
     problem: FieldError,
     now: float,
 ) -> Held:

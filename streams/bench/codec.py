@@ -15,6 +15,7 @@ from streams.bench.broker import BENCH_PSEUDONYM_KEY
 from streams.bench.core import BenchContext, Figure
 from streams.contract import codec
 from streams.contract.envelope import CloudEvent
+from streams.contract.record import KafkaRecord
 from streams.contract.rules import dutch_today
 from streams.contract.schemas import registry
 from streams.demo.generators import EventFactory
@@ -68,7 +69,7 @@ async def codec_scenario(ctx: BenchContext) -> list[Figure]:
                 schemaless_writer(out, schema, data)
                 out.getvalue()
 
-        def full_decode(records: list[codec.KafkaRecord] = records) -> None:
+        def full_decode(records: list[KafkaRecord] = records) -> None:
             for record in records:
                 codec.from_kafka(record)
 

@@ -19,10 +19,10 @@ from typing import Any, Final
 from streams.bench.broker import namespace
 from streams.bench.codec import best_of
 from streams.bench.core import BenchContext, Figure
-from streams.contract import codec
 from streams.contract.attributes import OVERLEDEN, VERHUISD
 from streams.contract.envelope import CloudEvent
 from streams.contract.gemeenten import current_codes
+from streams.contract.record import KafkaRecord
 from streams.contract.rules import dutch_today
 from streams.demo.generators import BRP_SOURCE, EventFactory
 from streams.ingress.gate import Gate
@@ -109,7 +109,7 @@ async def router_scenario(ctx: BenchContext) -> list[Figure]:
         if len(outputs) != MATCHING:  # the scenario measures what it says, or nothing
             raise AssertionError(f"{len(outputs)} outputs with {size} subscriptions, not 3")
 
-        def route_all(router: Router = router, records: list[codec.KafkaRecord] = records) -> None:
+        def route_all(router: Router = router, records: list[KafkaRecord] = records) -> None:
             for record in records:
                 router.route(record, today=today)
 

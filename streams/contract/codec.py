@@ -1,7 +1,9 @@
 """Bindings of the CloudEvent envelope to the wire: Avro data, Kafka records and HTTP bodies.
 
-Pure functions over `CloudEvent` and our own `KafkaRecord` (no Kafka client owns either),
-after the cloudevents sdk (SPEC §2). Conversion here is structural only: the semantic rules
+Pure functions over `CloudEvent` and our own `KafkaRecord` (`streams.contract.record`; no
+Kafka client owns either), after the cloudevents sdk (SPEC §2). How the context attributes
+are checked and read from `ce_*` / `ce-*` headers, the same for both bindings, is
+`streams.contract.context`. Conversion here is structural only: the semantic rules
 (elfproef, postcode, gemeentecode, ...) live in `streams.contract.rules`.
 
 Kafka: binary content mode, `ce_*` headers, value = Avro binary of `data` written with the
@@ -15,15 +17,12 @@ What `data` may hold, and its Avro and JSON forms, is `streams.contract.avrodata
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
 from streams.contract.avrodata import (
     DataBinding,
-    data_binding,
     data_errors,
     decode_data,
     encode_data,
@@ -32,10 +31,18 @@ from streams.contract.avrodata import (
     read_data,
     writer_binding,
 )
-from streams.contract.envelope import SPECVERSION, CloudEvent
-from streams.contract.headers import RawHeaders
+from streams.contract.context import (
+    Place,
+    header_attributes,
+    media_type,
+    outgoing_errors,
+    raise_for,
+    read_context,
+)
+from streams.contract.envelope import CloudEvent
+from streams.contract.record import KafkaRecord
 from streams.contract.schemas import SchemaRegistry, registry
-from streams.exceptions import FieldError, InvalidEvent, UndecodableEvent, UnknownSchema
+from streams.exceptions import FieldError, InvalidEvent, UndecodableEvent
 
 __all__ = [
     "AVRO_CONTENT_TYPE",
@@ -43,8 +50,6 @@ __all__ = [
     "JSON_CONTENT_TYPE",
     "STRUCTURED_CONTENT_TYPE",
     "UNSUPPORTED_MEDIA_TYPE",
-    "KafkaRecord",
-    "Unreadable",
     "decode_data",
     "encode_data",
     "format_time",
@@ -53,7 +58,6 @@ __all__ = [
     "from_kafka_with_value",
     "parse_http",
     "parse_time",
-    "read_record",
     "to_json",
     "to_kafka",
 ]
@@ -64,180 +68,9 @@ STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
 
-_REQUIRED = ("specversion", "id", "source", "type", "time", "dataschema")
-_OPTIONAL = ("subject", "sequence")
-_RESERVED = frozenset({*_REQUIRED, *_OPTIONAL, "data", "data_base64", "datacontenttype"})
-_EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
-# Errors of the bytes or envelope rather than of the data: these make an UndecodableEvent.
-_DATA_CODES_UNDECODABLE = frozenset({"avro_decode", "avro_trailing_bytes"})
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class KafkaRecord:
-    """A Kafka record as the bus reads and writes it, independent of any Kafka client."""
-
-    key: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
-    value: bytes
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Unreadable:
-    """A record that is no `KafkaRecord` of ours, kept exactly as it came (a null header value
-    stays null) so that it can be dead-lettered byte for byte, with the reason in `error`."""
-
-    key: bytes | None
-    headers: RawHeaders
-    value: bytes | None
-    error: FieldError
-
-
-def read_record(key: Any, headers: Any, value: Any, *, max_bytes: int) -> KafkaRecord | Unreadable:
-    """A client's record (key, headers, value) as a `KafkaRecord`, or `Unreadable` with why.
-
-    Never raises: every reader converts records here, so one odd record is a dead letter and
-    never an exception that skips its neighbours. Refused: a null or non-bytes value or
-    header value, a header name that is not text, a value over `max_bytes`.
-    """
-    raw_headers: list[tuple[str, bytes | None]] = []
-    error: FieldError | None = None
-    for item in headers or ():
-        try:
-            name, raw = item
-        except (TypeError, ValueError):
-            error = error or FieldError("headers", "malformed_header", "a header is not a pair")
-            continue
-        name = name if isinstance(name, str) else repr(name)
-        if raw is not None and not isinstance(raw, bytes | bytearray | memoryview):
-            raw = None
-            error = error or FieldError(
-                f"headers.{name}", "malformed_header", "a header value is not bytes"
-            )
-        raw = None if raw is None else bytes(raw)
-        if raw is None and error is None:
-            error = FieldError(f"headers.{name}", "null_header", "a header value is null")
-        raw_headers.append((name, raw))
-    if key is not None and not isinstance(key, bytes | bytearray | memoryview):
-        key, error = None, error or FieldError("key", "malformed_key", "the key is not bytes")
-    key = None if key is None else bytes(key)
-    if value is not None and not isinstance(value, bytes | bytearray | memoryview):
-        value, error = (
-            None,
-            error or FieldError("value", "malformed_value", "the value is not bytes"),
-        )
-    value = None if value is None else bytes(value)
-    if value is None and error is None:
-        error = FieldError("value", "null_value", "the record has no value (a tombstone)")
-    if value is not None and len(value) > max_bytes and error is None:
-        error = FieldError(
-            "value", "too_large", f"the value has {len(value)} bytes, more than {max_bytes}"
-        )
-    if error is not None or value is None:
-        error = error or FieldError("value", "null_value", "the record has no value")
-        return Unreadable(key=key, headers=tuple(raw_headers), value=value, error=error)
-    clean = tuple((name, raw) for name, raw in raw_headers if raw is not None)
-    return KafkaRecord(key=key, headers=clean, value=value)
-
 
 def _default_registry() -> SchemaRegistry:
     return registry()
-
-
-def _raise(errors: list[FieldError]) -> None:
-    """Raise the most specific InvalidEvent for these errors (none: nothing to raise)."""
-    if not errors:
-        return
-    codes = {e.code for e in errors}
-    if codes == {"unknown_dataschema"}:
-        raise UnknownSchema(errors)
-    data_codes = {c for c in codes if c.startswith("avro_")} - _DATA_CODES_UNDECODABLE
-    raise (InvalidEvent if data_codes else UndecodableEvent)(errors)
-
-
-# --- context attributes --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Place:
-    """How one binding names an attribute in its errors (`ce_id`, `ce-id`, `[3].id`)."""
-
-    prefix: str
-    missing: str
-
-    def path(self, attribute: str) -> str:
-        return self.prefix + attribute
-
-
-def _envelope(
-    attrs: Mapping[str, Any],
-    place: _Place,
-    reg: SchemaRegistry,
-    errors: list[FieldError],
-    broken: frozenset[str] = frozenset(),
-) -> tuple[dict[str, Any], dict[str, str], DataBinding | None]:
-    """Check the context attributes; the CloudEvent fields, the extensions and the binding."""
-    fields: dict[str, Any] = {}
-    for name in (*_REQUIRED, *_OPTIONAL):
-        value = attrs.get(name)
-        if value is None and name in _REQUIRED and name not in broken:
-            errors.append(FieldError(place.path(name), place.missing, "required attribute missing"))
-        elif value is not None and (not isinstance(value, str) or not value):
-            errors.append(
-                FieldError(place.path(name), "invalid_attribute", "not a non-empty string")
-            )
-        elif value is not None:
-            fields[name] = value
-    if fields.get("specversion", SPECVERSION) != SPECVERSION:
-        errors.append(FieldError(place.path("specversion"), "unsupported_specversion", "not 1.0"))
-    if "time" in fields:
-        try:
-            fields["time"] = parse_time(fields["time"])
-        except ValueError:
-            errors.append(FieldError(place.path("time"), "invalid_time", "not RFC 3339"))
-    extensions: dict[str, str] = {}
-    for name, value in attrs.items():
-        if name in _RESERVED or value is None:
-            continue
-        if not _EXTENSION_NAME.match(name):
-            errors.append(
-                FieldError(place.path(name), "invalid_attribute_name", "not [a-z0-9]{1,20}")
-            )
-        elif isinstance(value, bool | int | str):
-            # CloudEvents' canonical string form of Boolean and Integer attributes.
-            extensions[name] = str(value).lower() if isinstance(value, bool) else str(value)
-        else:
-            errors.append(FieldError(place.path(name), "invalid_attribute", "not a string"))
-    binding = None
-    if "dataschema" in fields:
-        try:
-            version = reg.by_dataschema(fields["dataschema"])
-        except UnknownSchema as exc:
-            errors += [FieldError(place.path("dataschema"), e.code, e.message) for e in exc.errors]
-        else:
-            if "type" in fields and version.type != fields["type"]:
-                message = "names a schema of another type"
-                errors.append(FieldError(place.path("dataschema"), "dataschema_mismatch", message))
-            else:
-                binding = data_binding(version)
-    return fields, extensions, binding
-
-
-def _outgoing_errors(event: CloudEvent) -> list[FieldError]:
-    errors = []
-    if event.specversion != SPECVERSION:
-        errors.append(FieldError("specversion", "unsupported_specversion", "not 1.0"))
-    if event.time.utcoffset() is None:
-        errors.append(FieldError("time", "invalid_time", "a datetime without time zone"))
-    for name, value in event.extensions.items():
-        if name in _RESERVED or not _EXTENSION_NAME.match(name):
-            errors.append(FieldError(name, "invalid_attribute_name", "not [a-z0-9]{1,20}"))
-        elif not isinstance(value, str):  # callers may break the typing
-            errors.append(FieldError(name, "invalid_attribute", "not a string"))  # type: ignore[unreachable]
-    return errors
-
-
-def _media_type(value: str | None) -> str:
-    return (value or "").split(";", 1)[0].strip().lower()
 
 
 # --- Kafka ---------------------------------------------------------------------------------
@@ -255,13 +88,13 @@ def to_kafka(
     `value`: that Avro binary (under `event.dataschema`) when the caller already has it,
     checked or read from Kafka; otherwise `data` is checked and encoded here.
     """
-    errors = _outgoing_errors(event)
+    errors = outgoing_errors(event)
     if value is None:
         try:
             value = encode_data(event, registry=registry)
         except InvalidEvent as exc:
             errors += exc.errors
-    _raise(errors)
+    raise_for(errors)
     attributes = [
         ("specversion", event.specversion),
         ("id", event.id),
@@ -275,7 +108,7 @@ def to_kafka(
     ]
     headers = [(f"ce_{name}", v.encode()) for name, v in attributes if v is not None]
     headers.append(("content-type", AVRO_CONTENT_TYPE.encode()))
-    assert value is not None  # _raise raised when encoding failed
+    assert value is not None  # raise_for raised when encoding failed
     return KafkaRecord(key=key, headers=tuple(headers), value=value)
 
 
@@ -294,38 +127,22 @@ def from_kafka_with_value(
     the current schema (written with it: reading and writing again gives the same bytes)."""
     reg = registry or _default_registry()
     errors: list[FieldError] = []
-    attrs: dict[str, str] = {}
-    broken: set[str] = set()
-    for name, raw in record.headers:
-        if name.startswith("ce_"):
-            attr = name[3:]
-        elif name.lower() == "content-type":
-            attr = "content-type"
-        else:
-            continue  # tracing and other headers are not ours to judge
-        if attr in attrs or attr in broken:
-            errors.append(FieldError(name, "duplicate_header", "header appears more than once"))
-            attrs.pop(attr, None)
-            broken.add(attr)
-            continue
-        try:
-            attrs[attr] = raw.decode("utf-8")
-        except (UnicodeDecodeError, AttributeError):
-            errors.append(FieldError(name, "header_encoding", "header value is not UTF-8"))
-            broken.add(attr)
+    attrs, broken = header_attributes(
+        record.headers, "ce_", _utf8, "header value is not UTF-8", errors, also=("content-type",)
+    )
     content_type = attrs.pop("content-type", None)
     if content_type is None and "content-type" not in broken:
         errors.append(FieldError("content-type", "missing_header", "required header missing"))
     elif (
         content_type is not None
         and content_type != AVRO_CONTENT_TYPE
-        and _media_type(content_type) != AVRO_CONTENT_TYPE
+        and media_type(content_type) != AVRO_CONTENT_TYPE
     ):
         errors.append(
             FieldError("content-type", "unsupported_content_type", "not application/avro")
         )
-    place = _Place("ce_", "missing_header")
-    fields, extensions, binding = _envelope(attrs, place, reg, errors, frozenset(broken))
+    place = Place("ce_", "missing_header")
+    fields, extensions, binding = read_context(attrs, place, reg, errors, broken)
     data: dict[str, Any] = {}
     value = None
     if binding is not None:
@@ -337,8 +154,15 @@ def from_kafka_with_value(
                 value = bytes(record.value)  # a copy only if it was no `bytes` already
         except InvalidEvent as exc:
             errors += exc.errors
-    _raise(errors)
+    raise_for(errors)
     return CloudEvent(**fields, data=data, extensions=extensions), value
+
+
+def _utf8(raw: Any) -> str | None:
+    try:
+        return str(raw.decode("utf-8"))
+    except (UnicodeDecodeError, AttributeError):
+        return None
 
 
 # --- HTTP ----------------------------------------------------------------------------------
@@ -356,10 +180,10 @@ def to_json(
     binding = writer_binding(event, registry)
     found = [] if checked else binding.root.check(event.data) or []
     # A subscriber's projection drops fields on purpose: only wrong values are errors here.
-    errors = _outgoing_errors(event) + data_errors(
+    errors = outgoing_errors(event) + data_errors(
         [e for e in found if e[1] != "avro_missing_field"]
     )
-    _raise(errors)
+    raise_for(errors)
     out: dict[str, Any] = {
         "specversion": event.specversion,
         "id": event.id,
@@ -381,7 +205,7 @@ def to_json(
 def from_json(obj: Any, *, registry: SchemaRegistry | None = None) -> CloudEvent:
     """The event in a parsed structured-mode JSON object; `data` converted to the Avro form."""
     event, errors = _from_json(obj, registry or _default_registry(), "")
-    _raise(errors)
+    raise_for(errors)
     assert event is not None
     return event
 
@@ -393,7 +217,7 @@ def _from_json(
         where = prefix.rstrip(".") or "body"
         return None, [FieldError(where, "invalid_event", "expected a JSON object")]
     errors: list[FieldError] = []
-    if _media_type(obj.get("datacontenttype", JSON_CONTENT_TYPE)) != JSON_CONTENT_TYPE:
+    if media_type(obj.get("datacontenttype", JSON_CONTENT_TYPE)) != JSON_CONTENT_TYPE:
         message = "data must be application/json"
         errors.append(
             FieldError(prefix + "datacontenttype", "unsupported_datacontenttype", message)
@@ -405,7 +229,7 @@ def _from_json(
         errors.append(
             FieldError(prefix + "data", "missing_attribute", "required attribute missing")
         )
-    fields, extensions, binding = _envelope(obj, _Place(prefix, "missing_attribute"), reg, errors)
+    fields, extensions, binding = read_context(obj, Place(prefix, "missing_attribute"), reg, errors)
     if "data" not in obj:
         binding = None  # already reported; converting nothing would add a second error
     return _with_data(fields, extensions, binding, obj.get("data"), prefix, errors)
@@ -440,7 +264,7 @@ def parse_http(
     an unknown content type raises `UndecodableEvent` with code `unsupported_media_type`.
     """
     reg = registry or _default_registry()
-    media = _media_type(content_type)
+    media = media_type(content_type)
     if media == STRUCTURED_CONTENT_TYPE:
         return [from_json(_parse_body(body), registry=reg)]
     if media == BATCH_CONTENT_TYPE:
@@ -452,7 +276,7 @@ def parse_http(
             event, found = _from_json(obj, reg, f"[{index}].")
             events.append(event)
             errors += found
-        _raise(errors)
+        raise_for(errors)
         return [e for e in events if e is not None]
     if media == JSON_CONTENT_TYPE:
         return [_from_binary_http(headers, body, reg)]
@@ -462,31 +286,25 @@ def parse_http(
 
 def _from_binary_http(headers: Mapping[str, str], body: bytes, reg: SchemaRegistry) -> CloudEvent:
     errors: list[FieldError] = []
-    attrs: dict[str, str] = {}
-    broken: set[str] = set()
-    for name, value in headers.items():
-        lower = name.lower()
-        if not lower.startswith("ce-"):
-            continue
-        attr = lower[3:]
-        if attr in attrs or attr in broken:
-            errors.append(FieldError(lower, "duplicate_header", "header appears more than once"))
-            attrs.pop(attr, None)
-            broken.add(attr)
-            continue
-        try:
-            # The HTTP binding percent-encodes what is not printable ASCII.
-            attrs[attr] = unquote(value, errors="strict")
-        except UnicodeDecodeError:
-            errors.append(FieldError(lower, "header_encoding", "not percent-encoded UTF-8"))
-            broken.add(attr)
-    fields, extensions, binding = _envelope(
-        attrs, _Place("ce-", "missing_header"), reg, errors, frozenset(broken)
+    lowered = [(name.lower(), value) for name, value in headers.items()]
+    attrs, broken = header_attributes(
+        lowered, "ce-", _percent_decoded, "not percent-encoded UTF-8", errors
+    )
+    fields, extensions, binding = read_context(
+        attrs, Place("ce-", "missing_header"), reg, errors, broken
     )
     event, errors = _with_data(fields, extensions, binding, _parse_body(body), "", errors)
-    _raise(errors)
+    raise_for(errors)
     assert event is not None
     return event
+
+
+def _percent_decoded(value: Any) -> str | None:
+    try:
+        # The HTTP binding percent-encodes what is not printable ASCII.
+        return unquote(value, errors="strict")
+    except UnicodeDecodeError:
+        return None
 
 
 def _parse_body(body: bytes) -> Any:

@@ -18,19 +18,16 @@ redrove, so a second redrive only takes letters that arrived since.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from streams.config import Settings
-from streams.contract.attributes import PERSON_TYPES
 from streams.contract.headers import (
     ATTEMPTS_HEADER,
     DETAIL_HEADER,
@@ -41,7 +38,7 @@ from streams.contract.headers import (
     RawHeaders,
     raw_headers,
 )
-from streams.delivery.log import DeliveryAttempt, Outcome, encode_attempt
+from streams.delivery.log import event_ref, log_attempt
 from streams.exceptions import KafkaUnavailable
 from streams.kafka.clients import make_consumer, make_producer
 from streams.kafka.topics import Topics, partitions
@@ -49,13 +46,9 @@ from streams.routing.store import SubscriptionStore
 
 __all__ = [
     "DeadLetter",
-    "EventRef",
     "Headers",
     "dead_letter_headers",
-    "delivery_attempt",
-    "event_ref",
     "list_dead_letters",
-    "log_attempt",
     "redrive",
     "truncated_headers",
 ]
@@ -70,55 +63,6 @@ Progress = Callable[[int, int], None]  # (redriven so far, total)
 
 _POLL_MS = 200
 _BATCH = 500
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EventRef:
-    """Who an event in a deliver topic is, without its data: for logs and the delivery log."""
-
-    id: str
-    source: str
-    type: str
-    time: datetime | None
-    pseudonym: str | None  # person events: the record key is the BSN pseudonym
-    replay: bool
-
-
-def event_ref(
-    key: bytes | None,
-    headers: RawHeaders,
-    value: bytes | None,
-    *,
-    body: dict[str, Any] | None = None,
-) -> EventRef:
-    """The identity of a deliver-topic record (structured mode): `ce_*` headers, else the JSON
-    (`body`, when the caller parsed it already). Never raises: an unreadable record gets what
-    can be read of it, empty strings for the rest."""
-    found = {name: raw.decode("utf-8", "replace") for name, raw in headers if raw is not None}
-    value = value or b""
-    if body is None:
-        body = {}
-        if not {"ce_id", "ce_source", "ce_type"} <= found.keys() or b'"replay"' in value:
-            with contextlib.suppress(ValueError, RecursionError):  # not JSON, too deep
-                parsed = json.loads(value)
-                body = parsed if isinstance(parsed, dict) else {}
-    event_type = found.get("ce_type") or str(body.get("type", ""))
-    raw_time = found.get("ce_time") or body.get("time")
-    time = None
-    if isinstance(raw_time, str):
-        with contextlib.suppress(ValueError):
-            time = datetime.fromisoformat(raw_time)
-    pseudonym = None
-    if event_type in PERSON_TYPES and key:
-        pseudonym = key.decode("ascii", "replace")
-    return EventRef(
-        id=found.get("ce_id") or str(body.get("id", "")),
-        source=found.get("ce_source") or str(body.get("source", "")),
-        type=event_type,
-        time=time,
-        pseudonym=pseudonym,
-        replay="ce_replay" in found or "replay" in body,
-    )
 
 
 def dead_letter_headers(
@@ -148,65 +92,6 @@ def truncated_headers(headers: RawHeaders, *, value_bytes: int, origin: str) -> 
 def _redriven_headers(headers: RawHeaders) -> RawHeaders:
     kept = tuple((k, v) for k, v in headers if k not in _DLQ_HEADERS and k != REDRIVEN_HEADER)
     return (*kept, (REDRIVEN_HEADER, b"1"))
-
-
-async def log_attempt(
-    producer: AIOKafkaProducer,
-    topics: Topics,
-    *,
-    subscription: str,
-    purpose: str,
-    ref: EventRef,
-    outcome: Outcome,
-    attempt: int,
-    status: int | None = None,
-    error: str | None = None,
-    protocol: str = "HTTP",
-) -> asyncio.Future[Any]:
-    """Send one delivery-log record; returns the future that resolves when the broker has it."""
-    record = delivery_attempt(
-        subscription=subscription,
-        purpose=purpose,
-        ref=ref,
-        outcome=outcome,
-        attempt=attempt,
-        status=status,
-        error=error,
-        protocol=protocol,
-    )
-    key, value = encode_attempt(record)
-    future: asyncio.Future[Any] = await producer.send(topics.deliveries, value, key=key)
-    return future
-
-
-def delivery_attempt(
-    *,
-    subscription: str,
-    purpose: str,
-    ref: EventRef,
-    outcome: Outcome,
-    attempt: int,
-    status: int | None = None,
-    error: str | None = None,
-    protocol: str = "HTTP",
-) -> DeliveryAttempt:
-    """The delivery-log record of one attempt on the event `ref`, made now."""
-    return DeliveryAttempt(
-        subscription=subscription,
-        event_id=ref.id,
-        source=ref.source,
-        type=ref.type,
-        outcome=outcome,
-        attempt=attempt,
-        at=datetime.now(UTC),
-        purpose=purpose,
-        event_time=ref.time,
-        status=status,
-        error=error,
-        pseudonym=ref.pseudonym,
-        replay=ref.replay,
-        protocol=protocol,
-    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,22 +4,39 @@ For person events this is the Logboek Dataverwerkingen: it answers "who received
 this person, when, and why". It therefore holds the person's *pseudonym* (never the BSN),
 the subscription, the purpose it was delivered under, and the outcome. Kafka key: the
 subscription id, so one subscription's attempts stay in order on one partition.
+
+This module owns the log both ways: `EventRef` (who a deliver-topic record is, read from its
+headers or JSON without its data), `delivery_attempt` and `log_attempt` to write an attempt,
+`encode_attempt` / `decode_attempt` for its bytes, `shortened` for one too large to write.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+from aiokafka import AIOKafkaProducer
+
+from streams.contract.attributes import PERSON_TYPES
+from streams.contract.headers import RawHeaders
+from streams.kafka.topics import Topics
+
 __all__ = [
     "CUT_MARK",
     "OUTCOMES",
     "DeliveryAttempt",
+    "EventRef",
+    "Outcome",
     "decode_attempt",
+    "delivery_attempt",
     "encode_attempt",
+    "event_ref",
+    "log_attempt",
     "shortened",
 ]
 
@@ -96,4 +113,112 @@ def shortened(attempt: DeliveryAttempt) -> DeliveryAttempt:
         type=cut(attempt.type) or "",
         error=cut(attempt.error),
         pseudonym=cut(attempt.pseudonym),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventRef:
+    """Who an event in a deliver topic is, without its data: for logs and the delivery log."""
+
+    id: str
+    source: str
+    type: str
+    time: datetime | None
+    pseudonym: str | None  # person events: the record key is the BSN pseudonym
+    replay: bool
+
+
+def event_ref(
+    key: bytes | None,
+    headers: RawHeaders,
+    value: bytes | None,
+    *,
+    body: dict[str, Any] | None = None,
+) -> EventRef:
+    """The identity of a deliver-topic record (structured mode): `ce_*` headers, else the JSON
+    (`body`, when the caller parsed it already). Never raises: an unreadable record gets what
+    can be read of it, empty strings for the rest."""
+    found = {name: raw.decode("utf-8", "replace") for name, raw in headers if raw is not None}
+    value = value or b""
+    if body is None:
+        body = {}
+        if not {"ce_id", "ce_source", "ce_type"} <= found.keys() or b'"replay"' in value:
+            with contextlib.suppress(ValueError, RecursionError):  # not JSON, too deep
+                parsed = json.loads(value)
+                body = parsed if isinstance(parsed, dict) else {}
+    event_type = found.get("ce_type") or str(body.get("type", ""))
+    raw_time = found.get("ce_time") or body.get("time")
+    time = None
+    if isinstance(raw_time, str):
+        with contextlib.suppress(ValueError):
+            time = datetime.fromisoformat(raw_time)
+    pseudonym = None
+    if event_type in PERSON_TYPES and key:
+        pseudonym = key.decode("ascii", "replace")
+    return EventRef(
+        id=found.get("ce_id") or str(body.get("id", "")),
+        source=found.get("ce_source") or str(body.get("source", "")),
+        type=event_type,
+        time=time,
+        pseudonym=pseudonym,
+        replay="ce_replay" in found or "replay" in body,
+    )
+
+
+async def log_attempt(
+    producer: AIOKafkaProducer,
+    topics: Topics,
+    *,
+    subscription: str,
+    purpose: str,
+    ref: EventRef,
+    outcome: Outcome,
+    attempt: int,
+    status: int | None = None,
+    error: str | None = None,
+    protocol: str = "HTTP",
+) -> asyncio.Future[Any]:
+    """Send one delivery-log record; returns the future that resolves when the broker has it."""
+    record = delivery_attempt(
+        subscription=subscription,
+        purpose=purpose,
+        ref=ref,
+        outcome=outcome,
+        attempt=attempt,
+        status=status,
+        error=error,
+        protocol=protocol,
+    )
+    key, value = encode_attempt(record)
+    future: asyncio.Future[Any] = await producer.send(topics.deliveries, value, key=key)
+    return future
+
+
+def delivery_attempt(
+    *,
+    subscription: str,
+    purpose: str,
+    ref: EventRef,
+    outcome: Outcome,
+    attempt: int,
+    status: int | None = None,
+    error: str | None = None,
+    protocol: str = "HTTP",
+) -> DeliveryAttempt:
+    """The delivery-log record of one attempt on the event `ref`, made now."""
+    return DeliveryAttempt(
+        subscription=subscription,
+        event_id=ref.id,
+        source=ref.source,
+        type=ref.type,
+        outcome=outcome,
+        attempt=attempt,
+        at=datetime.now(UTC),
+        purpose=purpose,
+        event_time=ref.time,
+        status=status,
+        error=error,
+        pseudonym=ref.pseudonym,
+        replay=ref.replay,
+        protocol=protocol,
     )

@@ -33,6 +33,7 @@ from streams.config import ENV, ClientConfig, KafkaSettings, Settings, load_sett
 from streams.contract import codec
 from streams.contract.attributes import OVERLEDEN, VERHUISD, ZAAK_GEMUTEERD, partition_key
 from streams.contract.envelope import CloudEvent
+from streams.contract.record import KafkaRecord
 from streams.contract.rules import dutch_today
 from streams.demo.generators import EventFactory, invalid_corpus
 from streams.demo.receivers import Receiver
@@ -239,7 +240,7 @@ async def _send_kafka(settings: Settings, events: list[tuple[bool, CloudEvent]])
                     key = partition_key(event.type, event.data, b"demo-publisher")
                     record = codec.to_kafka(event, key=key)
                 except (InvalidEvent, KeyError, TypeError, ValueError):
-                    record = codec.KafkaRecord(key=None, headers=(), value=b"not an event")
+                    record = KafkaRecord(key=None, headers=(), value=b"not an event")
                 futures.append(
                     await producer.send(
                         topic, record.value, key=record.key, headers=list(record.headers)

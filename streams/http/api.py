@@ -32,6 +32,7 @@ from streams.auth import Authenticator, AuthError, Client, Forbidden
 from streams.config import Settings
 from streams.contract import codec
 from streams.contract.attributes import ZAAK_GEMUTEERD
+from streams.contract.record import KafkaRecord
 from streams.exceptions import FieldError, InvalidEvent, KafkaUnavailable, RoutingFailed
 from streams.health import Health, add_health_routes
 from streams.http.audit import add_audit_routes
@@ -246,7 +247,7 @@ class _Api:
                 ("gemeentebus_via", VIA.encode()),
                 ("gemeentebus_client", client_id.encode()),
             )
-            record = codec.KafkaRecord(key=None, headers=headers, value=item.value)
+            record = KafkaRecord(key=None, headers=headers, value=item.value)
             rejected.append(self.gate.reject(record, item.errors))
             metrics.observe(event_type=item.claimed[0], via=VIA, code=item.errors[0].code)
         try:

@@ -24,6 +24,7 @@ from streams.contract.headers import (
     TRUNCATED_HEADER,
     header_text,
 )
+from streams.contract.record import KafkaRecord, Unreadable
 from streams.contract.rules import Verdict, examine
 from streams.exceptions import FieldError, InvalidEvent
 from streams.kafka.topics import Topics
@@ -53,7 +54,7 @@ class Accepted:
 
     event: CloudEvent
     topic: str
-    record: codec.KafkaRecord
+    record: KafkaRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,7 @@ class Rejected:
 
     errors: tuple[FieldError, ...]
     topic: str
-    record: codec.KafkaRecord | codec.Unreadable
+    record: KafkaRecord | Unreadable
 
     @property
     def code(self) -> str:
@@ -144,16 +145,14 @@ class Gate:
         record = codec.to_kafka(admitted, key=key, value=value)
         self._last_order = max(time.time_ns(), self._last_order + 1)
         order = (ORDER_HEADER, str(self._last_order).encode())
-        record = codec.KafkaRecord(
-            key=record.key, headers=(*record.headers, order), value=record.value
-        )
+        record = KafkaRecord(key=record.key, headers=(*record.headers, order), value=record.value)
         return Accepted(
             event=admitted,
             topic=self._topics.events(admitted.type),
             record=record,
         )
 
-    def from_record(self, record: codec.KafkaRecord) -> Accepted | Rejected:
+    def from_record(self, record: KafkaRecord) -> Accepted | Rejected:
         """Judge one record read from `gemeentebus.ingress`; never raises for bad input."""
         try:
             event, value = codec.from_kafka_with_value(record)
@@ -161,9 +160,7 @@ class Gate:
         except InvalidEvent as exc:
             return self.reject(record, exc.errors)
 
-    def reject(
-        self, original: codec.KafkaRecord | codec.Unreadable, errors: Sequence[FieldError]
-    ) -> Rejected:
+    def reject(self, original: KafkaRecord | Unreadable, errors: Sequence[FieldError]) -> Rejected:
         """The record for the invalid topic: the input byte for byte, plus error headers."""
         errors = tuple(errors) or (FieldError("event", "invalid", "rejected"),)
         detail = "; ".join(f"{e.path}: {e.code}: {e.message}" for e in errors)
@@ -172,16 +169,16 @@ class Gate:
             (DETAIL_HEADER, detail[:_DETAIL_LIMIT].encode()),
         )
         # The publisher's key is not kept: it may be anything, a BSN included.
-        record: codec.KafkaRecord | codec.Unreadable
-        if isinstance(original, codec.Unreadable):
+        record: KafkaRecord | Unreadable
+        if isinstance(original, Unreadable):
             raw = tuple((k, v) for k, v in original.headers if k not in _OURS)
             # Kafka takes no record without both key and value: a tombstone's dead letter
             # (its key dropped) has an empty value, and the code `null_value` says so.
             value = b"" if original.value is None else original.value
-            record = codec.Unreadable(key=None, headers=(*raw, *ours), value=value, error=errors[0])
+            record = Unreadable(key=None, headers=(*raw, *ours), value=value, error=errors[0])
         else:
             kept = tuple((k, v) for k, v in original.headers if k not in _OURS)
-            record = codec.KafkaRecord(key=None, headers=(*kept, *ours), value=original.value)
+            record = KafkaRecord(key=None, headers=(*kept, *ours), value=original.value)
         return Rejected(errors=errors, topic=self._topics.invalid, record=record)
 
     @staticmethod
@@ -192,10 +189,10 @@ class Gate:
         size = len(record.value or b"")
         headers = (*record.headers, (TRUNCATED_HEADER, str(size).encode()))
         value = None if record.value is None else record.value[: max(0, keep)]
-        smaller: codec.KafkaRecord | codec.Unreadable
-        if isinstance(record, codec.Unreadable):
-            smaller = codec.Unreadable(key=None, headers=headers, value=value, error=record.error)
+        smaller: KafkaRecord | Unreadable
+        if isinstance(record, Unreadable):
+            smaller = Unreadable(key=None, headers=headers, value=value, error=record.error)
         else:
             clean = tuple((k, v) for k, v in headers if v is not None)
-            smaller = codec.KafkaRecord(key=None, headers=clean, value=value or b"")
+            smaller = KafkaRecord(key=None, headers=clean, value=value or b"")
         return Rejected(errors=rejected.errors, topic=rejected.topic, record=smaller)

@@ -21,6 +21,7 @@ from aiokafka.structs import ConsumerRecord
 from streams.contract import attributes, codec
 from streams.contract.codec import format_time
 from streams.contract.envelope import CloudEvent
+from streams.contract.record import Unreadable, read_record
 from streams.contract.rules import dutch_today
 from streams.exceptions import InvalidEvent
 from streams.routing.filters import Pin
@@ -203,8 +204,8 @@ class Matcher:
     def match(self, record: ConsumerRecord[bytes, bytes]) -> CloudEvent | None:
         """The event, projected, if the subscription receives it (unreadable or undecodable:
         None; never raises)."""
-        read = codec.read_record(record.key, record.headers, record.value, max_bytes=_ANY_SIZE)
-        if isinstance(read, codec.Unreadable):
+        read = read_record(record.key, record.headers, record.value, max_bytes=_ANY_SIZE)
+        if isinstance(read, Unreadable):
             return None
         try:
             event = codec.from_kafka(read)

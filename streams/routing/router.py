@@ -29,6 +29,7 @@ from typing import Final
 from streams.config import Settings
 from streams.contract import attributes, codec
 from streams.contract.envelope import CloudEvent
+from streams.contract.record import KafkaRecord, Unreadable
 from streams.contract.rules import dutch_today
 from streams.exceptions import FieldError, InvalidEvent, RoutingFailed
 from streams.ingress.gate import Gate
@@ -44,10 +45,10 @@ CONTENT_TYPE: Final = "application/cloudevents+json; charset=utf-8"
 UNDECODABLE: Final = "router_undecodable"
 
 # (topic, record) in the order they must be sent; a dead letter keeps null header values
-Output = tuple[str, codec.KafkaRecord | codec.Unreadable]
+Output = tuple[str, KafkaRecord | Unreadable]
 
 
-def delivery_record(event: CloudEvent, key: bytes | None) -> codec.KafkaRecord:
+def delivery_record(event: CloudEvent, key: bytes | None) -> KafkaRecord:
     """The record for a delivery topic: structured mode JSON of `event`, an event the bus
     accepted or read from an events topic (then projected)."""
     body = codec.to_json(event, checked=True)
@@ -59,7 +60,7 @@ def delivery_record(event: CloudEvent, key: bytes | None) -> codec.KafkaRecord:
         ("ce_type", event.type.encode()),
         ("ce_time", codec.format_time(event.time).encode()),
     )
-    return codec.KafkaRecord(key=key, headers=headers, value=value.encode("utf-8"))
+    return KafkaRecord(key=key, headers=headers, value=value.encode("utf-8"))
 
 
 class Router:
@@ -77,7 +78,7 @@ class Router:
         self.gate = Gate(self.topics, self._key)
         self.store = store
 
-    def route(self, record: codec.KafkaRecord, *, today: date | None = None) -> list[Output]:
+    def route(self, record: KafkaRecord, *, today: date | None = None) -> list[Output]:
         """The outputs for one events-topic record; never raises for a bad record."""
         try:
             event = codec.from_kafka(record)
@@ -87,7 +88,7 @@ class Router:
         return self.fan_out(event, record, today=today)
 
     def fan_out(
-        self, event: CloudEvent, record: codec.KafkaRecord, *, today: date | None = None
+        self, event: CloudEvent, record: KafkaRecord, *, today: date | None = None
     ) -> list[Output]:
         """The delivery records of an accepted `event` (whose events-topic record is
         `record`), or `RoutingFailed` when the bus failed on it (a bug, not bad input).
@@ -107,7 +108,7 @@ class Router:
         if event.type in attributes.PERSON_TYPES:
             person = attributes.pseudonym(str(event.data["bsn"]), self._key)
         outputs: list[Output] = []
-        encoded: dict[tuple[str, ...] | None, codec.KafkaRecord] = {}  # same fields, same bytes
+        encoded: dict[tuple[str, ...] | None, KafkaRecord] = {}  # same fields, same bytes
         for subscription in self.store.index.match(event, person, today):
             record = encoded.get(subscription.fields)
             if record is None:
@@ -120,6 +121,6 @@ class Router:
     def _projected(event: CloudEvent, subscription: Subscription) -> CloudEvent:
         return event.with_data(projection(subscription, event.type)(event.data))
 
-    def _dead_letter(self, record: codec.KafkaRecord, errors: list[FieldError]) -> Output:
+    def _dead_letter(self, record: KafkaRecord, errors: list[FieldError]) -> Output:
         rejected = self.gate.reject(record, errors)
         return (rejected.topic, rejected.record)

@@ -1,7 +1,7 @@
 """The stream worker: `gemeentebus.ingress` → `gemeentebus.events.<type>` and the
 `gemeentebus.deliver.<id>` topics of every matching subscription | `.invalid`.
 
-One pass per record: read it (`codec.read_record`), judge it (the gate), and for an accepted
+One pass per record: read it (`read_record`), judge it (the gate), and for an accepted
 event, route it (`streams.routing.router`): its events-topic record goes out first, its delivery
 records right behind it, all confirmed together. One hop from ingress to every subscriber,
 one write of the event itself.
@@ -41,8 +41,7 @@ import faust
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from streams.config import Settings
-from streams.contract import codec
-from streams.contract.codec import KafkaRecord, Unreadable
+from streams.contract.record import KafkaRecord, Unreadable, read_record
 from streams.contract.rules import dutch_today
 from streams.exceptions import FieldError, KafkaUnavailable, RoutingFailed, WorkerFailed
 from streams.health import Health, Progress
@@ -263,7 +262,7 @@ class Validator:
 
     def read(self, message: Any) -> KafkaRecord | Unreadable:
         """One consumed ingress message as a record of ours, or why it is none."""
-        return codec.read_record(
+        return read_record(
             message.key, message.headers, message.value, max_bytes=self.max_record_bytes
         )
 

@@ -19,6 +19,7 @@ from streams.config import ClientConfig, Settings
 from streams.contract import codec
 from streams.contract.attributes import ZAAK_GEMUTEERD
 from streams.contract.headers import ERROR_HEADER
+from streams.contract.record import KafkaRecord
 from streams.exceptions import InvalidEvent
 from streams.http.api import make_api
 from streams.ingress.gate import Gate
@@ -201,7 +202,7 @@ async def test_open_zaak_notificatie_with_jwt_lands_as_zaak_gemuteerd(
         settings, Topics(settings.kafka.topic_prefix).events(ZAAK_GEMUTEERD), 1
     )
     assert record.key == ZAAK.encode()
-    kafka = codec.KafkaRecord(key=record.key, headers=tuple(record.headers), value=record.value)
+    kafka = KafkaRecord(key=record.key, headers=tuple(record.headers), value=record.value)
     event = codec.from_kafka(kafka)
     assert event.id == zgw.to_event(sent, client_id="open-zaak").id
     assert event.source == "urn:nld:oin:00000001002220647000:systeem:open-zaak"

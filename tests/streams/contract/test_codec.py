@@ -14,9 +14,7 @@ from typing import Any
 import pytest
 from fastavro import parse_schema, schemaless_writer
 
-from streams.contract import codec
 from streams.contract.codec import (
-    KafkaRecord,
     decode_data,
     encode_data,
     format_time,
@@ -28,6 +26,7 @@ from streams.contract.codec import (
     to_kafka,
 )
 from streams.contract.envelope import CloudEvent
+from streams.contract.record import KafkaRecord
 from streams.contract.schemas import DEFAULT_ROOT, SchemaRegistry
 from streams.exceptions import InvalidEvent, UndecodableEvent, UnknownSchema
 
@@ -466,43 +465,3 @@ def test_parse_http_invalid_json(body: bytes) -> None:
     with pytest.raises(UndecodableEvent) as caught:
         parse_http("application/cloudevents+json", {}, body)
     assert errors_of(caught) == [("body", "invalid_json")]
-
-
-# -- reading a client's record defensively ----------------------------------------------------
-
-
-def test_read_record_takes_a_well_formed_record() -> None:
-    record = codec.read_record(
-        bytearray(b"k"), [("ce_id", b"1"), ("ce_type", memoryview(b"t"))], b"v", max_bytes=10
-    )
-    assert record == codec.KafkaRecord(
-        key=b"k", headers=(("ce_id", b"1"), ("ce_type", b"t")), value=b"v"
-    )
-
-
-@pytest.mark.parametrize(
-    ("key", "headers", "value", "code"),
-    [
-        (None, [("ce_id", None)], b"v", "null_header"),
-        (None, [("ce_id", "text")], b"v", "malformed_header"),
-        (None, [("ce_id",)], b"v", "malformed_header"),
-        (None, None, None, "null_value"),
-        (None, (), b"x" * 11, "too_large"),
-        ("a str key", (), b"v", "malformed_key"),
-        (None, (), "a str value", "malformed_value"),
-    ],
-)
-def test_read_record_keeps_an_odd_record_as_it_came_with_the_reason(
-    key: object, headers: object, value: object, code: str
-) -> None:
-    unreadable = codec.read_record(key, headers, value, max_bytes=10)
-    assert isinstance(unreadable, codec.Unreadable)
-    assert unreadable.error.code == code
-    assert "v" not in unreadable.error.message.split()  # the reason never quotes the input
-
-
-def test_read_record_keeps_a_null_header_null_for_a_byte_for_byte_dead_letter() -> None:
-    unreadable = codec.read_record(b"k", [("a", b"1"), ("b", None)], b"v", max_bytes=10)
-    assert isinstance(unreadable, codec.Unreadable)
-    assert unreadable.headers == (("a", b"1"), ("b", None))
-    assert (unreadable.key, unreadable.value) == (b"k", b"v")

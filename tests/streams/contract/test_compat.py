@@ -14,7 +14,6 @@ import pytest
 from streams.contract.compat import (
     CompatibilityConfig,
     Mode,
-    can_read,
     check,
     check_history,
     load_compatibility,
@@ -290,17 +289,6 @@ def test_check_history_checks_each_version_against_its_predecessors() -> None:
         (2, 1),  # v1 readers need gemeentecode, v2 dropped it without default
         (3, 1),
     ]
-
-
-def test_can_read_words_findings_as_reader_and_writer() -> None:
-    reader = record(BSN, field("soort", verhuissoort("EMIGRATIE")))
-    writer = record(field("soort", verhuissoort("EMIGRATIE", "IMMIGRATIE")))
-    assert messages(can_read(reader, writer)) == (
-        "PersoonVerhuisd.bsn: field missing from the writer has no default in the reader\n"
-        "PersoonVerhuisd.soort: writer symbol IMMIGRATIE is unknown to Verhuissoort, "
-        "which has no enum default"
-    )
-    assert can_read(writer, writer) == []
 
 
 def test_recursive_types_terminate_and_report_nested_changes() -> None:

@@ -19,7 +19,8 @@ import avro.io
 import avro.schema
 import pytest
 
-from streams.contract.codec import KafkaRecord, from_json, from_kafka, to_json, to_kafka
+from streams.contract.codec import from_json, from_kafka, to_json, to_kafka
+from streams.contract.record import KafkaRecord
 from streams.contract.schemas import DEFAULT_ROOT, registry
 
 VECTORS = Path(__file__).parents[2] / "vectors"

@@ -19,6 +19,7 @@ from streams.config import ClientConfig, Settings
 from streams.contract import codec
 from streams.contract.attributes import VERHUISD, ZAAK_GEMUTEERD, partition_key
 from streams.contract.headers import ERROR_HEADER
+from streams.contract.record import KafkaRecord
 from streams.contract.rules import dutch_today
 from streams.demo.generators import BRP_SOURCE, EventFactory
 from streams.http.api import make_api
@@ -148,7 +149,7 @@ async def test_structured_event_is_accepted_and_lands_in_its_events_topic(
     assert headers["ce_source"] == BRP_SOURCE
     assert headers["content-type"] == "application/avro"
     assert headers["ce_gemeentenaar"] == event["data"]["nieuwAdres"]["gemeentecode"]
-    kafka = codec.KafkaRecord(key=record.key, headers=tuple(record.headers), value=record.value)
+    kafka = KafkaRecord(key=record.key, headers=tuple(record.headers), value=record.value)
     read = codec.from_kafka(kafka)
     assert codec.to_json(read)["data"] == event["data"]
 

@@ -15,6 +15,7 @@ from streams.contract import codec
 from streams.contract.attributes import partition_key
 from streams.contract.envelope import CloudEvent
 from streams.contract.headers import ERROR_HEADER
+from streams.contract.record import KafkaRecord
 from streams.contract.rules import dutch_today
 from streams.demo.generators import EventFactory, invalid_corpus
 from streams.exceptions import InvalidEvent
@@ -70,7 +71,7 @@ async def _post_all(url: str, valid: list[CloudEvent], invalid: list[CloudEvent]
     return statuses
 
 
-async def _send_kafka(settings: Settings, records: list[codec.KafkaRecord]) -> None:
+async def _send_kafka(settings: Settings, records: list[KafkaRecord]) -> None:
     producer = make_producer(settings, "e2e")
     await producer.start()
     topic = Topics(settings.kafka.topic_prefix).ingress
@@ -111,7 +112,7 @@ async def test_ten_thousand_mixed_events_land_exactly(settings: Settings, read_t
         try:
             kafka_records.append(codec.to_kafka(e, key=None))
         except InvalidEvent:  # not expressible in Avro: what such a publisher would send
-            kafka_records.append(codec.KafkaRecord(key=None, headers=(), value=_json_body(e)))
+            kafka_records.append(KafkaRecord(key=None, headers=(), value=_json_body(e)))
 
     async with running_bus(settings) as bus:
         topics = Topics(settings.kafka.topic_prefix)

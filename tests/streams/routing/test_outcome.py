@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.contract.codec import KafkaRecord
 from streams.contract.headers import ERROR_HEADER
+from streams.contract.record import KafkaRecord
 from streams.ingress.gate import Gate, Rejected
 from streams.kafka.topics import Topics
 from streams.routing.worker import outcome_for

@@ -30,6 +30,7 @@ from streams.contract.attributes import (
 )
 from streams.contract.envelope import CloudEvent
 from streams.contract.headers import ERROR_HEADER
+from streams.contract.record import KafkaRecord
 from streams.contract.rules import dutch_today
 from streams.demo.generators import BRP_SOURCE, EventFactory
 from streams.exceptions import RoutingFailed
@@ -311,7 +312,7 @@ async def test_an_undecodable_record_is_dead_lettered(settings: Settings) -> Non
     good = Gate(Topics(settings.kafka.topic_prefix), KEY).accept(
         EventFactory(3, today=TODAY).mixed(1)[0], today=TODAY
     )
-    broken = codec.KafkaRecord(key=b"k", headers=good.record.headers, value=b"\x01garbage")
+    broken = KafkaRecord(key=b"k", headers=good.record.headers, value=b"\x01garbage")
     [(topic, dead)] = router.route(broken, today=TODAY)
     assert topic == Topics(settings.kafka.topic_prefix).invalid
     assert (dict(dead.headers)[ERROR_HEADER], dead.value) == (UNDECODABLE.encode(), broken.value)

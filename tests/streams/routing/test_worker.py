@@ -12,6 +12,7 @@ from streams.contract import codec
 from streams.contract.attributes import partition_key
 from streams.contract.envelope import CloudEvent
 from streams.contract.headers import DETAIL_HEADER, ERROR_HEADER
+from streams.contract.record import KafkaRecord
 from streams.contract.rules import dutch_today
 from streams.demo.generators import EventFactory, invalid_corpus
 from streams.exceptions import InvalidEvent
@@ -41,11 +42,11 @@ KAFKA_CODE = {"id_format": "invalid_attribute"}
 
 def ingress_records(
     n_valid: int, seed: int
-) -> tuple[list[CloudEvent], list[tuple[str, codec.KafkaRecord]]]:
+) -> tuple[list[CloudEvent], list[tuple[str, KafkaRecord]]]:
     """`n_valid` valid events, and invalid records covering every rule that a Kafka
     publisher can break (plus bytes that are no event at all)."""
     valid = EventFactory(seed, today=TODAY).mixed(n_valid)
-    invalid: list[tuple[str, codec.KafkaRecord]] = []
+    invalid: list[tuple[str, KafkaRecord]] = []
     for code, event in invalid_corpus(seed, today=TODAY):
         try:
             record = codec.to_kafka(event, key=b"publisher-chosen-key")
@@ -55,14 +56,14 @@ def ingress_records(
     good = codec.to_kafka(valid[0], key=b"k")
     headers = dict(good.headers)
     invalid += [
-        ("avro_decode", codec.KafkaRecord(key=None, headers=good.headers, value=b"\x01garbage")),
+        ("avro_decode", KafkaRecord(key=None, headers=good.headers, value=b"\x01garbage")),
         (
             "avro_trailing_bytes",
-            codec.KafkaRecord(key=None, headers=good.headers, value=good.value + b"\x00"),
+            KafkaRecord(key=None, headers=good.headers, value=good.value + b"\x00"),
         ),
         (
             "missing_header",
-            codec.KafkaRecord(
+            KafkaRecord(
                 key=None,
                 headers=tuple((k, v) for k, v in good.headers if k != "ce_id"),
                 value=good.value,
@@ -70,7 +71,7 @@ def ingress_records(
         ),
         (
             "unknown_dataschema",
-            codec.KafkaRecord(
+            KafkaRecord(
                 key=None,
                 headers=tuple((k, _unknown_type.get(k, v)) for k, v in good.headers),
                 value=good.value,
@@ -78,19 +79,19 @@ def ingress_records(
         ),
         (
             "header_encoding",
-            codec.KafkaRecord(
+            KafkaRecord(
                 key=None,
                 headers=tuple((k, b"\xff\xfe" if k == "ce_source" else v) for k, v in good.headers),
                 value=good.value,
             ),
         ),
-        ("missing_header", codec.KafkaRecord(key=None, headers=(), value=b"{}")),
+        ("missing_header", KafkaRecord(key=None, headers=(), value=b"{}")),
     ]
     assert headers  # the good record had headers to mutate
     return valid, invalid
 
 
-async def _publish(settings: Settings, records: list[codec.KafkaRecord]) -> None:
+async def _publish(settings: Settings, records: list[KafkaRecord]) -> None:
     producer = make_producer(settings, "publisher")
     await producer.start()
     try:
@@ -115,7 +116,7 @@ async def test_every_record_lands_once_in_order(
     valid, invalid = ingress_records(4500, seed=7)
     # 10% invalid: the corpus repeated, so every rule is broken many times.
     bad = [invalid[i % len(invalid)] for i in range(500)]
-    stream: list[tuple[str | None, codec.KafkaRecord]] = [
+    stream: list[tuple[str | None, KafkaRecord]] = [
         (None, codec.to_kafka(e, key=partition_key(e.type, e.data, b"publisher-secret")))
         for e in valid
     ]

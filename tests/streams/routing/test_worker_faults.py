@@ -15,10 +15,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streams.config import HttpSettings, Settings
-from streams.contract import codec
 from streams.contract.attributes import VERHUISD, ZAAK_GEMUTEERD
 from streams.contract.envelope import CloudEvent
 from streams.contract.headers import DETAIL_HEADER, ERROR_HEADER, TRUNCATED_HEADER
+from streams.contract.record import KafkaRecord
 from streams.contract.rules import dutch_today
 from streams.demo.generators import EventFactory
 from streams.exceptions import WorkerFailed
@@ -39,7 +39,7 @@ OURS = (ERROR_HEADER, DETAIL_HEADER, TRUNCATED_HEADER)
 Raw = tuple[bytes | None, list[tuple[str, bytes | None]], bytes | None]
 
 
-def _raw(record: codec.KafkaRecord) -> Raw:
+def _raw(record: KafkaRecord) -> Raw:
     return record.key, list(record.headers), record.value
 
 

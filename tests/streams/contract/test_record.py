@@ -1,0 +1,42 @@
+"""The Kafka record of the bus: a client's record read defensively, never raising."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.contract.record import KafkaRecord, Unreadable, read_record
+
+
+def test_read_record_takes_a_well_formed_record() -> None:
+    record = read_record(
+        bytearray(b"k"), [("ce_id", b"1"), ("ce_type", memoryview(b"t"))], b"v", max_bytes=10
+    )
+    assert record == KafkaRecord(key=b"k", headers=(("ce_id", b"1"), ("ce_type", b"t")), value=b"v")
+
+
+@pytest.mark.parametrize(
+    ("key", "headers", "value", "code"),
+    [
+        (None, [("ce_id", None)], b"v", "null_header"),
+        (None, [("ce_id", "text")], b"v", "malformed_header"),
+        (None, [("ce_id",)], b"v", "malformed_header"),
+        (None, None, None, "null_value"),
+        (None, (), b"x" * 11, "too_large"),
+        ("a str key", (), b"v", "malformed_key"),
+        (None, (), "a str value", "malformed_value"),
+    ],
+)
+def test_read_record_keeps_an_odd_record_as_it_came_with_the_reason(
+    key: object, headers: object, value: object, code: str
+) -> None:
+    unreadable = read_record(key, headers, value, max_bytes=10)
+    assert isinstance(unreadable, Unreadable)
+    assert unreadable.error.code == code
+    assert "v" not in unreadable.error.message.split()  # the reason never quotes the input
+
+
+def test_read_record_keeps_a_null_header_null_for_a_byte_for_byte_dead_letter() -> None:
+    unreadable = read_record(b"k", [("a", b"1"), ("b", None)], b"v", max_bytes=10)
+    assert isinstance(unreadable, Unreadable)
+    assert unreadable.headers == (("a", b"1"), ("b", None))
+    assert (unreadable.key, unreadable.value) == (b"k", b"v")
