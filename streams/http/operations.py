@@ -31,7 +31,8 @@ from streams.http.api import AUTHENTICATOR, _Failure, _json, _read, answering
 from streams.kafka.topics import partitions
 from streams.kafka.window import consumer, merged, offsets_at
 from streams.operations.reconcile import reconcile
-from streams.operations.replay import BeyondRetention, Replayer, ReplayError, ReplayRequest
+from streams.operations.replay import Replayer
+from streams.operations.replay_request import BeyondRetention, ReplayError, ReplayRequest
 from streams.routing.store import SubscriptionStore
 from streams.routing.subscriptions import Subscription
 

@@ -1,8 +1,6 @@
 """Replays: events from the `gemeentebus.events.<type>` topics, again, into one subscription.
 
-A `ReplayRequest` names a window (`from`/`to` as RFC 3339 times, or `fromOffsets`/`toOffsets`
-per topic-partition) and optionally `types`, or a list of event `ids` (a window bounds the
-search). Times are when the bus accepted an event (the record timestamp of its events topic).
+A `ReplayRequest` (`streams.operations.replay_request`) names a window, types or event ids.
 The `Replayer` resolves the window to offsets once, then reads each partition in order, keeps
 what the subscription's *current* filters and volgindicaties match, strips it to the current
 `fields`, marks it with the extension attribute `replay` (the replay id) and appends it to
@@ -32,6 +30,9 @@ one elected runner: any API process can take a request, nothing but Kafka is sha
 a lease needs no group coordination; its cost is that a replay waits up to one lease
 after a crash, and that an owner paused past its lease writes duplicates until it reads
 the claim that replaced it (at most one renewal interval).
+
+`replay_to_end` runs one replay in the calling process and reports its progress to a plain
+callback (the CLI draws it).
 """
 
 from __future__ import annotations
@@ -43,99 +44,34 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from streams.config import Settings
-from streams.contract import codec
 from streams.contract.headers import header_text
-from streams.exceptions import GemeentebusError
 from streams.kafka.clients import make_producer
-from streams.kafka.topics import Topics, bus_topics, create_topics, partitions
-from streams.kafka.window import consumer, merged, offsets_at, oldest_kept
-
-# The window helpers moved to `streams.kafka.window`; re-exported here for existing importers.
+from streams.kafka.topics import Topics, bus_topics, create_topics
+from streams.kafka.window import consumer, merged
 from streams.operations.audit import record_action
 from streams.operations.replay_log import ReplayLog, ReplayStatus
+from streams.operations.replay_request import (
+    ReplayError,
+    ReplayRequest,
+    replay_window,
+    tp_name,
+    tp_of,
+)
 from streams.routing.matching import Matcher
 from streams.routing.router import delivery_record
 from streams.routing.store import SubscriptionStore
-from streams.routing.subscriptions import Subscription
 
-__all__ = [
-    "BeyondRetention",
-    "Matcher",
-    "ReplayError",
-    "ReplayRequest",
-    "ReplayStatus",
-    "Replayer",
-    "consumer",
-    "merged",
-    "offsets_at",
-    "oldest_kept",
-    "partitions",
-    "run_replay_cli",
-]
+__all__ = ["Replayer", "replay_to_end"]
 
 log = logging.getLogger(__name__)
-
-
-class ReplayError(GemeentebusError):
-    """A replay that cannot be done as asked (unknown subscription, bad window)."""
-
-
-class BeyondRetention(ReplayError):
-    """The window starts before the oldest record the events topics still hold."""
-
-    def __init__(self, oldest: datetime) -> None:
-        self.oldest = oldest
-        super().__init__(
-            f"events before {codec.format_time(oldest)} are no longer kept (retention): "
-            f"the oldest available time is {codec.format_time(oldest)}; replay from there"
-        )
-
-
-class ReplayRequest(BaseModel):
-    """What to replay: a time window, an offset window (`{topic: {partition: offset}}`, the
-    topic as its full name or its event type), or event ids (optionally within a window)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-    start: AwareDatetime | None = Field(default=None, alias="from")
-    end: AwareDatetime | None = Field(default=None, alias="to")
-    from_offsets: dict[str, dict[int, int]] | None = Field(default=None, alias="fromOffsets")
-    to_offsets: dict[str, dict[int, int]] | None = Field(default=None, alias="toOffsets")
-    types: tuple[str, ...] | None = None
-    ids: tuple[str, ...] | None = Field(default=None, min_length=1)
-
-    @model_validator(mode="after")
-    def _one_window(self) -> ReplayRequest:
-        timed = self.start is not None or self.end is not None
-        offsets = self.from_offsets is not None or self.to_offsets is not None
-        if timed and offsets:
-            raise ValueError("give from/to times or fromOffsets/toOffsets, not both")
-        if self.ids is None and self.start is None and self.from_offsets is None:
-            raise ValueError("give from (a time), fromOffsets, or ids")
-        if self.start and self.end and self.end <= self.start:
-            raise ValueError("to must be after from")
-        return self
-
-
-# -- names of topic-partitions, and the audit trail -------------------------------------------
-
-
-def tp_name(tp: TopicPartition) -> str:
-    return f"{tp.topic}:{tp.partition}"
-
-
-def _tp(name: str) -> TopicPartition:
-    topic, _, partition = name.rpartition(":")
-    return TopicPartition(topic, int(partition))
 
 
 class _Pace:
@@ -246,7 +182,7 @@ class Replayer:
         subscription = self.store.get(subscription_id)
         if subscription is None or not subscription.active:
             raise ReplayError(f"no active subscription {subscription_id}")
-        starts, ends = await self._window(subscription, request)
+        starts, ends = await replay_window(self.settings, subscription, request)
         status = ReplayStatus(
             id=str(uuid.uuid4()),
             subscription=subscription_id,
@@ -383,41 +319,6 @@ class Replayer:
 
     # -- the work ---------------------------------------------------------------------------
 
-    async def _window(
-        self, subscription: Subscription, request: ReplayRequest
-    ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
-        types = [t for t in subscription.types if request.types is None or t in request.types]
-        reader = consumer(self.settings)
-        await reader.start()
-        try:
-            tps = await partitions(self.settings.kafka, [self.topics.events(t) for t in types])
-            if request.from_offsets is not None or request.to_offsets is not None:
-                begins = dict(await reader.beginning_offsets(tps)) if tps else {}
-                starts = {**begins, **self._offsets(request.from_offsets)}
-                ends = {**await offsets_at(reader, tps, None), **self._offsets(request.to_offsets)}
-                if any(starts[tp] < begins[tp] for tp in tps):
-                    oldest = await oldest_kept(reader, tps)
-                    raise BeyondRetention(oldest or datetime.now(UTC))
-            else:
-                if request.start is not None:
-                    oldest = await oldest_kept(reader, tps)
-                    if oldest is not None and request.start < oldest:
-                        raise BeyondRetention(oldest)
-                    starts = await offsets_at(reader, tps, request.start)
-                else:
-                    starts = dict(await reader.beginning_offsets(tps)) if tps else {}
-                ends = await offsets_at(reader, tps, request.end)
-        finally:
-            await reader.stop()
-        return {tp: starts[tp] for tp in tps}, {tp: ends[tp] for tp in tps}
-
-    def _offsets(self, given: Mapping[str, Mapping[int, int]] | None) -> dict[TopicPartition, int]:
-        out = {}
-        for name, by_partition in (given or {}).items():
-            topic = name if name.startswith(self.topics.events_prefix) else self.topics.events(name)
-            out.update({TopicPartition(topic, p): o for p, o in by_partition.items()})
-        return out
-
     def _enqueue(self, status: ReplayStatus) -> None:
         queue = self._queues.setdefault(status.subscription, asyncio.Queue())
         queue.put_nowait(status.id)
@@ -453,8 +354,8 @@ class Replayer:
         matcher, ids = Matcher(subscription, self._key), set(status.request.get("ids") or ())
         status.state, status.started_at = "running", status.started_at or datetime.now(UTC)
         await self._confirm(status, await self._save(status))
-        starts = {_tp(n): status.positions.get(n, o) for n, o in status.starts.items()}
-        ends = {_tp(n): o for n, o in status.ends.items()}
+        starts = {tp_of(n): status.positions.get(n, o) for n, o in status.starts.items()}
+        ends = {tp_of(n): o for n, o in status.ends.items()}
         target, pace = self.topics.deliver(subscription.id), _Pace(self.rate)
         pending: list[asyncio.Future[Any]] = []
         reader = consumer(self.settings)
@@ -514,25 +415,17 @@ class Replayer:
         return offsets
 
 
-async def run_replay_cli(
+async def replay_to_end(
     settings: Settings,
     subscription_id: str,
+    request: ReplayRequest,
     *,
-    start: datetime | None = None,
-    end: datetime | None = None,
-    types: Iterable[str] | None = None,
-    ids: Iterable[str] | None = None,
-    actor: str = "cli",
+    actor: str,
     progress: Callable[[ReplayStatus], None] | None = None,
+    every_s: float = 0.2,
 ) -> ReplayStatus:
-    """`gemeentebus replay`: run one replay to the end with a rich progress bar (and ETA)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    request = ReplayRequest.model_validate(
-        {"from": start, "to": end, "types": list(types) if types else None,
-         "ids": list(ids) if ids else None}
-    )  # fmt: skip
+    """Run one replay in this process to its end (it takes over no others) and return how it
+    ended; `progress` gets its status once it is queued, then every `every_s` seconds."""
     store = SubscriptionStore(settings, name="replay-cli-store")
     await store.start()
     replayer = Replayer(settings, store, adopt=False)  # a command runs its own replay only
@@ -540,21 +433,13 @@ async def run_replay_cli(
         await store.ready()
         await replayer.start()
         status = await replayer.submit(subscription_id, request, actor=actor)
-        columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[n]}"))
-        # Progress on stderr: stdout carries the result, for scripts.
-        progress_console = Console(stderr=True)
-        with Progress(
-            *columns, TimeRemainingColumn(), transient=False, console=progress_console
-        ) as bar:
-            task = bar.add_task(f"replay into {subscription_id}", total=status.total or 1, n="")
-            while status.state in ("queued", "running"):
-                await asyncio.sleep(0.2)
-                status = replayer.status(status.id) or status
-                n = f"{status.written} written of {status.matched} matched"
-                bar.update(task, completed=status.scanned, n=n)
-                if progress is not None:
-                    progress(status)
-            bar.update(task, completed=status.total or 1)
+        if progress is not None:
+            progress(status)
+        while status.unfinished:
+            await asyncio.sleep(every_s)
+            status = replayer.status(status.id) or status
+            if progress is not None:
+                progress(status)
         return status
     finally:
         await replayer.stop()
