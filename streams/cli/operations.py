@@ -95,7 +95,8 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         if task is not None:
             bar.update(task, completed=status.total or 1)
     finally:
-        bar.stop()
+        if task is not None:  # a bar that never appeared is not closed either (no blank line)
+            bar.stop()
     print(json.dumps(status.public_dict(), default=str, indent=2))
     return 0 if status.state == "done" else 1
 
