@@ -24,7 +24,8 @@ from streams.demo.generators import EventFactory
 from streams.ingress.gate import Gate
 from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics, bus_topics, create_topics
-from streams.operations.replay import Replayer, ReplayRequest
+from streams.operations.replay import Replayer
+from streams.operations.replay_request import ReplayRequest
 from streams.routing.store import SubscriptionStore
 from streams.routing.subscriptions import Subscription
 

@@ -10,12 +10,14 @@ from pathlib import Path
 
 from connectors.kafka_local import LocalKafka
 from streams.cli.operations import add_operation_commands
+from streams.cli.subscriptions import add_subscription_commands
 from streams.config import Settings, load_settings
 from streams.exceptions import GemeentebusError
 
-__all__ = ["main"]
+__all__ = ["main", "parse", "settings_for"]
 
 Command = Callable[[argparse.Namespace, Settings], int]
+CONFIG_HELP = "YAML configuration file (default: gemeentebus.yaml when present)"
 
 
 def _local_kafka(settings: Settings, nodes: int, port: int | None = None) -> LocalKafka:
@@ -122,60 +124,6 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_subscriptions_list(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.operations import subscription_set as subs
-
-    async def listed() -> str:
-        async with subs.opened(settings) as store:
-            return subs.table(store)
-
-    print(asyncio.run(listed()))
-    return 0
-
-
-def cmd_subscriptions_add(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.operations import subscription_set as subs
-
-    entry = subs.read_entries(args.file)
-
-    async def added() -> subs.Applied:
-        async with subs.opened(settings) as store:
-            return await subs.add(store, settings, entry)
-
-    applied = asyncio.run(added())
-    print(subs.dumps(applied.subscription))
-    print(subs.describe(applied))
-    return 0
-
-
-def cmd_subscriptions_remove(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.operations import subscription_set as subs
-
-    async def removed() -> bool:
-        async with subs.opened(settings) as store:
-            return await subs.remove(store, args.id)
-
-    if not asyncio.run(removed()):
-        print(f"gemeentebus: no subscription {args.id}", file=sys.stderr)
-        return 1
-    print(f"removed {args.id}")
-    return 0
-
-
-def cmd_subscriptions_apply(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.operations import subscription_set as subs
-
-    entries = subs.read_entries(args.file)
-
-    async def applied() -> list[subs.Applied]:
-        async with subs.opened(settings) as store:
-            return await subs.apply(store, settings, entries)
-
-    for plan in asyncio.run(applied()):
-        print(subs.describe(plan))
-    return 0
-
-
 def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
     from streams.chaos import SCENARIOS, run_chaos
 
@@ -200,12 +148,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="gemeentebus",
         description="The event bus of Dutch municipalities and base registries.",
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="YAML configuration file (default: gemeentebus.yaml when present)",
-    )
+    parser.add_argument("--config", type=Path, default=None, help=CONFIG_HELP)
+    # `gemeentebus run --config FILE` (SPEC §7) too: given after the command, it wins; not
+    # given there, it leaves the one before the command alone (no default of its own).
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=CONFIG_HELP)
+    takes_config = [config]
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     kafka = commands.add_parser("kafka", help="the local Kafka broker (jars from Maven Central)")
@@ -215,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
         ("down", cmd_kafka_down, "stop the local broker (SIGTERM, then wait)"),
         ("status", cmd_kafka_status, "report each node; exit 3 when none runs"),
     ):
-        sub = kafka_sub.add_parser(name, help=text, description=text)
+        sub = kafka_sub.add_parser(name, help=text, description=text, parents=takes_config)
         sub.add_argument(
             "--nodes",
             type=int,
@@ -232,6 +180,7 @@ def _parser() -> argparse.ArgumentParser:
         "create",
         help="create the topics of SPEC §3 (idempotent)",
         description="Create the ingress, invalid, events and internal topics that are missing.",
+        parents=takes_config,
     )
     create.set_defaults(func=cmd_topics_create)
 
@@ -244,6 +193,7 @@ def _parser() -> argparse.ArgumentParser:
         "(a topic gone, the subscription reader dying); 2 could not start (configuration, "
         "cluster, topics: one line says why); 3 did not stop within the grace period; "
         "128+N a second signal N.",
+        parents=takes_config,
     )
     run.add_argument(
         "--role",
@@ -277,46 +227,15 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("types", nargs="*", help="event types (default: all)")
     publish.set_defaults(func=cmd_schemas_publish)
 
-    subscriptions = commands.add_parser(
-        "subscriptions", help="the subscription set, with operator rights (needs the broker)"
-    )
-    subscriptions_sub = subscriptions.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = subscriptions_sub.add_parser(
-        "list", help="print every subscription as a table", description="Print a table of all."
-    )
-    listing.set_defaults(func=cmd_subscriptions_list)
-    add = subscriptions_sub.add_parser(
-        "add",
-        help="add one subscription from a JSON or YAML file",
-        description="Add (or replace) the subscription in FILE: the API's JSON shape plus "
-        "`owner`, and `id` if it replaces one. A new one's signing secret is printed once.",
-    )
-    add.add_argument("file", type=Path, metavar="FILE", help="JSON or YAML file")
-    add.set_defaults(func=cmd_subscriptions_add)
-    remove = subscriptions_sub.add_parser(
-        "remove",
-        help="retire and delete a subscription",
-        description="Retire and delete the subscription ID; its topics stay. Exit 1 if unknown.",
-    )
-    remove.add_argument("id", metavar="ID", help="the subscription id")
-    remove.set_defaults(func=cmd_subscriptions_remove)
-    apply = subscriptions_sub.add_parser(
-        "apply",
-        help="make the subscriptions in a YAML list so (idempotent)",
-        description="Validate every entry of FILE (a YAML list; each with `id` and `owner`); "
-        "if all are valid, put the new and changed ones and print what changed. Subscriptions "
-        "not in FILE are left alone.",
-    )
-    apply.add_argument("file", type=Path, metavar="FILE", help="YAML list of subscriptions")
-    apply.set_defaults(func=cmd_subscriptions_apply)
-
-    add_operation_commands(commands)
+    add_subscription_commands(commands, parents=takes_config)
+    add_operation_commands(commands, parents=takes_config)
 
     chaos = commands.add_parser(
         "chaos",
         help="the fault-injection suite on private local brokers; results as JSON",
         description="Kill, stop and poison the bus as deployed; count what each subscriber "
         "lost, got twice or out of order. Exit 1 when anything was lost or reordered.",
+        parents=takes_config,
     )
     chaos.add_argument("--quick", action="store_true", help="small counts (under 10 minutes)")
     chaos.add_argument("--only", metavar="NAME[,NAME]", help="run only these scenarios")
@@ -336,12 +255,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line (`argparse` exits on a bad one)."""
+    return _parser().parse_args(argv)
+
+
+def settings_for(args: argparse.Namespace) -> Settings:
+    """The settings a parsed command runs with: its `--config` file (before or after the
+    command), the environment over it, demo mode for `demo`."""
+    overrides = {"mode": "demo"} if args.command == "demo" else {}
+    return load_settings(args.config, **overrides)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `gemeentebus` console script."""
-    args = _parser().parse_args(argv)
+    args = parse(argv)
     try:
-        overrides = {"mode": "demo"} if args.command == "demo" else {}
-        settings = load_settings(args.config, **overrides)
+        settings = settings_for(args)
         func: Command = args.func
         return func(args, settings)
     except GemeentebusError as exc:

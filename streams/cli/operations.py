@@ -6,15 +6,20 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
 from streams.config import Settings
+from streams.operations.reconcile import Reconciliation
 from streams.operations.subscription_set import opened
 
-__all__ = ["add_operation_commands"]
+__all__ = ["add_operation_commands", "print_reconciliation"]
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -60,26 +65,46 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.operations.replay import run_replay_cli
+    from streams.operations.replay import replay_to_end
+    from streams.operations.replay_log import ReplayStatus
+    from streams.operations.replay_request import ReplayRequest
 
-    status = asyncio.run(
-        run_replay_cli(
-            settings,
-            args.subscription,
-            start=args.start,
-            end=args.end,
-            types=args.types or None,
-            ids=_ids(args.ids_file),
+    ids = _ids(args.ids_file)
+    request = ReplayRequest.model_validate(
+        {"from": args.start, "to": args.end, "types": args.types or None,
+         "ids": list(ids) if ids else None}
+    )  # fmt: skip
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[n]}"))
+    # Progress on stderr: stdout carries the result, for scripts.
+    bar = Progress(*columns, TimeRemainingColumn(), transient=False, console=Console(stderr=True))
+    task: TaskID | None = None
+
+    def show(status: ReplayStatus) -> None:
+        nonlocal task
+        if task is None:  # the replay is queued: the bar appears
+            bar.start()
+            task = bar.add_task(f"replay into {args.subscription}", total=status.total or 1, n="")
+        else:
+            n = f"{status.written} written of {status.matched} matched"
+            bar.update(task, completed=status.scanned, n=n)
+
+    try:
+        status = asyncio.run(
+            replay_to_end(settings, args.subscription, request, actor="cli", progress=show)
         )
-    )
+        if task is not None:
+            bar.update(task, completed=status.total or 1)
+    finally:
+        if task is not None:  # a bar that never appeared is not closed either (no blank line)
+            bar.stop()
     print(json.dumps(status.public_dict(), default=str, indent=2))
     return 0 if status.state == "done" else 1
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.operations.reconcile import print_reconciliation, reconcile
+    from streams.operations.reconcile import reconcile
 
-    async def run() -> Any:
+    async def run() -> Reconciliation:
         async with opened(settings) as store:
             return await reconcile(
                 settings,
@@ -99,6 +124,38 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if result.consistent else 1
 
 
+def print_reconciliation(result: Reconciliation, console: Console | None = None) -> None:
+    """`gemeentebus reconcile`: the result as readable tables."""
+    out = console or Console()
+    data = result.as_dict()
+    table = Table(title=f"reconciliation of {result.subscription}: {data['from']} – {data['to']}")
+    table.add_column("side")
+    table.add_column("events", justify="right")
+    table.add_column("digest (SHA-256 of sorted ids)")
+    for side in ("published", "delivered", "held"):
+        if data[side] is not None:
+            table.add_row(side, str(data[side]["count"]), data[side]["digest"][:16] + "…")
+    out.print(table)
+    missing = Table(title="missing")
+    missing.add_column("what")
+    missing.add_column("count", justify="right")
+    missing.add_column("event ids (first 10)")
+    labels = {
+        "publishedNotDelivered": "published, not delivered",
+        "deliveredNotPublished": "delivered, not published",
+        "deliveredNotHeld": "delivered, not held by the subscriber",
+        "publishedNotHeld": "published, not held by the subscriber",
+    }
+    for key, label in labels.items():
+        ids = data["missing"][key]
+        if ids is not None:
+            missing.add_row(label, str(len(ids)), " ".join(ids[:10]))
+    out.print(missing)
+    if result.dead_lettered:
+        out.print(f"{len(result.dead_lettered)} of the undelivered were dead-lettered")
+    out.print("[green]consistent[/green]" if result.consistent else "[red]not consistent[/red]")
+
+
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     from streams.delivery.dlq import list_dead_letters
 
@@ -113,9 +170,6 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_dlq_redrive(args: argparse.Namespace, settings: Settings) -> int:
-    from rich.console import Console
-    from rich.progress import Progress
-
     from streams.delivery.dlq import redrive
 
     with Progress(console=Console(stderr=True)) as bar:
@@ -154,13 +208,17 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     return 0  # timings never fail a run; a crash does
 
 
-def add_operation_commands(commands: Any) -> None:
-    """Register the operator commands on the `gemeentebus` subparsers."""
+def add_operation_commands(
+    commands: Any, *, parents: Sequence[argparse.ArgumentParser] = ()
+) -> None:
+    """Register the operator commands on the `gemeentebus` subparsers; every command gets the
+    options of `parents` (`--config`)."""
     publish = commands.add_parser(
         "publish",
         help="publish events into the ingress topic (validated first)",
         description="Publish structured-mode CloudEvents from a JSON file (one or a list) or "
         "stdin, or --generate N realistic events, with the Kafka publisher SDK.",
+        parents=parents,
     )
     publish.add_argument("file", nargs="?", help="JSON file (default: stdin)")
     publish.add_argument("--generate", type=int, default=0, help="generate N events instead")
@@ -172,6 +230,7 @@ def add_operation_commands(commands: Any) -> None:
         help="replay events into one subscription (operator)",
         description="Replay a time window (optionally only some types) or a list of event ids "
         "from the events topics into a subscription, marked `replay`, with progress and ETA.",
+        parents=parents,
     )
     replay.add_argument("subscription", help="subscription id")
     replay.add_argument("--from", dest="start", type=_time, help="window start (RFC 3339)")
@@ -186,6 +245,7 @@ def add_operation_commands(commands: Any) -> None:
         description="Compare the events that matched a subscription in a window with the "
         "delivery log and, with --held-file, with the ids the subscriber holds. Exit 1 when "
         "anything is missing.",
+        parents=parents,
     )
     reconcile.add_argument("subscription", help="subscription id")
     reconcile.add_argument("--from", dest="start", type=_time, required=True)
@@ -196,11 +256,15 @@ def add_operation_commands(commands: Any) -> None:
 
     dlq = commands.add_parser("dlq", help="a subscription's dead letters")
     dlq_sub = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = dlq_sub.add_parser("list", help="list dead letters (no event data shown)")
+    listing = dlq_sub.add_parser(
+        "list", help="list dead letters (no event data shown)", parents=parents
+    )
     listing.add_argument("subscription", help="subscription id")
     listing.set_defaults(func=cmd_dlq_list)
     redrive = dlq_sub.add_parser(
-        "redrive", help="deliver the dead letters again, in order, with a progress bar"
+        "redrive",
+        help="deliver the dead letters again, in order, with a progress bar",
+        parents=parents,
     )
     redrive.add_argument("subscription", help="subscription id")
     redrive.set_defaults(func=cmd_dlq_redrive)
@@ -210,6 +274,7 @@ def add_operation_commands(commands: Any) -> None:
         help="benchmarks against the local broker; results as JSON",
         description="Run every benchmark scenario; write JSON and a Markdown table. Reports "
         "ratios to baselines measured in the same run; never fails on a timing.",
+        parents=parents,
     )
     bench.add_argument("--quick", action="store_true", help="small sizes (about 2 minutes)")
     bench.add_argument("--output", type=Path, default=Path("bench/results.json"))

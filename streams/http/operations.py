@@ -31,7 +31,8 @@ from streams.http.kit import AUTHENTICATOR, Failure, answering, caller, parse_js
 from streams.kafka.topics import partitions
 from streams.kafka.window import consumer, merged, offsets_at
 from streams.operations.reconcile import reconcile
-from streams.operations.replay import BeyondRetention, Replayer, ReplayError, ReplayRequest
+from streams.operations.replay import Replayer
+from streams.operations.replay_request import BeyondRetention, ReplayError, ReplayRequest
 from streams.routing.store import SubscriptionStore
 from streams.routing.subscriptions import Subscription
 

@@ -33,7 +33,7 @@ from streams.operations.audit import record_action_once
 from streams.routing.matching import Matcher
 from streams.routing.store import SubscriptionStore
 
-__all__ = ["Reconciliation", "digest", "print_reconciliation", "reconcile"]
+__all__ = ["Reconciliation", "digest", "reconcile"]
 
 
 def digest(ids: Iterable[str]) -> str:
@@ -191,38 +191,3 @@ async def _delivery_log(
     finally:
         await reader.stop()
     return delivered, dead, types
-
-
-def print_reconciliation(result: Reconciliation, console: Any = None) -> None:
-    """`gemeentebus reconcile`: the result as a readable table (rich)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    out = console or Console()
-    data = result.as_dict()
-    table = Table(title=f"reconciliation of {result.subscription}: {data['from']} – {data['to']}")
-    table.add_column("side")
-    table.add_column("events", justify="right")
-    table.add_column("digest (SHA-256 of sorted ids)")
-    for side in ("published", "delivered", "held"):
-        if data[side] is not None:
-            table.add_row(side, str(data[side]["count"]), data[side]["digest"][:16] + "…")
-    out.print(table)
-    missing = Table(title="missing")
-    missing.add_column("what")
-    missing.add_column("count", justify="right")
-    missing.add_column("event ids (first 10)")
-    labels = {
-        "publishedNotDelivered": "published, not delivered",
-        "deliveredNotPublished": "delivered, not published",
-        "deliveredNotHeld": "delivered, not held by the subscriber",
-        "publishedNotHeld": "published, not held by the subscriber",
-    }
-    for key, label in labels.items():
-        ids = data["missing"][key]
-        if ids is not None:
-            missing.add_row(label, str(len(ids)), " ".join(ids[:10]))
-    out.print(missing)
-    if result.dead_lettered:
-        out.print(f"{len(result.dead_lettered)} of the undelivered were dead-lettered")
-    out.print("[green]consistent[/green]" if result.consistent else "[red]not consistent[/red]")

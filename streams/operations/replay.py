@@ -1,8 +1,6 @@
 """Replays: events from the `gemeentebus.events.<type>` topics, again, into one subscription.
 
-A `ReplayRequest` names a window (`from`/`to` as RFC 3339 times, or `fromOffsets`/`toOffsets`
-per topic-partition) and optionally `types`, or a list of event `ids` (a window bounds the
-search). Times are when the bus accepted an event (the record timestamp of its events topic).
+A `ReplayRequest` (`streams.operations.replay_request`) names a window, types or event ids.
 The `Replayer` resolves the window to offsets once, then reads each partition in order, keeps
 what the subscription's *current* filters and volgindicaties match, strips it to the current
 `fields`, marks it with the extension attribute `replay` (the replay id) and appends it to
@@ -20,18 +18,21 @@ Progress (scanned, matched, written, the next offset per partition) goes to the 
 `gemeentebus.replays` topic every `checkpoint_every` records, after the records written so
 far are confirmed (acks=all). Every request is recorded in `gemeentebus.audit`.
 
-Resuming after a crash, with several API processes: the process that accepts a replay owns
-it and holds a lease on it (`replay.lease_s`, default 30 s) that it renews three times a
-lease, in the replays topic (`streams.operations.replay_log` has the rule every process applies in
-topic order, so all agree on the owner). Every API process follows that topic; one that sees
-an unfinished replay whose lease ran out (its owner was killed, or paused that long) claims
-it, and the first claim in the topic wins; the winner resumes it from its last checkpoint:
-nothing is lost, and per key the first occurrences keep their order (duplicates allowed). A
-clean stop gives its leases up, so another process takes over at once. Why a lease and not
-one elected runner: any API process can take a request, nothing but Kafka is shared, and
-a lease needs no group coordination; its cost is that a replay waits up to one lease
-after a crash, and that an owner paused past its lease writes duplicates until it reads
-the claim that replaced it (at most one renewal interval).
+Resuming after a crash, with several API processes: the process that accepts a replay owns it
+and holds a lease on it (`replay.lease_s`, default 30 s) that it renews three times a lease,
+in the replays topic (`streams.operations.replay_log` has the rule every process applies in
+topic order, so all agree on the owner; `replay_lease` holds this process's leases). Every API
+process follows that topic; one that sees an unfinished replay whose lease ran out (its owner
+was killed, or paused that long) claims it, and the first claim in the topic wins; the winner
+resumes it from its last checkpoint: nothing is lost, and per key the first occurrences keep
+their order (duplicates allowed). A clean stop gives its leases up, so another process takes
+over at once. Why a lease and not one elected runner: any API process can take a request,
+nothing but Kafka is shared, and a lease needs no group coordination; its cost is that a
+replay waits up to one lease after a crash, and that an owner paused past its lease writes
+duplicates until it reads the claim that replaced it (at most one renewal interval).
+
+`replay_to_end` runs one replay in the calling process and reports its progress to a plain
+callback (the CLI draws it).
 """
 
 from __future__ import annotations
@@ -39,103 +40,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from streams.config import Settings
-from streams.contract import codec
 from streams.contract.headers import header_text
-from streams.exceptions import GemeentebusError
 from streams.kafka.clients import make_producer
-from streams.kafka.topics import Topics, bus_topics, create_topics, partitions
-from streams.kafka.window import consumer, merged, offsets_at, oldest_kept
-
-# The window helpers moved to `streams.kafka.window`; re-exported here for existing importers.
+from streams.kafka.topics import Topics, bus_topics, create_topics
+from streams.kafka.window import consumer, merged
 from streams.operations.audit import record_action
+from streams.operations.replay_lease import Leases, Lost
 from streams.operations.replay_log import ReplayLog, ReplayStatus
+from streams.operations.replay_request import (
+    ReplayError,
+    ReplayRequest,
+    replay_window,
+    tp_name,
+    tp_of,
+)
 from streams.routing.matching import Matcher
 from streams.routing.router import delivery_record
 from streams.routing.store import SubscriptionStore
-from streams.routing.subscriptions import Subscription
 
-__all__ = [
-    "BeyondRetention",
-    "Matcher",
-    "ReplayError",
-    "ReplayRequest",
-    "ReplayStatus",
-    "Replayer",
-    "consumer",
-    "merged",
-    "offsets_at",
-    "oldest_kept",
-    "partitions",
-    "run_replay_cli",
-]
+__all__ = ["Replayer", "replay_to_end"]
 
 log = logging.getLogger(__name__)
-
-
-class ReplayError(GemeentebusError):
-    """A replay that cannot be done as asked (unknown subscription, bad window)."""
-
-
-class BeyondRetention(ReplayError):
-    """The window starts before the oldest record the events topics still hold."""
-
-    def __init__(self, oldest: datetime) -> None:
-        self.oldest = oldest
-        super().__init__(
-            f"events before {codec.format_time(oldest)} are no longer kept (retention): "
-            f"the oldest available time is {codec.format_time(oldest)}; replay from there"
-        )
-
-
-class ReplayRequest(BaseModel):
-    """What to replay: a time window, an offset window (`{topic: {partition: offset}}`, the
-    topic as its full name or its event type), or event ids (optionally within a window)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-    start: AwareDatetime | None = Field(default=None, alias="from")
-    end: AwareDatetime | None = Field(default=None, alias="to")
-    from_offsets: dict[str, dict[int, int]] | None = Field(default=None, alias="fromOffsets")
-    to_offsets: dict[str, dict[int, int]] | None = Field(default=None, alias="toOffsets")
-    types: tuple[str, ...] | None = None
-    ids: tuple[str, ...] | None = Field(default=None, min_length=1)
-
-    @model_validator(mode="after")
-    def _one_window(self) -> ReplayRequest:
-        timed = self.start is not None or self.end is not None
-        offsets = self.from_offsets is not None or self.to_offsets is not None
-        if timed and offsets:
-            raise ValueError("give from/to times or fromOffsets/toOffsets, not both")
-        if self.ids is None and self.start is None and self.from_offsets is None:
-            raise ValueError("give from (a time), fromOffsets, or ids")
-        if self.start and self.end and self.end <= self.start:
-            raise ValueError("to must be after from")
-        return self
-
-
-# -- names of topic-partitions, and the audit trail -------------------------------------------
-
-
-def tp_name(tp: TopicPartition) -> str:
-    return f"{tp.topic}:{tp.partition}"
-
-
-def _tp(name: str) -> TopicPartition:
-    topic, _, partition = name.rpartition(":")
-    return TopicPartition(topic, int(partition))
 
 
 class _Pace:
@@ -149,10 +83,6 @@ class _Pace:
         ahead = self.count / self.rate - (time.monotonic() - self.began)
         if ahead > 0.01:
             await asyncio.sleep(ahead)
-
-
-class _Lost(Exception):
-    """This process no longer owns the replay it was running (another took it over)."""
 
 
 class Replayer:
@@ -181,15 +111,11 @@ class Replayer:
         self.checkpoint_every = checkpoint_every or settings.replay.checkpoint_every
         self.lease = timedelta(seconds=lease_s or settings.replay.lease_s)
         self.adopt = adopt
-        # which process runs a replay, for operators: no personal data in it
-        self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._key = settings.security.pseudonym_key_bytes()
         self._producer = make_producer(settings, "replayer")
         self._log = ReplayLog(settings, self._producer)
-        self._log.lost.append(self._taken_over)
-        self._mine: dict[str, ReplayStatus] = {}  # what this process runs or ran (live)
-        self._saved: dict[str, ReplayStatus] = {}  # the last status written of each unfinished
-        self._writing = asyncio.Lock()  # one status write queued at a time: they keep order
+        self._leases = Leases(self._log, lease=self.lease)
+        self._mine = self._leases.mine  # what this process runs or ran (live)
         self._queues: dict[str, asyncio.Queue[str]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._keeper: asyncio.Task[None] | None = None
@@ -204,7 +130,7 @@ class Replayer:
         try:
             await self._log.start()
             if self.adopt:
-                await self._adopt()
+                await self._leases.claim(self._enqueue)
         except BaseException:
             await self._producer.stop()
             raise
@@ -226,7 +152,7 @@ class Replayer:
         self._workers.clear()
         try:
             async with asyncio.timeout(self.settings.kafka.request_timeout_s):
-                await self._release()
+                await self._leases.release()
         except (KafkaError, TimeoutError) as exc:
             log.warning(
                 "giving up replay leases failed (%s): others resume them once they run out",
@@ -246,7 +172,7 @@ class Replayer:
         subscription = self.store.get(subscription_id)
         if subscription is None or not subscription.active:
             raise ReplayError(f"no active subscription {subscription_id}")
-        starts, ends = await self._window(subscription, request)
+        starts, ends = await replay_window(self.settings, subscription, request)
         status = ReplayStatus(
             id=str(uuid.uuid4()),
             subscription=subscription_id,
@@ -258,7 +184,7 @@ class Replayer:
             ends={tp_name(tp): offset for tp, offset in ends.items()},
         )
         self._mine[status.id] = status
-        await self._save(status)
+        await self._leases.save(status)
         await record_action(
             self._producer, self.topics, "replay", actor,
             subscription=subscription_id, replay=status.id, request=status.request,
@@ -302,121 +228,13 @@ class Replayer:
         while True:
             await asyncio.sleep(self.lease.total_seconds() / 3)
             try:
-                await self._renew()
+                await self._leases.renew()
                 if self.adopt:
-                    await self._adopt()
+                    await self._leases.claim(self._enqueue)
             except KafkaError as exc:  # retried next round; unrenewed, the lease passes on
                 log.warning("renewing replay leases failed (%s); trying again", type(exc).__name__)
 
-    async def _renew(self, only: ReplayStatus | None = None) -> None:
-        """Write each unfinished replay's last status again with a fresh lease (`only`: that
-        one, raising `_Lost` if it is no longer this process's)."""
-        sent = []
-        async with self._writing:
-            now = datetime.now(UTC)
-            for replay_id, saved in list(self._saved.items()):
-                mine = self._mine.get(replay_id)
-                if mine is None or not mine.unfinished or only not in (None, mine):
-                    continue
-                renewed = saved.model_copy(
-                    update={"saved_at": now, "lease_until": now + self.lease}
-                )
-                self._saved[replay_id] = renewed
-                mine.saved_at, mine.lease_until = renewed.saved_at, renewed.lease_until
-                sent.append((mine, await self._log.send(renewed)))
-        if only is not None and not sent:
-            raise _Lost(only.id)
-        for mine, future in sent:
-            try:
-                await self._confirm(mine, await future)
-            except _Lost:
-                if only is not None:
-                    raise
-                # otherwise the worker sees it and stops
-
-    async def _adopt(self) -> None:
-        now = datetime.now(UTC)
-        orphans = [
-            s for s in self._log.statuses.values()
-            if s.unfinished and s.id not in self._mine and s.expired(now)
-        ]  # fmt: skip
-        for orphan in sorted(orphans, key=lambda s: s.requested_at):
-            claim = orphan.model_copy(deep=True)
-            self._mine[claim.id] = claim
-            try:
-                await self._confirm(claim, await self._save(claim))
-            except _Lost:
-                continue  # another process was first
-            log.info(
-                "resuming replay %s of %s (owner %s gone): %d of %d records scanned",
-                claim.id, claim.subscription, orphan.owner, claim.scanned, claim.total,
-            )  # fmt: skip
-            self._enqueue(claim)
-
-    async def _release(self) -> None:
-        now, sent = datetime.now(UTC), []
-        async with self._writing:
-            for replay_id, saved in list(self._saved.items()):
-                mine = self._mine.pop(replay_id, None)
-                if mine is not None and mine.unfinished:
-                    released = saved.model_copy(update={"saved_at": now, "lease_until": now})
-                    sent.append(await self._log.send(released))
-            self._saved.clear()
-        await asyncio.gather(*sent)
-
-    def _taken_over(self, replay_id: str, status: ReplayStatus) -> None:
-        mine = self._mine.get(replay_id)
-        if mine is not None and mine.unfinished and status.owner != self.owner:
-            log.warning("replay %s was taken over by %s", replay_id, status.owner)
-            del self._mine[replay_id]
-            self._saved.pop(replay_id, None)
-
-    async def _confirm(self, status: ReplayStatus, offsets: dict[TopicPartition, int]) -> None:
-        """`_Lost` unless this process's status write took effect (it owns the replay)."""
-        await self._log.applied(offsets)
-        current = self._log.statuses.get(status.id)
-        if current is None or current.owner != self.owner:
-            if self._mine.get(status.id) is status:
-                del self._mine[status.id]
-                self._saved.pop(status.id, None)
-            raise _Lost(status.id)
-
     # -- the work ---------------------------------------------------------------------------
-
-    async def _window(
-        self, subscription: Subscription, request: ReplayRequest
-    ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
-        types = [t for t in subscription.types if request.types is None or t in request.types]
-        reader = consumer(self.settings)
-        await reader.start()
-        try:
-            tps = await partitions(self.settings.kafka, [self.topics.events(t) for t in types])
-            if request.from_offsets is not None or request.to_offsets is not None:
-                begins = dict(await reader.beginning_offsets(tps)) if tps else {}
-                starts = {**begins, **self._offsets(request.from_offsets)}
-                ends = {**await offsets_at(reader, tps, None), **self._offsets(request.to_offsets)}
-                if any(starts[tp] < begins[tp] for tp in tps):
-                    oldest = await oldest_kept(reader, tps)
-                    raise BeyondRetention(oldest or datetime.now(UTC))
-            else:
-                if request.start is not None:
-                    oldest = await oldest_kept(reader, tps)
-                    if oldest is not None and request.start < oldest:
-                        raise BeyondRetention(oldest)
-                    starts = await offsets_at(reader, tps, request.start)
-                else:
-                    starts = dict(await reader.beginning_offsets(tps)) if tps else {}
-                ends = await offsets_at(reader, tps, request.end)
-        finally:
-            await reader.stop()
-        return {tp: starts[tp] for tp in tps}, {tp: ends[tp] for tp in tps}
-
-    def _offsets(self, given: Mapping[str, Mapping[int, int]] | None) -> dict[TopicPartition, int]:
-        out = {}
-        for name, by_partition in (given or {}).items():
-            topic = name if name.startswith(self.topics.events_prefix) else self.topics.events(name)
-            out.update({TopicPartition(topic, p): o for p, o in by_partition.items()})
-        return out
 
     def _enqueue(self, status: ReplayStatus) -> None:
         queue = self._queues.setdefault(status.subscription, asyncio.Queue())
@@ -437,14 +255,14 @@ class Replayer:
                 await self._run(status)
             except asyncio.CancelledError:
                 raise
-            except _Lost:
+            except Lost:
                 log.warning("stopped replay %s: another process runs it now", replay_id)
             except Exception as exc:  # a failed replay is a state, not a crash
                 log.exception("replay %s failed", replay_id)
                 status.state, status.error = "failed", str(exc)
                 status.finished_at = datetime.now(UTC)
                 with contextlib.suppress(Exception):
-                    await self._save(status)
+                    await self._leases.save(status)
 
     async def _run(self, status: ReplayStatus) -> None:
         subscription = self.store.get(status.subscription)
@@ -452,9 +270,9 @@ class Replayer:
             raise ReplayError(f"subscription {status.subscription} is gone or retired")
         matcher, ids = Matcher(subscription, self._key), set(status.request.get("ids") or ())
         status.state, status.started_at = "running", status.started_at or datetime.now(UTC)
-        await self._confirm(status, await self._save(status))
-        starts = {_tp(n): status.positions.get(n, o) for n, o in status.starts.items()}
-        ends = {_tp(n): o for n, o in status.ends.items()}
+        await self._leases.confirm(status, await self._leases.save(status))
+        starts = {tp_of(n): status.positions.get(n, o) for n, o in status.starts.items()}
+        ends = {tp_of(n): o for n, o in status.ends.items()}
         target, pace = self.topics.deliver(subscription.id), _Pace(self.rate)
         pending: list[asyncio.Future[Any]] = []
         reader = consumer(self.settings)
@@ -462,9 +280,9 @@ class Replayer:
         try:
             async for record in merged(reader, starts, ends):
                 if self._mine.get(status.id) is not status:
-                    raise _Lost(status.id)
+                    raise Lost(status.id)
                 if status.lease_until is None or datetime.now(UTC) >= status.lease_until:
-                    await self._renew(only=status)  # never write past its lease unconfirmed
+                    await self._leases.renew(only=status)  # never write past its lease unconfirmed
                 status.scanned += 1
                 event = (
                     matcher.match(record)
@@ -487,52 +305,26 @@ class Replayer:
         finally:
             await reader.stop()
         status.state, status.finished_at = "done", datetime.now(UTC)
-        await self._save(status)
+        await self._leases.save(status)
 
     async def _checkpoint(self, status: ReplayStatus, pending: list[asyncio.Future[Any]]) -> None:
         await asyncio.gather(*pending)  # every record up to the positions is in the topic
         status.written += len(pending)
         pending.clear()
-        await self._save(status)
-
-    async def _save(self, status: ReplayStatus) -> dict[TopicPartition, int]:
-        """Write a status of a replay this process runs, with a fresh lease while unfinished;
-        returns once the broker has it (the offsets to `_confirm` with)."""
-        async with self._writing:
-            now = datetime.now(UTC)
-            status.owner, status.saved_at = self.owner, now
-            status.lease_until = now + self.lease if status.unfinished else None
-            snapshot = status.model_copy(deep=True)
-            if status.unfinished:
-                self._saved[status.id] = snapshot
-            else:
-                self._saved.pop(status.id, None)
-            sent = await self._log.send(snapshot)
-        offsets = await sent
-        async with self._log.changed:
-            self._log.changed.notify_all()
-        return offsets
+        await self._leases.save(status)
 
 
-async def run_replay_cli(
+async def replay_to_end(
     settings: Settings,
     subscription_id: str,
+    request: ReplayRequest,
     *,
-    start: datetime | None = None,
-    end: datetime | None = None,
-    types: Iterable[str] | None = None,
-    ids: Iterable[str] | None = None,
-    actor: str = "cli",
+    actor: str,
     progress: Callable[[ReplayStatus], None] | None = None,
+    every_s: float = 0.2,
 ) -> ReplayStatus:
-    """`gemeentebus replay`: run one replay to the end with a rich progress bar (and ETA)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    request = ReplayRequest.model_validate(
-        {"from": start, "to": end, "types": list(types) if types else None,
-         "ids": list(ids) if ids else None}
-    )  # fmt: skip
+    """Run one replay in this process to its end (it takes over no others) and return how it
+    ended; `progress` gets its status once it is queued, then every `every_s` seconds."""
     store = SubscriptionStore(settings, name="replay-cli-store")
     await store.start()
     replayer = Replayer(settings, store, adopt=False)  # a command runs its own replay only
@@ -540,21 +332,13 @@ async def run_replay_cli(
         await store.ready()
         await replayer.start()
         status = await replayer.submit(subscription_id, request, actor=actor)
-        columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[n]}"))
-        # Progress on stderr: stdout carries the result, for scripts.
-        progress_console = Console(stderr=True)
-        with Progress(
-            *columns, TimeRemainingColumn(), transient=False, console=progress_console
-        ) as bar:
-            task = bar.add_task(f"replay into {subscription_id}", total=status.total or 1, n="")
-            while status.state in ("queued", "running"):
-                await asyncio.sleep(0.2)
-                status = replayer.status(status.id) or status
-                n = f"{status.written} written of {status.matched} matched"
-                bar.update(task, completed=status.scanned, n=n)
-                if progress is not None:
-                    progress(status)
-            bar.update(task, completed=status.total or 1)
+        if progress is not None:
+            progress(status)
+        while status.unfinished:
+            await asyncio.sleep(every_s)
+            status = replayer.status(status.id) or status
+            if progress is not None:
+                progress(status)
         return status
     finally:
         await replayer.stop()

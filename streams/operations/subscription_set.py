@@ -1,4 +1,4 @@
-"""`gemeentebus subscriptions list|add|remove|apply`: the operator's view of the subscription set.
+"""The operator's changes to the subscription set (`gemeentebus subscriptions`, in `streams.cli`).
 
 These work on a `SubscriptionStore` directly, with operator rights, where the Kafka cluster is
 reachable. An entry has the JSON shape of the HTTP API plus `id` (required for `apply`) and
@@ -10,8 +10,7 @@ must cover every type. Fields only the bus sets (`created`, `status`, `volgindic
 from __future__ import annotations
 
 import contextlib
-import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,13 +37,10 @@ __all__ = [
     "InvalidSubscriptions",
     "add",
     "apply",
-    "describe",
-    "dumps",
     "opened",
     "prepare",
     "read_entries",
     "remove",
-    "table",
 ]
 
 
@@ -185,30 +181,3 @@ async def remove(store: SubscriptionStore, subscription_id: str) -> bool:
         await store.put(subscription.retired())
     await store.delete(subscription_id)
     return True
-
-
-def table(subscriptions: Iterable[Subscription]) -> str:
-    """The subscriptions as an aligned text table, one line each."""
-    header = ("ID", "OWNER", "PROTOCOL", "STATUS", "TYPES", "SINK")
-    rows = [header] + [
-        (s.id, s.owner, s.protocol, s.status, ",".join(s.types), s.sink)
-        for s in sorted(subscriptions, key=lambda s: (s.owner, s.id))
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    return "\n".join(
-        "  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]])
-        for row in rows
-    )
-
-
-def describe(applied: Applied) -> str:
-    """One line for the operator; a new subscription's signing secret is shown this once."""
-    line = f"{applied.action} {applied.subscription.id}"
-    if applied.signing_secret is not None:
-        line += f"  signingSecret {applied.signing_secret} (shown once)"
-    return line
-
-
-def dumps(subscription: Subscription) -> str:
-    """The public JSON of a subscription, indented."""
-    return json.dumps(subscription.public_dict(), indent=2, ensure_ascii=False)

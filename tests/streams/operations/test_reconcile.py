@@ -20,8 +20,9 @@ from streams.demo.generators import EventFactory
 from streams.ingress.gate import Accepted, Gate
 from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics
-from streams.operations.reconcile import digest, print_reconciliation, reconcile
-from streams.operations.replay import Replayer, ReplayRequest
+from streams.operations.reconcile import digest, reconcile
+from streams.operations.replay import Replayer
+from streams.operations.replay_request import ReplayRequest
 from streams.routing.router import delivery_record
 from streams.routing.store import SubscriptionStore
 from streams.routing.subscriptions import Subscription, projection
@@ -124,7 +125,6 @@ async def test_a_subscriber_loss_shows_exactly_and_a_replay_repairs_it(
     assert body["published"]["digest"] == body["delivered"]["digest"] == digest(held | lost)
     assert body["held"] == {"count": len(held), "digest": digest(held)}
     assert body["missing"]["deliveredNotHeld"] == sorted(lost) and not body["consistent"]
-    print_reconciliation(result)
 
     replayer = Replayer(settings, store)
     await replayer.start()

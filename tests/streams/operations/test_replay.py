@@ -21,8 +21,9 @@ from streams.demo.generators import EventFactory
 from streams.ingress.gate import Accepted, Gate
 from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics
-from streams.operations.replay import BeyondRetention, Replayer, ReplayRequest, ReplayStatus
-from streams.operations.replay_log import supersedes
+from streams.operations.replay import Replayer
+from streams.operations.replay_log import ReplayStatus, supersedes
+from streams.operations.replay_request import BeyondRetention, ReplayRequest
 from streams.routing.store import SubscriptionStore
 from streams.routing.subscriptions import Subscription
 
