@@ -32,13 +32,12 @@ import gc
 import logging
 import os
 import signal
-import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
@@ -72,10 +71,18 @@ __all__ = [
     "ROLES",
     "Bus",
     "Role",
+    "Say",
     "prepare_topics",
     "run",
     "running_bus",
 ]
+
+
+class Say(Protocol):
+    """Where `run` reports its state: one line, and whether it is an error."""
+
+    def __call__(self, line: str, *, error: bool = False) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -310,12 +317,17 @@ def _exit_now(code: int, message: str) -> None:
     os._exit(code)
 
 
-async def run(settings: Settings, role: Role = "all") -> int:
+def _logged(line: str, *, error: bool = False) -> None:
+    log.log(logging.ERROR if error else logging.INFO, "%s", line)
+
+
+async def run(settings: Settings, role: Role = "all", *, say: Say = _logged) -> int:
     """Run until SIGTERM or SIGINT, or until the process gives up; return the exit code.
 
     The first signal stops cleanly within `run.grace_s` (0), or exits `EXIT_LATE` at the
     deadline; a second exits at once (128 + signal). Giving up stops the same way and
-    returns `EXIT_FAILED`.
+    returns `EXIT_FAILED`. `say` hears the lines an operator watches for (running, gave up,
+    stopped); the command line prints them.
     """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -349,7 +361,7 @@ async def run(settings: Settings, role: Role = "all") -> int:
             return EXIT_FAILED if failed else 0
         bus = starting.result()
         settle_garbage_collector()
-        print(f"gemeentebus running (role {role}) on {bus.url}; Ctrl-C to stop", flush=True)
+        say(f"gemeentebus running (role {role}) on {bus.url}; Ctrl-C to stop")
         await stopping.wait()
         try:
             async with asyncio.timeout(settings.run.grace_s):
@@ -361,7 +373,7 @@ async def run(settings: Settings, role: Role = "all") -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if failed:
-        print(f"gemeentebus: gave up: {failed[0]}", file=sys.stderr, flush=True)
+        say(f"gemeentebus: gave up: {failed[0]}", error=True)
         return EXIT_FAILED
-    print("gemeentebus stopped", flush=True)
+    say("gemeentebus stopped")
     return 0

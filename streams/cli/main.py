@@ -84,7 +84,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.model_copy(
             update={"run": settings.run.model_copy(update={"grace_s": args.grace})}
         )
-    return asyncio.run(run(settings, args.role))
+    return asyncio.run(run(settings, args.role, say=_say))
+
+
+def _say(line: str, *, error: bool = False) -> None:
+    print(line, file=sys.stderr if error else sys.stdout, flush=True)
 
 
 def cmd_schemas_check(args: argparse.Namespace, settings: Settings) -> int:
