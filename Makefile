@@ -43,7 +43,7 @@ venv-python:
 	  have=$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null); \
 	  if [ "$$have" != "$(PYVER)" ]; then \
 	    echo "$(VENV) holds Python $${have:-(broken)}, not $(PYVER) ($(PYTHON)):" \
-	      "remove it (make clean PYTHON=$(PYTHON)) or pass VENV=" >&2; \
+	      "remove it (rm -rf $(VENV)) or pass another VENV=" >&2; \
 	    exit 1; \
 	  fi; \
 	fi
