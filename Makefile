@@ -1,12 +1,15 @@
 # The two commands of the README (`make demo`, `make test`) and what they stand on.
-# Needs Python 3.11, Java 17 and Maven on PATH; everything else is installed here.
+# Needs Python 3.11 (or 3.12, 3.13), Java 17 and Maven on PATH; everything else is installed here.
+# Another Python: `make test PYTHON=python3.13` (3.11 to 3.13) builds and uses .venv-3.13/.
 PYTHON ?= python3.11
-VENV   ?= .venv
+PYVER  := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+# .venv/ is Python 3.11's, the default one that README and CI use; another gets its own.
+VENV   ?= $(if $(filter 3.11,$(PYVER)),.venv,.venv-$(PYVER))
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench kafka-up kafka-down clean
+.PHONY: demo test lint bench kafka-up kafka-down clean venv-python
 
-$(BIN)/gemeentebus: pyproject.toml constraints.txt
+$(BIN)/gemeentebus: pyproject.toml constraints.txt | venv-python
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
@@ -34,5 +37,17 @@ kafka-up: $(BIN)/gemeentebus
 kafka-down: $(BIN)/gemeentebus
 	$(BIN)/gemeentebus kafka down
 
+# A venv made by another Python than $(PYTHON) is never reused: stop and say so.
+venv-python:
+	@test -n "$(PYVER)" || { echo "$(PYTHON) not found: install it or pass PYTHON=" >&2; exit 1; }
+	@if [ -e $(BIN)/python ]; then \
+	  have=$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null); \
+	  if [ "$$have" != "$(PYVER)" ]; then \
+	    echo "$(VENV) holds Python $${have:-(broken)}, not $(PYVER) ($(PYTHON)):" \
+	      "remove it (rm -rf $(VENV)) or pass another VENV=" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build dist

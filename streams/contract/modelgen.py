@@ -18,7 +18,8 @@ from typing import Any
 
 __all__ = ["SCHEMA_DIR", "generate_models_source", "main"]
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "avro"
+# `avro/` beside this module: in a checkout a link to schemas/avro/, in a wheel a copy of it.
+SCHEMA_DIR = (Path(__file__).resolve().parent / "avro").resolve()
 MODELS_PATH = Path(__file__).resolve().parent / "models.py"
 
 _WIDTH = 100

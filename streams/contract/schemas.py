@@ -35,7 +35,8 @@ __all__ = [
 ]
 
 DATASCHEMA_PREFIX = "urn:gemeentebus:schema:"
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "schemas" / "avro"
+# `avro/` beside this module: in a checkout a link to schemas/avro/, in a wheel a copy of it.
+DEFAULT_ROOT = (Path(__file__).resolve().parent / "avro").resolve()
 SUMS_FILE = "SHA256SUMS"
 
 _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
