@@ -8,7 +8,7 @@ Order, within one courier: records are split into lanes by (partition, key)
 (`connectors.holding`). A lane delivers strictly in offset order: a record is attempted only
 after the one before it in its lane was delivered or dead-lettered, so a retrying event
 holds back the later events of its key and nothing else. Lanes of different keys run
-concurrently, at most `CONCURRENCY` requests at a time.
+concurrently, at most `connectors.attempts.CONCURRENCY` requests at a time.
 
 Reading: a record that is no event the courier can send (`connectors.holding`) is
 dead-lettered byte for byte when its turn in its lane comes, without an attempt, with the
