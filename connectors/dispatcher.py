@@ -164,8 +164,7 @@ class Dispatcher:
                 break
             except (KafkaError, KafkaUnavailable, TimeoutError) as exc:
                 attempt += 1
-                error = exc if not isinstance(exc, TimeoutError) else KafkaUnavailable("timeout")
-                delay = RETIRE.wait(error, attempt=attempt, elapsed_s=time.monotonic() - first)
+                delay = RETIRE.wait(exc, attempt=attempt, elapsed_s=time.monotonic() - first)
                 if delay is None:
                     log.error(
                         "subscription %s answered 410 but cannot be retired (%s): it stays"

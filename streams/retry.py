@@ -129,8 +129,10 @@ class RetryPolicy:
 
     @staticmethod
     def retriable(exc: BaseException) -> bool:
-        """Whether trying the same thing again (on a fresh producer, if spoiled) can succeed."""
-        if spoils_producer(exc):
+        """Whether trying the same thing again (on a fresh producer, if spoiled) can succeed.
+
+        A `TimeoutError` (a call to the broker cut off by `asyncio.timeout`) is temporary."""
+        if spoils_producer(exc) or isinstance(exc, TimeoutError):
             return True
         return bool(getattr(exc, "retriable", False))
 

@@ -254,7 +254,7 @@ class SubscriptionStore:
                 reason = _reason(exc, self.topics.subscriptions)
                 self.progress.broken(reason)
                 # temporary (the broker away): retried as long as it lasts, never given up on
-                temporary = self._policy.retriable(exc) or isinstance(exc, TimeoutError)
+                temporary = self._policy.retriable(exc)
                 bound = self._policy.give_up_after_s
                 gives_up = not temporary and bound is not None and now - failing_since >= bound
                 if gives_up:

@@ -72,6 +72,8 @@ _BROKEN = [FieldError("data", "required", "missing")]
         (InvalidProducerEpoch(), True),
         (ProducerFenced(), True),
         (IllegalStateError(), True),
+        # a broker call cut off by asyncio.timeout: temporary
+        (TimeoutError(), True),
         # not ours, not aiokafka's: a bug, never retried by the flag
         (ValueError("a bug"), False),
     ],
