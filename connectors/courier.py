@@ -4,11 +4,11 @@ Each `Courier` has its own consumer (group `<prefix>.deliver.<id>`, manual commi
 own HTTP session: a slow or dead subscriber holds up only its own courier. The `Dispatcher`
 (`connectors.dispatcher`) runs one per active HTTP subscription.
 
-Order, within one courier: records are split into lanes by (partition, key). A lane
-delivers strictly in offset order: a record is attempted only after the one before it in
-its lane was delivered or dead-lettered, so a retrying event holds back the later events
-of its key and nothing else. Lanes of different keys run concurrently, at most
-`CONCURRENCY` requests at a time. A record without a key is its partition's null lane.
+Order, within one courier: records are split into lanes by (partition, key)
+(`connectors.holding`). A lane delivers strictly in offset order: a record is attempted only
+after the one before it in its lane was delivered or dead-lettered, so a retrying event
+holds back the later events of its key and nothing else. Lanes of different keys run
+concurrently, at most `connectors.attempts.CONCURRENCY` requests at a time.
 
 Reading: a record that is no event the courier can send (`connectors.holding`) is
 dead-lettered byte for byte when its turn in its lane comes, without an attempt, with the
@@ -20,25 +20,11 @@ it; `connectors.writes` retries a write until it lands). A crash therefore re-de
 was in flight and what finished above a gap: at least once, deduped by the subscriber on
 `source`+`id` (or `webhook-id`).
 
-Back-pressure: a courier holds at most `MAX_PENDING` unfinished records; past that it
-pauses every partition until half have finished. A lane (one key) holds at most
-`LANE_CAP` records: past that its partition pauses (Kafka pauses partitions, not keys), so
-one key that keeps failing holds back the other keys of its partition only once it has
-`LANE_CAP` records waiting, and never the other partitions.
-
-Retries: `RetryPolicy(initial_backoff_s, max_backoff_s, give_up_after_s=retry_window_s)`:
-exponential backoff with full jitter, or exactly `Retry-After` when a 429/503 names one,
-until the window has passed; then the record goes to `deliver.<id>.dlq` unchanged plus error
-headers. A failure that is not retriable (`not_utf8`) is dead-lettered at once. An
-unexpected exception while sending (a bug, ours or a library's) is a failed attempt with
-code `internal_error`, retried and dead-lettered like any other. The window runs from when
-the courier read the record, which for the head of a lane is its first attempt: records
-queued behind a retrying head age with it, so a subscriber that is down longer than the
-window has its backlog dead-lettered after about one window, not one window per event of a
-key. Every readable record gets at least one attempt; a `Retry-After` that ends past the
-window dead-letters at once. A `410 Gone` stops the courier and calls `on_gone`: the
-dispatcher retires the subscription; the undelivered records stay in the deliver topic
-(uncommitted, not dead-lettered: reactivating the subscription resumes there).
+Back-pressure: at most `MAX_PENDING` unfinished records, at most `LANE_CAP` in one lane
+(`connectors.holding`). Attempts, retries and dead letters: `connectors.attempts`, asking
+`streams.retry`. A `410 Gone` stops the courier and calls `on_gone`: the dispatcher retires
+the subscription; the undelivered records stay in the deliver topic (uncommitted, not
+dead-lettered: reactivating the subscription resumes there).
 """
 
 from __future__ import annotations
@@ -46,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -55,54 +40,27 @@ from typing import Any, Final
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from connectors.holding import Held, Watermark, held, poison, unsendable
-from connectors.webhook import SubscriberGone, WebhookFailed, WebhookSender
-from connectors.writes import Write, Writer, dead_letter_write, log_write
-from streams.config import DeliverySettings, Settings
+from connectors.attempts import Attempts, pause
+from connectors.holding import Held, Holding, Lane, Watermark, held, poison
+from connectors.webhook import SubscriberGone
+from streams.config import Settings
 from streams.contract.record import read_record
-from streams.delivery.log import Outcome, delivery_attempt
 from streams.exceptions import FieldError
 from streams.health import Health, Progress
 from streams.kafka.clients import Producer, make_consumer
 from streams.kafka.topics import Topics
-from streams.retry import RetryPolicy
+from streams.retry import LANE_BUG
 from streams.routing.subscriptions import Subscription
 
-__all__ = [
-    "CONCURRENCY",
-    "KAFKA_RETRY_S",
-    "LANE_CAP",
-    "MAX_PENDING",
-    "STOP_DEADLINE_S",
-    "Courier",
-    "backoff",
-    "unsendable",
-]
+__all__ = ["KAFKA_RETRY_S", "STOP_DEADLINE_S", "Courier"]
 
 log = logging.getLogger(__name__)
 
-CONCURRENCY: Final = 8  # concurrent requests per subscription (lanes of different keys)
-MAX_PENDING: Final = 2000  # unfinished records held per courier before it pauses everything
-LANE_CAP: Final = 500  # records one lane (key) may hold before its partition pauses
 _POLL_MS = 100
 _COMMIT_EVERY_S = 0.5
 KAFKA_RETRY_S: Final = 1.0  # wait before retrying a failed Kafka read or commit
 STOP_DEADLINE_S: Final = 10.0  # how long `stop` takes at most
 _CLOSE_RESERVE_S: Final = 1.0  # of a stop's deadline, kept for the commit and closing
-_LANE_BUG = RetryPolicy(initial_s=0.5, max_s=30.0)
-
-
-def backoff(attempt: int, settings: DeliverySettings, rng: random.Random | None = None) -> float:
-    """The wait after failed attempt `attempt` (1-based): full jitter over a capped exponential."""
-    return _policy(settings).delay(attempt, rng)
-
-
-def _policy(settings: DeliverySettings) -> RetryPolicy:
-    return RetryPolicy(
-        initial_s=settings.initial_backoff_s,
-        max_s=settings.max_backoff_s,
-        give_up_after_s=settings.retry_window_s,
-    )
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -114,9 +72,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         return None
-
-
-Lane = tuple[int, bytes | None]
 
 
 class Courier:
@@ -137,7 +92,6 @@ class Courier:
         self.topics = Topics(settings.kafka.topic_prefix)
         self.counts = counts  # outcome -> how many (attempts for `retry`)
         self._delivery = settings.delivery
-        self._policy = _policy(settings.delivery)
         self._on_gone = on_gone
         self._health = health
         self._part_name = f"courier {subscription.id}"
@@ -145,9 +99,16 @@ class Courier:
             health.part("delivery", self._part_name) if health is not None else None
         )
         self._troubles: dict[str, str] = {}  # what makes the courier broken, by cause
-        self._writer = Writer(producer, name=f"courier {subscription.id}", trouble=self._trouble)
-        self._sender = WebhookSender(subscription, settings.delivery, connections=CONCURRENCY)
-        self._old_senders: list[WebhookSender] = []
+        self._stopping = asyncio.Event()
+        self._attempts = Attempts(
+            settings,
+            subscription,
+            producer,
+            counts,
+            stopping=self._stopping,
+            gone=self._gone,
+            trouble=self._trouble,
+        )
         self._consumer = make_consumer(
             settings,
             f"deliver-{subscription.id}",
@@ -156,16 +117,9 @@ class Courier:
             max_poll_records=500,
             metadata_max_age_ms=30_000,  # also notices partitions added later
         )
-        self._requests = asyncio.Semaphore(CONCURRENCY)
-        self._lanes: dict[Lane, deque[Held]] = {}
+        self._holding = Holding(f"courier {subscription.id}")
         self._lane_tasks: dict[Lane, asyncio.Task[None]] = {}
-        self._watermarks: dict[int, Watermark] = {}
-        self._committed: dict[int, int] = {}
         self._settling: set[asyncio.Task[None]] = set()  # records waiting for their writes
-        self._writes: set[asyncio.Task[Write]] = set()  # every write not confirmed yet
-        self._all_paused = False
-        self._stuck: set[int] = set()  # partitions paused for a lane over LANE_CAP
-        self._stopping = asyncio.Event()
         self._stop_by = 0.0  # loop time by which `stop` is to be done
         self._stop_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -214,7 +168,7 @@ class Courier:
             await self._cancel_late({self._task}, reserve)
         await self._cancel_late(set(self._lane_tasks.values()), reserve)
         await self._cancel_late(set(self._settling), reserve)
-        await self._cancel_late(set(self._writes), reserve)
+        await self._cancel_late(set(self._attempts.writes), reserve)
         try:
             async with asyncio.timeout(max(0.05, (self._stop_by - loop.time()) / 2)):
                 await self._commit()
@@ -227,8 +181,7 @@ class Courier:
                 await self._consumer.stop()
         except TimeoutError:
             log.warning("courier %s: the consumer did not close in time", self.subscription.id)
-        for sender in (*self._old_senders, self._sender):
-            await sender.close()
+        await self._attempts.close()
         if self._health is not None:
             self._health.drop("delivery", self._part_name)
 
@@ -250,15 +203,13 @@ class Courier:
         """Use a changed subscription (sink, credential, secret) from the next attempt on."""
         if subscription == self.subscription:
             return
-        # attempts in flight still use the old session: it is closed by `stop`
-        self._old_senders.append(self._sender)
         self.subscription = subscription
-        self._sender = WebhookSender(subscription, self._delivery, connections=CONCURRENCY)
+        self._attempts.update(subscription)
 
     @property
     def pending(self) -> int:
         """Records read and not yet finished (held in memory)."""
-        return sum(len(w.unfinished) for w in self._watermarks.values())
+        return self._holding.pending
 
     @property
     def paused(self) -> frozenset[int]:
@@ -299,38 +250,17 @@ class Courier:
                     self.subscription.id,
                     type(exc).__name__,
                 )
-                await self._pause(KAFKA_RETRY_S)
+                await pause(self._stopping, KAFKA_RETRY_S)
             except Exception:  # a bug here must not kill the courier: visible, retried
                 log.exception("courier %s: reading failed; retrying", self.subscription.id)
                 self._trouble("reading", "reading failed with an internal error (see the log)")
-                await self._pause(KAFKA_RETRY_S)
+                await pause(self._stopping, KAFKA_RETRY_S)
             else:
                 self._trouble("reading", None)
 
     def _back_pressure(self) -> None:
-        """Pause what must wait: everything past `MAX_PENDING`, a partition whose lane holds
-        `LANE_CAP`; resume at half."""
-        held = self.pending
-        if self._all_paused and held < MAX_PENDING // 2:
-            self._all_paused = False
-            log.info("courier %s: %d records held, reading again", self.subscription.id, held)
-        elif not self._all_paused and held >= MAX_PENDING:
-            self._all_paused = True
-            log.warning(
-                "courier %s: %d records held unfinished: pausing every partition",
-                self.subscription.id,
-                held,
-            )
-        if self._stuck:
-            longest: Counter[int] = Counter()
-            for (partition, _), queue in self._lanes.items():
-                if partition in self._stuck:
-                    longest[partition] = max(longest[partition], len(queue))
-            for partition in [p for p in self._stuck if longest[p] < LANE_CAP // 2]:
-                self._stuck.discard(partition)
-                log.info("courier %s: partition %d reading again", self.subscription.id, partition)
-        assigned = self._consumer.assignment()
-        wanted = {tp for tp in assigned if self._all_paused or tp.partition in self._stuck}
+        """Pause the partitions that must wait (`Holding.to_pause`), resume the others."""
+        wanted = self._holding.to_pause(self._consumer.assignment())
         paused = self._consumer.paused()
         if wanted - paused:
             self._consumer.pause(*(wanted - paused))
@@ -342,14 +272,14 @@ class Courier:
         high watermark of the last fetch)."""
         lag = self.pending
         for tp in self._consumer.assignment():
-            mark = self._watermarks.get(tp.partition)
+            mark = self._holding.watermarks.get(tp.partition)
             high = self._consumer.highwater(tp)
             if high is not None and mark is not None and mark.next_offset is not None:
                 lag += max(0, high - mark.next_offset)
         return lag
 
     def _take(self, partition: int, message: Any) -> None:
-        self._watermarks.setdefault(partition, Watermark()).read(message.offset)
+        self._holding.read(partition, message.offset)
         read = read_record(
             message.key, message.headers, message.value, max_bytes=self._delivery.max_body_bytes
         )
@@ -367,33 +297,15 @@ class Courier:
                 message.offset,
                 record.problem.code,
             )
-        lane = (partition, record.key)
-        queue = self._lanes.setdefault(lane, deque())
-        queue.append(record)
-        if len(queue) == LANE_CAP and partition not in self._stuck:
-            self._stuck.add(partition)
-            log.warning(
-                "courier %s: one key holds %d records (its head not delivered yet):"
-                " pausing partition %d until it drains to %d",
-                self.subscription.id,
-                len(queue),
-                partition,
-                LANE_CAP // 2,
-            )
+        lane, queue = self._holding.add(record)
         if lane not in self._lane_tasks:
             self._lane_tasks[lane] = asyncio.create_task(self._lane(lane, queue))
 
     async def _commit(self) -> None:
-        offsets = {}
-        for partition, mark in self._watermarks.items():
-            committable = mark.committable
-            if committable is not None and committable != self._committed.get(partition):
-                tp = TopicPartition(self.topics.deliver(self.subscription.id), partition)
-                offsets[tp] = committable
+        offsets = self._holding.to_commit(self.topics.deliver(self.subscription.id))
         if offsets:
             await self._consumer.commit(offsets)
-            for tp, offset in offsets.items():
-                self._committed[tp.partition] = offset
+            self._holding.committed(offsets)
 
     async def _revoked(self, revoked: list[TopicPartition]) -> None:
         # another group member takes these over: commit what is finished, drop the rest
@@ -405,12 +317,7 @@ class Courier:
             if lane[0] in gone:
                 task.cancel()
                 self._lane_tasks.pop(lane, None)
-        for lane in [lane for lane in self._lanes if lane[0] in gone]:
-            self._lanes.pop(lane, None)
-        for partition in gone:
-            self._watermarks.pop(partition, None)
-            self._committed.pop(partition, None)
-            self._stuck.discard(partition)
+        self._holding.drop(gone)
 
     # -- delivering ---------------------------------------------------------------------
 
@@ -420,12 +327,12 @@ class Courier:
             while queue and not self._stopping.is_set():
                 record = queue[0]
                 try:
-                    done = await self._deliver(record)
+                    done = await self._attempts.deliver(record)
                 except Exception:  # our own bug outside the attempt: retried, visibly
                     bugs += 1
                     log.exception("courier %s: a lane failed; retrying", self.subscription.id)
                     self._trouble("lane", "a lane failed with an internal error (see the log)")
-                    await self._pause(_LANE_BUG.delay(bugs))
+                    await pause(self._stopping, LANE_BUG.delay(bugs))
                     continue
                 if not done:
                     return  # stopping or retired: the record stays uncommitted
@@ -438,133 +345,22 @@ class Courier:
             if self._lane_tasks.get(lane) is asyncio.current_task():
                 del self._lane_tasks[lane]
                 if not queue:
-                    self._lanes.pop(lane, None)
-
-    async def _deliver(self, record: Held) -> bool:
-        """Deliver one record or dead-letter it; False when stopped before either."""
-        if record.problem is not None:
-            problem = record.problem
-            await self._dead_letter(record, 0, problem.code, f"{problem.path}: {problem.message}")
-            return True
-        assert record.value is not None  # a readable record has one
-        attempt = 0
-        while not self._stopping.is_set():
-            attempt += 1
-            async with self._requests:
-                if self._stopping.is_set():
-                    return False
-                try:
-                    status = await self._sender.send(
-                        record.value, source=record.ref.source, event_id=record.ref.id
-                    )
-                except SubscriberGone as exc:
-                    self._gone(record, attempt, exc)
-                    return False
-                except WebhookFailed as exc:
-                    failure = exc
-                except Exception as exc:  # a bug is a failed attempt: retried, then a DLQ entry
-                    log.exception(
-                        "subscription %s, event %s: attempt %d failed with an internal error",
-                        self.subscription.id,
-                        record.ref.id,
-                        attempt,
-                    )
-                    failure = WebhookFailed(
-                        f"internal error: {type(exc).__name__}", code="internal_error"
-                    )
-                else:
-                    self._log(record, "delivered", attempt, status=status)
-                    return True
-            elapsed = time.monotonic() - record.read_at
-            left = self._delivery.retry_window_s - elapsed
-            retry_after = failure.retry_after
-            if not self._policy.retries(failure, elapsed_s=elapsed) or (
-                retry_after is not None and retry_after > left
-            ):
-                await self._dead_letter(record, attempt, failure.code, str(failure), failure.status)
-                return True
-            delay = retry_after if retry_after is not None else self._policy.delay(attempt)
-            self._log(record, "retry", attempt, status=failure.status, error=failure.code)
-            log.info(
-                "subscription %s, event %s: attempt %d failed (%s); next in %.2fs",
-                self.subscription.id,
-                record.ref.id,
-                attempt,
-                failure.code,
-                min(delay, left),
-            )
-            await self._pause(min(delay, left))  # the last attempt falls at the window's end
-        return False
-
-    async def _dead_letter(
-        self, record: Held, attempt: int, error: str, detail: str, status: int | None = None
-    ) -> None:
-        """Write the record to the DLQ and wait until the broker has it: the lane moves on only
-        then, so the DLQ keeps the order of a key even when a write has to be retried."""
-        deliver = self.topics.deliver(self.subscription.id)
-        await self._writer.write(
-            dead_letter_write(
-                self.topics.dlq(self.subscription.id),
-                record.key,
-                record.headers,
-                record.value,
-                origin=f"{deliver}/{record.partition}/{record.offset}",
-                error=error,
-                detail=detail,
-                attempts=attempt,
-            )
-        )
-        self._log(record, "dead_lettered", attempt, status=status, error=error)
-        log.warning(
-            "subscription %s, event %s: dead-lettered after %d attempts (%s)",
-            self.subscription.id,
-            record.ref.id,
-            attempt,
-            error,
-        )
+                    self._holding.lanes.pop(lane, None)
 
     def _gone(self, record: Held, attempt: int, exc: SubscriberGone) -> None:
         if self.retired:
             return
         self.retired = True
         self._stopping.set()
-        self._log(record, "retired", attempt, status=exc.status, error=exc.code)
+        self._attempts.log(record, "retired", attempt, status=exc.status, error=exc.code)
         log.warning("subscription %s answered 410 Gone: stopping delivery", self.subscription.id)
         if self._on_gone is not None:
             self._on_gone(self)
 
-    # -- writing to Kafka ---------------------------------------------------------------
-
-    def _log(
-        self,
-        record: Held,
-        outcome: Outcome,
-        attempt: int,
-        *,
-        status: int | None = None,
-        error: str | None = None,
-    ) -> None:
-        self.counts[outcome] += 1
-        attempt_record = delivery_attempt(
-            subscription=self.subscription.id,
-            purpose=self.subscription.purpose,
-            ref=record.ref,
-            outcome=outcome,
-            attempt=attempt,
-            status=status,
-            error=error,
-        )
-        self._write(record, log_write(self.topics.deliveries, attempt_record))
-
-    def _write(self, record: Held, write: Write) -> None:
-        task = asyncio.create_task(self._writer.write(write))
-        record.writes.append(task)
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-
     def _finish(self, record: Held) -> None:
         """Mark the record finished once the broker has every write about it."""
-        task = asyncio.create_task(self._settle(record, self._watermarks.get(record.partition)))
+        watermark = self._holding.watermarks.get(record.partition)
+        task = asyncio.create_task(self._settle(record, watermark))
         self._settling.add(task)
         task.add_done_callback(self._settled)
 
@@ -586,12 +382,7 @@ class Courier:
                 write.cancel()
             raise
         # a revoked partition has a new watermark (or none): the old one is dropped
-        if watermark is not None and watermark is self._watermarks.get(record.partition):
+        if watermark is not None and watermark is self._holding.watermarks.get(record.partition):
             watermark.finish(record.offset)
             if self._progress is not None:
                 self._progress.advanced()
-
-    async def _pause(self, seconds: float) -> None:
-        """Sleep, but wake up at once when the courier stops."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)

@@ -7,13 +7,13 @@ holds up only its own courier. KAFKA subscriptions read their deliver topic them
 How a courier orders, commits, retries and dead-letters: see `connectors.courier`.
 
 A `410 Gone` stops the subscription's courier at once; the dispatcher then writes the
-subscription as `retired`, retrying the write (`RETIRE` backoff, logged, the courier's health
-part broken meanwhile) until it lands. Until the store shows the retirement the dispatcher
-starts no courier for that subscription again, unless the subscription is changed meanwhile
-(an operator's edit wins: then it is neither retired nor skipped). A retirement refused
-permanently (an ACL, the record refused) is given up on, loudly: the subscription stays
-active in the store and undelivered here until the process restarts (which tries again on
-the next 410) or the operator retires or changes it.
+subscription as `retired`, retrying the write (`streams.retry.RETIRE` backoff, logged, the
+courier's health part broken meanwhile) until it lands. Until the store shows the retirement
+the dispatcher starts no courier for that subscription again, unless the subscription is
+changed meanwhile (an operator's edit wins: then it is neither retired nor skipped). A
+retirement refused permanently (an ACL, the record refused) is given up on, loudly: the
+subscription stays active in the store and undelivered here until the process restarts
+(which tries again on the next 410) or the operator retires or changes it.
 """
 
 from __future__ import annotations
@@ -23,25 +23,22 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from typing import Final
 
 from aiokafka.errors import KafkaError
 
-from connectors.courier import CONCURRENCY, KAFKA_RETRY_S, STOP_DEADLINE_S, Courier, backoff
+from connectors.courier import KAFKA_RETRY_S, STOP_DEADLINE_S, Courier
 from streams.config import Settings
 from streams.exceptions import KafkaUnavailable
 from streams.health import Health
 from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics, bus_topics, create_topics
-from streams.retry import RetryPolicy
+from streams.retry import RETIRE
 from streams.routing.store import SubscriptionStore
 from streams.routing.subscriptions import Subscription
 
-__all__ = ["CONCURRENCY", "Courier", "Dispatcher", "backoff"]  # Courier & co. re-exported
+__all__ = ["Dispatcher"]
 
 log = logging.getLogger(__name__)
-
-RETIRE: Final = RetryPolicy(initial_s=0.5, max_s=30.0)  # the retire write after a 410
 
 
 class Dispatcher:
@@ -167,8 +164,8 @@ class Dispatcher:
                 break
             except (KafkaError, KafkaUnavailable, TimeoutError) as exc:
                 attempt += 1
-                error = exc if not isinstance(exc, TimeoutError) else KafkaUnavailable("timeout")
-                if not RETIRE.retries(error, elapsed_s=time.monotonic() - first):
+                delay = RETIRE.wait(exc, attempt=attempt, elapsed_s=time.monotonic() - first)
+                if delay is None:
                     log.error(
                         "subscription %s answered 410 but cannot be retired (%s): it stays"
                         " active and undelivered here; retire it by hand",
@@ -190,7 +187,7 @@ class Dispatcher:
                     self.health.part("delivery", part).broken(
                         f"answered 410 Gone, retiring it is failing ({type(exc).__name__})"
                     )
-                await asyncio.sleep(RETIRE.delay(attempt))
+                await asyncio.sleep(delay)
         log.info("subscription %s is retired", gone.id)
         if self.health is not None:
             self.health.drop("delivery", part)

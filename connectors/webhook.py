@@ -6,10 +6,11 @@ Bearer token, and a Standard Webhooks signature made with the subscription's `wh
 secret by the `standardwebhooks` library. `webhook-id` is a digest of the event's
 `source`+`id`, the same for every attempt, so a subscriber can dedupe on it too.
 
-The answer, classified:
+The answer, classified by `streams.retry.http_answer` (the one table of statuses):
 - 2xx: delivered (`send` returns the status);
 - 410: `SubscriberGone`, the subscription is to be retired;
-- 429: `WebhookFailed(retriable=True, retry_after=…)` from `Retry-After` (seconds or HTTP date);
+- 429, 503: `WebhookFailed(retriable=True, retry_after=…)` from `Retry-After` (seconds or HTTP
+  date), when the answer has one;
 - any other status, a timeout, a refused or broken connection: `WebhookFailed(retriable=True)`
   with a stable `code` (`http_500`, `timeout`, `connect`, `disconnected`, …);
 - a payload that is not UTF-8 is never sent: `WebhookFailed(code="not_utf8", retriable=False)`.
@@ -29,6 +30,7 @@ from standardwebhooks import Webhook
 
 from streams.config import DeliverySettings
 from streams.exceptions import DeliveryFailed
+from streams.retry import http_answer
 from streams.routing.subscriptions import Subscription
 
 __all__ = [
@@ -185,15 +187,17 @@ class WebhookSender:
             ) from exc
         except aiohttp.ClientError as exc:
             raise WebhookFailed(f"HTTP error: {type(exc).__name__}", code="http_error") from exc
-        if 200 <= status < 300:
+        answer = http_answer(status)
+        if answer.delivered:
             return status
-        if status == 410:
+        if answer.gone:
             raise SubscriberGone("the subscriber answered 410 Gone")
         raise WebhookFailed(
             f"the subscriber answered HTTP {status}",
             code=f"http_{status}",
             status=status,
-            retry_after=retry_after if status in (429, 503) else None,
+            retriable=answer.retriable,
+            retry_after=retry_after if answer.honours_retry_after else None,
         )
 
 

@@ -3,9 +3,10 @@
 A deliver-topic record is finished (its offset may be committed) only once the broker has
 every write about it, so no write is dropped:
 - a temporary error (the broker away, a leader moving, a producer spoiled by an expired
-  batch, which `streams.kafka.clients.Producer` replaces on the next send) is retried with `WRITES`
-  backoff; the first failure of a topic is logged, and a topic still failing after
-  `BROKEN_AFTER_S` makes the courier's health part broken until a write to it lands;
+  batch, which `streams.kafka.clients.Producer` replaces on the next send) is retried with
+  `streams.retry.WRITES` backoff; the first failure of a topic is logged, and a topic still
+  failing after `BROKEN_AFTER_S` makes the courier's health part broken until a write to it
+  lands;
 - a permanent error (the record too large for the topic, the topic refused) is not retried
   as is: the write falls back, once, to its smaller copy (`Write.fallback`: a dead letter
   without its value, a delivery-log record with its long fields cut). A fallback refused
@@ -29,13 +30,12 @@ from streams.contract.headers import RawHeaders
 from streams.delivery.dlq import dead_letter_headers, truncated_headers
 from streams.delivery.log import DeliveryAttempt, encode_attempt, shortened
 from streams.kafka.clients import Producer
-from streams.retry import RetryPolicy, retriable
+from streams.retry import WRITES
 
-__all__ = ["BROKEN_AFTER_S", "WRITES", "Write", "Writer", "dead_letter_write", "log_write"]
+__all__ = ["BROKEN_AFTER_S", "Trouble", "Write", "Writer", "dead_letter_write", "log_write"]
 
 log = logging.getLogger(__name__)
 
-WRITES: Final = RetryPolicy(initial_s=0.2, max_s=5.0)  # never gives up: see the module doc
 BROKEN_AFTER_S: Final = 10.0  # a topic failing this long makes the courier not ready
 
 
@@ -111,7 +111,7 @@ class Writer:
                 await future
             except KafkaError as exc:
                 attempt += 1
-                permanent = not retriable(exc)
+                permanent = not WRITES.retriable(exc)
                 if permanent and current.fallback is not None:
                     log.warning(
                         "%s: a %s was refused by %s (%s): writing its smaller copy instead",

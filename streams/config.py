@@ -142,7 +142,8 @@ class HttpSettings(BaseModel):
 
 
 class DeliverySettings(BaseModel):
-    """Webhook delivery: timeouts and the retry window."""
+    """Webhook delivery: timeouts, and the backoff and retry window the webhook retry policy is
+    made of (`streams.retry.RetryPolicy.from_settings`)."""
 
     model_config = _FROZEN
 

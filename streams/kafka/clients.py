@@ -20,12 +20,11 @@ from typing import Any, Protocol
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from streams.config import KafkaSettings, Settings
 from streams.kafka.partitioner import KeyPartitioner
-from streams.retry import spoils_producer
+from streams.retry import refused_for_size, spoils_producer
 
 __all__ = [
     "MAX_REQUEST_BYTES",
@@ -39,15 +38,9 @@ __all__ = [
     "make_producer",
     "send_all",
     "send_each",
-    "too_large",
 ]
 
 log = logging.getLogger(__name__)
-
-# Errors a broker or client gives one record for what it is, not for the moment: sending the
-# same record again fails the same way, whatever the producer or the broker's health.
-_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
-
 
 # aiokafka's default `max_request_size` (make_producer keeps it): its `send` refuses more.
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -59,11 +52,6 @@ def fits(record: Writable) -> bool:
         record.key, record.value, list(record.headers)
     )
     return bool(size <= MAX_REQUEST_BYTES)
-
-
-def too_large(exc: BaseException) -> bool:
-    """Whether `exc` refused a record for its size (the record's fault: never retry it)."""
-    return isinstance(exc, _TOO_LARGE)
 
 
 class Writable(Protocol):
@@ -302,7 +290,7 @@ async def send_each(
         except Exception as exc:  # noqa: BLE001 - handed to the caller, per record
             futures.append(None)
             errors[index] = exc
-            if not too_large(exc):
+            if not refused_for_size(exc):
                 errors[index + 1 :] = [exc] * (len(items) - index - 1)
                 break
     settled = await asyncio.gather(*(f for f in futures if f is not None), return_exceptions=True)

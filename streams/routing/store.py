@@ -40,7 +40,7 @@ from streams.exceptions import KafkaUnavailable
 from streams.health import Health, Progress
 from streams.kafka.clients import make_consumer, make_producer
 from streams.kafka.topics import Topics, bus_topics, create_topics, subscription_topics
-from streams.retry import RetryPolicy, retriable
+from streams.retry import RetryPolicy
 from streams.routing.matching import SubscriptionIndex
 from streams.routing.records import Records
 from streams.routing.subscriptions import Subscription
@@ -254,7 +254,7 @@ class SubscriptionStore:
                 reason = _reason(exc, self.topics.subscriptions)
                 self.progress.broken(reason)
                 # temporary (the broker away): retried as long as it lasts, never given up on
-                temporary = retriable(exc) or isinstance(exc, TimeoutError)
+                temporary = self._policy.retriable(exc)
                 bound = self._policy.give_up_after_s
                 gives_up = not temporary and bound is not None and now - failing_since >= bound
                 if gives_up:

@@ -18,9 +18,9 @@ At-least-once, by construction:
   record with code `internal_error` (and its event is not written: it reached nobody); a
   record the broker refuses for its size dead-letters its ingress record as `too_large`
   (and a dead letter too large for the invalid topic goes out truncated);
-- a failed produce is retried, the batch unacked, with the `RetryPolicy` while the error
-  is temporary: logged every time, `worker/stream` broken in `Health` after
-  `BROKEN_AFTER_S`. A permanent error (authorization, an invalid topic) or a bug in the
+- a failed produce is retried, the batch unacked, with `streams.retry.PRODUCE` while the
+  error is temporary (without end): logged every time, `worker/stream` broken in `Health`
+  after `BROKEN_AFTER_S`. A permanent error (authorization, an invalid topic) or a bug in the
   loop stops the worker for good (`WorkerFailed`, health broken with the reason): nothing
   after the last acked batch is acked, so no record is skipped;
 - concurrency is 1: order per key is the order of the ingress partition. Scale out with
@@ -56,9 +56,8 @@ from streams.kafka.clients import (
     send_all,
     send_each,
 )
-from streams.kafka.clients import too_large as refused_for_size
 from streams.kafka.topics import Topics
-from streams.retry import RetryPolicy
+from streams.retry import PRODUCE, refused_for_size
 from streams.routing.router import Output, Router
 from streams.routing.store import SubscriptionStore
 
@@ -82,9 +81,6 @@ INTERNAL_ERROR: Final = "internal_error"
 TOO_LARGE: Final = "too_large"
 # A produce failing this long (temporary errors, retried) makes the worker not ready.
 BROKEN_AFTER_S: Final = 30.0
-# Retriable errors are retried without end: the batch stays unacked, each failure is
-# logged, and health says broken after BROKEN_AFTER_S.
-RETRY: Final = RetryPolicy(initial_s=0.5, max_s=5.0, give_up_after_s=None)
 # How much of a dead letter's value is kept when the invalid topic refused the whole.
 TRUNCATED_BYTES: Final = 1024
 # Size refusals of one ingress record: 1 dead-letters it, 2 truncates the dead letter,
@@ -371,17 +367,17 @@ class Validator:
                     if missing == unknown_topic:  # after two metadata waits, each a timeout
                         raise WorkerFailed(f"topic {missing} does not exist") from error
                     unknown_topic = missing
-            if not RETRY.retries(error, elapsed_s=0.0):
-                raise WorkerFailed(f"produce failed for good: {_reason(error)}") from error
             now = time.monotonic()
             first_failure = now if first_failure is None else first_failure
             attempt += 1
             failing_for = now - first_failure
+            delay = PRODUCE.wait(error, attempt=attempt, elapsed_s=failing_for)
+            if delay is None:
+                raise WorkerFailed(f"produce failed for good: {_reason(error)}") from error
             if failing_for >= BROKEN_AFTER_S:
                 self.progress.broken(
                     f"produce failing for {failing_for:.0f}s ({_reason(error)}); retrying"
                 )
-            delay = RETRY.delay(attempt)
             log.warning(
                 "produce failed (%s, attempt %d); the batch is retried in %.1fs",
                 _reason(error),

@@ -28,8 +28,8 @@ from test_dispatcher import (
     until,
 )
 
-from connectors.courier import LANE_CAP, MAX_PENDING
 from connectors.dispatcher import Dispatcher
+from connectors.holding import LANE_CAP, MAX_PENDING
 from connectors.webhook import WebhookSender
 from streams.config import DeliverySettings, Settings
 from streams.contract.headers import ATTEMPTS_HEADER, ERROR_HEADER, ORIGIN_HEADER, TRUNCATED_HEADER
