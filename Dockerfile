@@ -5,8 +5,8 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY streams streams
 COPY connectors connectors
 COPY schemas schemas
-# Editable: the package reads schemas/avro/ from the source tree.
-RUN pip install --no-cache-dir -c constraints.txt -e . \
+# A plain install: the wheel carries the schemas (streams/contract/avro links to schemas/avro).
+RUN pip install --no-cache-dir -c constraints.txt . \
  && useradd --system --no-create-home gemeentebus
 USER gemeentebus
 EXPOSE 8080
