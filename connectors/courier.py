@@ -49,16 +49,15 @@ from streams.exceptions import FieldError
 from streams.health import Health, Progress
 from streams.kafka.clients import Producer, make_consumer
 from streams.kafka.topics import Topics
-from streams.retry import LANE_BUG
+from streams.retry import KAFKA_READ, LANE_BUG
 from streams.routing.subscriptions import Subscription
 
-__all__ = ["KAFKA_RETRY_S", "STOP_DEADLINE_S", "Courier"]
+__all__ = ["STOP_DEADLINE_S", "Courier"]
 
 log = logging.getLogger(__name__)
 
 _POLL_MS = 100
 _COMMIT_EVERY_S = 0.5
-KAFKA_RETRY_S: Final = 1.0  # wait before retrying a failed Kafka read or commit
 STOP_DEADLINE_S: Final = 10.0  # how long `stop` takes at most
 _CLOSE_RESERVE_S: Final = 1.0  # of a stop's deadline, kept for the commit and closing
 
@@ -250,11 +249,11 @@ class Courier:
                     self.subscription.id,
                     type(exc).__name__,
                 )
-                await pause(self._stopping, KAFKA_RETRY_S)
+                await pause(self._stopping, KAFKA_READ.delay(1))
             except Exception:  # a bug here must not kill the courier: visible, retried
                 log.exception("courier %s: reading failed; retrying", self.subscription.id)
                 self._trouble("reading", "reading failed with an internal error (see the log)")
-                await pause(self._stopping, KAFKA_RETRY_S)
+                await pause(self._stopping, KAFKA_READ.delay(1))
             else:
                 self._trouble("reading", None)
 

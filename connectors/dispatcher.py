@@ -26,13 +26,13 @@ from collections import Counter
 
 from aiokafka.errors import KafkaError
 
-from connectors.courier import KAFKA_RETRY_S, STOP_DEADLINE_S, Courier
+from connectors.courier import STOP_DEADLINE_S, Courier
 from streams.config import Settings
 from streams.exceptions import KafkaUnavailable
 from streams.health import Health
 from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics, bus_topics, create_topics
-from streams.retry import RETIRE
+from streams.retry import KAFKA_READ, RETIRE
 from streams.routing.store import SubscriptionStore
 from streams.routing.subscriptions import Subscription
 
@@ -130,7 +130,7 @@ class Dispatcher:
                 await self._reconcile()
             except KafkaError:
                 log.exception("starting a courier failed; trying again")
-                await asyncio.sleep(KAFKA_RETRY_S)
+                await asyncio.sleep(KAFKA_READ.delay(1))
                 self._changed.set()
 
     def _leave(self, courier: Courier, deadline_s: float = STOP_DEADLINE_S) -> None:

@@ -4,8 +4,9 @@ Modelled on aiokafka's `sender._can_retry`: one lookup of the error's `retriable
 (ours, see `streams.exceptions`, or aiokafka's), with the few corrections below, and a
 bound in time after which a retriable failure is given up on too. Every retry loop of the
 bus asks a `RetryPolicy`; none decides on its own. The policies of the bus's own Kafka
-loops are named here (`PRODUCE`, `WRITES`, `RETIRE`, `LANE_BUG`); the webhook retries
-are configured (`RetryPolicy.from_settings(settings.delivery)`).
+loops are named here (`PRODUCE`, `WRITES`, `RETIRE`, `LANE_BUG`, `CLUSTER_WAIT`,
+`REPLAY_READ`, `KAFKA_READ`); the subscription store's bound comes from `health`; the
+webhook retries are configured (`RetryPolicy.from_settings(settings.delivery)`).
 
 Corrections to aiokafka's flags, each for a reason seen on a real broker:
 - `KafkaTimeoutError` (a batch expired while the broker was away) is temporary, but the
@@ -43,8 +44,11 @@ from streams.config import DeliverySettings
 from streams.exceptions import DeliveryFailed
 
 __all__ = [
+    "CLUSTER_WAIT",
+    "KAFKA_READ",
     "LANE_BUG",
     "PRODUCE",
+    "REPLAY_READ",
     "RETIRE",
     "WRITES",
     "HttpAnswer",
@@ -117,6 +121,7 @@ class RetryPolicy:
     initial_s: float = 0.5
     max_s: float = 5.0
     give_up_after_s: float | None = None
+    jitter: bool = True  # False: wait the capped exponential itself (a steady pace)
 
     @classmethod
     def from_settings(cls, settings: DeliverySettings) -> RetryPolicy:
@@ -138,9 +143,9 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """The wait after failed attempt `attempt` (1-based): full jitter over a capped
-        exponential."""
+        exponential (without `jitter`, the capped exponential)."""
         ceiling = min(self.max_s, self.initial_s * 2 ** max(0, attempt - 1))
-        return (rng or random).uniform(0, ceiling)
+        return (rng or random).uniform(0, ceiling) if self.jitter else ceiling
 
     def retries(self, exc: BaseException, *, elapsed_s: float) -> bool:
         """Whether to try again after `exc`, `elapsed_s` after the first attempt."""
@@ -178,3 +183,9 @@ PRODUCE: Final = RetryPolicy(initial_s=0.5, max_s=5.0)  # the worker's batch pro
 WRITES: Final = RetryPolicy(initial_s=0.2, max_s=5.0)  # a courier's DLQ and delivery-log writes
 RETIRE: Final = RetryPolicy(initial_s=0.5, max_s=30.0)  # retiring a subscription after a 410
 LANE_BUG: Final = RetryPolicy(initial_s=0.5, max_s=30.0)  # a courier lane after a bug of ours
+CLUSTER_WAIT: Final = RetryPolicy(initial_s=0.5, max_s=3.0)  # `run` waiting for the cluster
+REPLAY_READ: Final = RetryPolicy(initial_s=0.2, max_s=5.0)  # the replay log's reader
+# A courier's fetch and commit, and starting a courier: every Kafka error is retried at a
+# steady second, logged each time; the loop is the courier's life and its input stays
+# uncommitted, so nothing is lost while it lasts.
+KAFKA_READ: Final = RetryPolicy(initial_s=1.0, max_s=1.0, jitter=False)

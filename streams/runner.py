@@ -61,7 +61,7 @@ from streams.kafka.topics import (
     existing_topics,
 )
 from streams.kafka.watch import ClusterWatch
-from streams.retry import RetryPolicy
+from streams.retry import CLUSTER_WAIT
 from streams.routing.store import SubscriptionStore
 from streams.routing.worker import Validator
 
@@ -126,7 +126,6 @@ def _roles(role: Role) -> tuple[str, ...]:
 
 async def _wait_for_cluster(settings: Settings) -> set[str]:
     """The cluster's topic names, once it answers; retried until the caller's bound."""
-    policy = RetryPolicy(initial_s=0.5, max_s=3.0)
     attempt = 0
     while True:
         try:
@@ -139,7 +138,7 @@ async def _wait_for_cluster(settings: Settings) -> set[str]:
                     settings.kafka.bootstrap_servers,
                     type(exc).__name__,
                 )
-            await asyncio.sleep(policy.delay(attempt))
+            await asyncio.sleep(CLUSTER_WAIT.delay(attempt))
 
 
 def _quiet(step: str) -> None:

@@ -27,7 +27,8 @@ from streams.chaos.kills import exits_check, load_for, standard_sinks
 from streams.contract import codec
 from streams.contract.envelope import CloudEvent
 from streams.contract.rules import dutch_today
-from streams.demo.generators import EventFactory, invalid_corpus
+from streams.demo.generators import EventFactory
+from streams.demo.invalid import invalid_corpus
 from streams.exceptions import GemeentebusError
 from streams.kafka.topics import Topics
 from streams.routing.router import delivery_record

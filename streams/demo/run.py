@@ -35,7 +35,8 @@ from streams.contract.attributes import OVERLEDEN, VERHUISD, ZAAK_GEMUTEERD, par
 from streams.contract.envelope import CloudEvent
 from streams.contract.record import KafkaRecord
 from streams.contract.rules import dutch_today
-from streams.demo.generators import EventFactory, invalid_corpus
+from streams.demo.generators import EventFactory
+from streams.demo.invalid import invalid_corpus
 from streams.demo.receivers import Receiver
 from streams.exceptions import InvalidEvent
 from streams.ingress import metrics

@@ -34,7 +34,7 @@ from streams.config import Settings
 from streams.kafka.clients import Producer
 from streams.kafka.topics import Topics, partitions
 from streams.kafka.window import consumer
-from streams.retry import RetryPolicy
+from streams.retry import REPLAY_READ
 
 __all__ = ["ReplayLog", "ReplayStatus", "State", "supersedes"]
 
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 
 State = Literal["queued", "running", "done", "failed"]
 UNFINISHED: tuple[State, ...] = ("queued", "running")
-_READ_RETRY = RetryPolicy(initial_s=0.2, max_s=5.0)
 
 
 class ReplayStatus(BaseModel):
@@ -182,11 +181,11 @@ class ReplayLog:
             try:
                 batches = await self._reader.getmany(timeout_ms=200, max_records=1000)
             except Exception as exc:
-                if not _READ_RETRY.retries(exc, elapsed_s=0.0):
+                if not REPLAY_READ.retries(exc, elapsed_s=0.0):
                     raise
                 attempt += 1
                 log.warning("reading replays failed (%s); retrying", type(exc).__name__)
-                await asyncio.sleep(_READ_RETRY.delay(attempt))
+                await asyncio.sleep(REPLAY_READ.delay(attempt))
                 continue
             attempt = 0
             for records in batches.values():

@@ -38,6 +38,7 @@ from streams.exceptions import (
     WorkerFailed,
 )
 from streams.retry import (
+    KAFKA_READ,
     LANE_BUG,
     PRODUCE,
     RETIRE,
@@ -214,3 +215,9 @@ def test_http_statuses_are_classified_by_one_table(
         retriable,
         retry_after,
     )
+
+
+def test_a_policy_without_jitter_keeps_a_steady_capped_pace() -> None:
+    steady = RetryPolicy(initial_s=1.0, max_s=4.0, jitter=False)
+    assert [steady.delay(n) for n in (1, 2, 3, 4, 9)] == [1.0, 2.0, 4.0, 4.0, 4.0]
+    assert [KAFKA_READ.delay(n) for n in (1, 2, 50)] == [1.0, 1.0, 1.0]

@@ -12,7 +12,8 @@ import pytest
 from streams.contract.attributes import partition_key, pseudonym, routing_attributes, subject_for
 from streams.contract.envelope import CloudEvent
 from streams.contract.rules import ERROR_CODES, validate
-from streams.demo.generators import EventFactory, invalid_corpus
+from streams.demo.generators import EventFactory
+from streams.demo.invalid import invalid_corpus
 from streams.exceptions import UnknownSchema
 
 TODAY = date(2026, 6, 15)

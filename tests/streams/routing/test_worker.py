@@ -14,7 +14,8 @@ from streams.contract.envelope import CloudEvent
 from streams.contract.headers import DETAIL_HEADER, ERROR_HEADER
 from streams.contract.record import KafkaRecord
 from streams.contract.rules import dutch_today
-from streams.demo.generators import EventFactory, invalid_corpus
+from streams.demo.generators import EventFactory
+from streams.demo.invalid import invalid_corpus
 from streams.exceptions import InvalidEvent
 from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics
