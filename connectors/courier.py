@@ -249,6 +249,9 @@ class Courier:
                     self.subscription.id,
                     type(exc).__name__,
                 )
+                if not KAFKA_READ.retriable(exc):  # e.g. not authorised: retried, and visible
+                    reason = f"Kafka refuses reading or committing ({type(exc).__name__})"
+                    self._trouble("reading", reason)
                 await pause(self._stopping, KAFKA_READ.delay(1))
             except Exception:  # a bug here must not kill the courier: visible, retried
                 log.exception("courier %s: reading failed; retrying", self.subscription.id)

@@ -38,6 +38,7 @@ from aiokafka.errors import (
     ProducerFenced,
     RecordListTooLargeError,
     UnknownProducerId,
+    UnknownTopicOrPartitionError,
 )
 
 from streams.config import DeliverySettings
@@ -54,6 +55,7 @@ __all__ = [
     "HttpAnswer",
     "RetryPolicy",
     "http_answer",
+    "missing_for_good",
     "refused_for_size",
     "spoils_producer",
 ]
@@ -75,6 +77,14 @@ _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 def spoils_producer(exc: BaseException) -> bool:
     """Whether the producer that raised `exc` can no longer send (replace it, then retry)."""
     return isinstance(exc, _SPOILING)
+
+
+def missing_for_good(exc: BaseException, topic: str, missing_before: str | None) -> bool:
+    """Whether an unknown topic is gone for good: aiokafka flags `UnknownTopicOrPartition`
+    retriable (metadata lags just after a topic is created), so it is temporary the first
+    time and permanent when the same `topic` is still unknown on the next attempt, after a
+    second metadata wait (`missing_before`: the topic unknown on the attempt before)."""
+    return isinstance(exc, UnknownTopicOrPartitionError) and topic == missing_before
 
 
 def refused_for_size(exc: BaseException) -> bool:

@@ -57,7 +57,7 @@ from streams.kafka.clients import (
     send_each,
 )
 from streams.kafka.topics import Topics
-from streams.retry import PRODUCE, refused_for_size
+from streams.retry import PRODUCE, missing_for_good, refused_for_size
 from streams.routing.router import Output, Router
 from streams.routing.store import SubscriptionStore
 
@@ -362,11 +362,11 @@ class Validator:
                         self.progress.mended()
                     return plan
                 where, error = failed[0]
+                topic = plan.outputs[where][0]
+                if missing_for_good(error, topic, unknown_topic):
+                    raise WorkerFailed(f"topic {topic} does not exist") from error
                 if isinstance(error, UnknownTopicOrPartitionError):
-                    missing = plan.outputs[where][0]
-                    if missing == unknown_topic:  # after two metadata waits, each a timeout
-                        raise WorkerFailed(f"topic {missing} does not exist") from error
-                    unknown_topic = missing
+                    unknown_topic = topic  # remembered for the next attempt
             now = time.monotonic()
             first_failure = now if first_failure is None else first_failure
             attempt += 1

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import MessageSizeTooLargeError, TopicAuthorizationFailedError
@@ -240,6 +241,42 @@ async def test_a_delivery_log_that_refuses_writes_holds_the_commit_then_recovers
     ]
     assert sorted(int(a.event_id[1:]) for a in log if a.outcome == "delivered") == list(range(20))
     assert len(receiver.accepted) == 20  # not delivered again
+
+
+async def test_a_permanent_kafka_error_while_reading_is_retried_and_visible(
+    settings: Settings,
+    store: SubscriptionStore,
+    writer: Writer,
+    receivers: list[Receiver],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    receiver = await Receiver().start()
+    receivers.append(receiver)
+    await store.put(subscription("refused", receiver.url))
+    health = Health()
+    dispatcher = await start_dispatcher(settings, store, fast(), health)
+    part = health.part("delivery", "courier refused")
+    original = AIOKafkaConsumer.getmany
+    courier_group = f"{settings.kafka.topic_prefix}.deliver.refused"
+    refusing = True
+
+    async def getmany(self: AIOKafkaConsumer, *args: Any, **kwargs: Any) -> Any:
+        if refusing and self._group_id == courier_group:  # the courier's reads only
+            raise TopicAuthorizationFailedError("not authorised (injected)")
+        return await original(self, *args, **kwargs)
+
+    try:
+        monkeypatch.setattr(AIOKafkaConsumer, "getmany", getmany)
+        await until(lambda: part.broken_reason is not None, within=20)
+        assert "TopicAuthorizationFailedError" in (part.broken_reason or "")
+        assert not health.ready()[0]
+        refusing = False  # the grant comes back: the courier goes on where it was
+        await writer.write("refused", [(i, pseudonym(i % 3)) for i in range(5)])
+        await until(lambda: len(receiver.accepted) >= 5)
+        await until(lambda: part.broken_reason is None)
+    finally:
+        await dispatcher.stop()
+    assert sorted(seq_of(r) for r in receiver.accepted) == list(range(5))
 
 
 async def test_a_dead_letter_too_large_for_the_dlq_is_written_without_its_value(

@@ -45,6 +45,7 @@ from streams.retry import (
     WRITES,
     RetryPolicy,
     http_answer,
+    missing_for_good,
     refused_for_size,
     spoils_producer,
 )
@@ -221,3 +222,11 @@ def test_a_policy_without_jitter_keeps_a_steady_capped_pace() -> None:
     steady = RetryPolicy(initial_s=1.0, max_s=4.0, jitter=False)
     assert [steady.delay(n) for n in (1, 2, 3, 4, 9)] == [1.0, 2.0, 4.0, 4.0, 4.0]
     assert [KAFKA_READ.delay(n) for n in (1, 2, 50)] == [1.0, 1.0, 1.0]
+
+
+def test_an_unknown_topic_is_missing_for_good_only_when_it_is_still_unknown() -> None:
+    unknown = UnknownTopicOrPartitionError()
+    assert not missing_for_good(unknown, "t.events.a", None)  # metadata may lag: once is fine
+    assert not missing_for_good(unknown, "t.events.a", "t.events.b")
+    assert missing_for_good(unknown, "t.events.a", "t.events.a")
+    assert not missing_for_good(KafkaTimeoutError(), "t.events.a", "t.events.a")
