@@ -9,10 +9,11 @@ plus error headers. A failure that is not retriable (`not_utf8`) is dead-lettere
 An unexpected exception while sending (a bug, ours or a library's) is a failed attempt
 with code `internal_error`, retried and dead-lettered like any other.
 
-The window runs from when the courier read the record, which for the head of a lane is
-its first attempt: records queued behind a retrying head age with it, so a subscriber that
-is down longer than the window has its backlog dead-lettered after about one window, not
-one window per event of a key. Every readable record gets at least one attempt; a
+The window runs from when the record came into its deliver topic, but not from before the
+courier started (`connectors.holding.window_start`): records queued behind a retrying head,
+read or still in Kafka behind the pending cap, age with it, so a subscriber that is down
+longer than the window has its backlog dead-lettered after about one window, not one window
+per event of a key or per 2,000 records. Every readable record gets at least one attempt; a
 `Retry-After` that ends past the window dead-letters at once. A `410 Gone` is handed to
 the courier (`gone`), which stops and has the dispatcher retire the subscription.
 
@@ -129,7 +130,7 @@ class Attempts:
                 else:
                     self.log(record, "delivered", attempt, status=status)
                     return True
-            elapsed = time.monotonic() - record.read_at
+            elapsed = time.monotonic() - record.since
             wait = self._policy.wait(failure, attempt=attempt, elapsed_s=elapsed)
             if wait is None:
                 await self._dead_letter(record, attempt, failure.code, str(failure), failure.status)

@@ -41,7 +41,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from connectors.attempts import Attempts, pause
-from connectors.holding import Held, Holding, Lane, Watermark, held, poison
+from connectors.holding import Held, Holding, Lane, Watermark, held, poison, window_start
 from connectors.webhook import SubscriberGone
 from streams.config import Settings
 from streams.contract.record import read_record
@@ -122,6 +122,7 @@ class Courier:
         self._stop_by = 0.0  # loop time by which `stop` is to be done
         self._stop_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._started = time.monotonic()  # no record's retry window begins before this
         self.retired = False
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -285,12 +286,18 @@ class Courier:
         read = read_record(
             message.key, message.headers, message.value, max_bytes=self._delivery.max_body_bytes
         )
+        since = window_start(
+            getattr(message, "timestamp", None),
+            started=self._started,
+            now=time.monotonic(),
+            wall_now=time.time(),
+        )
         try:
-            record = held(partition, message.offset, read)
+            record = held(partition, message.offset, read, since)
         except Exception:  # a bug: the record is dead-lettered with why, never skipped
             log.exception("courier %s: reading a record failed", self.subscription.id)
             error = FieldError("record", "internal_error", "the courier could not read it")
-            record = poison(partition, message.offset, read, error, time.monotonic())
+            record = poison(partition, message.offset, read, error, since)
         if record.problem is not None:
             log.warning(
                 "subscription %s: record %d/%d is no event to send (%s): dead-lettering it",

@@ -48,6 +48,7 @@ __all__ = [
     "held",
     "poison",
     "unsendable",
+    "window_start",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class Held:
     headers: RawHeaders
     value: bytes | None
     ref: EventRef
-    read_at: float  # monotonic; the retry window runs from here
+    since: float  # monotonic; the retry window runs from here (`window_start`)
     problem: FieldError | None = None  # unsendable: dead-lettered without an attempt
     writes: list[asyncio.Task[Write]] = field(default_factory=list)
 
@@ -116,14 +117,33 @@ class Watermark:
         return next(iter(self.unfinished), self.next_offset)
 
 
-def held(partition: int, offset: int, read: KafkaRecord | Unreadable) -> Held:
-    """The record `read_record` made, as held: with its `problem` when it cannot be sent."""
-    now = time.monotonic()
+def window_start(timestamp_ms: int | None, *, started: float, now: float, wall_now: float) -> float:
+    """When a record's retry window began, on the monotonic clock: when the record came into
+    its deliver topic (its Kafka timestamp), but never before this courier `started`.
+
+    A record that waited unread in Kafka behind a failing key or the pending cap has used up
+    that part of its window, so a subscriber down for longer than the window has its whole
+    backlog dead-lettered after about one window, whatever the backlog's size; a delivery
+    process that was down costs no record any of its window. `now` is `time.monotonic()`,
+    `wall_now` `time.time()`; a timestamp in the future or missing counts as now.
+    """
+    if timestamp_ms is None or timestamp_ms < 0:
+        return now
+    waited = max(0.0, wall_now - timestamp_ms / 1000)
+    return now - min(waited, max(0.0, now - started))
+
+
+def held(
+    partition: int, offset: int, read: KafkaRecord | Unreadable, since: float | None = None
+) -> Held:
+    """The record `read_record` made, as held: with its `problem` when it cannot be sent.
+    `since`: when its retry window began (`window_start`; default now)."""
+    since = time.monotonic() if since is None else since
     if isinstance(read, Unreadable):
-        return poison(partition, offset, read, read.error, now)
+        return poison(partition, offset, read, read.error, since)
     problem, body = unsendable(read)
     ref = event_ref(read.key, read.headers, read.value, body=body)
-    return Held(partition, offset, read.key, read.headers, read.value, ref, now, problem)
+    return Held(partition, offset, read.key, read.headers, read.value, ref, since, problem)
 
 
 def poison(
@@ -131,11 +151,11 @@ def poison(
     offset: int,
     read: KafkaRecord | Unreadable,
     problem: FieldError,
-    now: float,
+    since: float,
 ) -> Held:
     """`read` held to be dead-lettered for `problem`."""
     ref = event_ref(read.key, read.headers, read.value)
-    return Held(partition, offset, read.key, read.headers, read.value, ref, now, problem)
+    return Held(partition, offset, read.key, read.headers, read.value, ref, since, problem)
 
 
 class Holding:

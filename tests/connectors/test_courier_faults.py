@@ -37,7 +37,7 @@ from streams.contract.headers import ATTEMPTS_HEADER, ERROR_HEADER, ORIGIN_HEADE
 from streams.delivery.log import decode_attempt
 from streams.exceptions import KafkaUnavailable
 from streams.health import Health
-from streams.kafka.clients import make_producer
+from streams.kafka.clients import make_consumer, make_producer
 from streams.kafka.partitioner import murmur2
 from streams.kafka.topics import Topics
 from streams.routing.store import SubscriptionStore
@@ -277,6 +277,44 @@ async def test_a_permanent_kafka_error_while_reading_is_retried_and_visible(
     finally:
         await dispatcher.stop()
     assert sorted(seq_of(r) for r in receiver.accepted) == list(range(5))
+
+
+async def test_records_that_waited_unread_behind_the_pending_cap_have_used_their_window(
+    settings: Settings,
+    store: SubscriptionStore,
+    writer: Writer,
+    receivers: list[Receiver],
+    read_topic: Reader,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def down(event: dict[str, Any]) -> tuple[int, dict[str, str]]:
+        return 503, {}
+
+    monkeypatch.setattr("connectors.holding.MAX_PENDING", 20)  # a courier holds 20 at most
+
+    def small_fetches(*args: Any, **kwargs: Any) -> AIOKafkaConsumer:
+        return make_consumer(*args, **{**kwargs, "max_poll_records": 5})
+
+    monkeypatch.setattr("connectors.courier.make_consumer", small_fetches)  # reads by 5
+    receiver = await Receiver(down).start()
+    receivers.append(receiver)
+    await store.put(subscription("backlog", receiver.url))
+    window = fast(retry_window_s=1.5, initial_backoff_s=0.05, max_backoff_s=0.3)
+    dispatcher = await start_dispatcher(settings, store, window)
+    try:
+        await writer.write("backlog", [(i, pseudonym(i % 10)) for i in range(400)])
+        dead = await read_topic(writer.topics.dlq("backlog"), count=400, within=120)
+    finally:
+        await dispatcher.stop()
+    attempts = [int(dict(r.headers)[ATTEMPTS_HEADER]) for r in dead]
+    assert len(attempts) == 400
+    # the first records read retried for the whole window; the ones read later had waited
+    # that long in Kafka already: one attempt each (a window per fetch would retry ~all)
+    assert sum(1 for a in attempts if a > 1) <= 2 * 20
+    by_key: dict[bytes, list[int]] = {}
+    for r in dead:
+        by_key.setdefault(r.key, []).append(json.loads(r.value)["data"]["seq"])
+    assert all(seqs == sorted(seqs) for seqs in by_key.values())  # per key in order
 
 
 async def test_a_dead_letter_too_large_for_the_dlq_is_written_without_its_value(

@@ -7,7 +7,7 @@ import json
 
 from aiokafka import TopicPartition
 
-from connectors.holding import LANE_CAP, MAX_PENDING, Held, Holding, Watermark, held
+from connectors.holding import LANE_CAP, MAX_PENDING, Held, Holding, Watermark, held, window_start
 from streams.contract.record import read_record
 
 TOPIC = "gemeentebus.deliver.s1"
@@ -110,3 +110,16 @@ def test_revoked_partitions_are_forgotten() -> None:
     assert holding.to_pause({TopicPartition(TOPIC, 1)}) == set()
     _hold(holding, _record(0, 7))  # assigned again: committed anew
     assert holding.to_commit(TOPIC) == {TopicPartition(TOPIC, 0): 7}
+
+
+def test_the_window_starts_when_the_record_came_in_not_before_the_courier_started() -> None:
+    wall, now = 1_000_000.0, 500.0
+    came_in = int((wall - 40) * 1000)  # 40 s ago
+    # the courier runs for an hour: the 40 s the record waited unread count
+    assert window_start(came_in, started=now - 3600, now=now, wall_now=wall) == now - 40
+    # the courier started 10 s ago: only those 10 s count
+    assert window_start(came_in, started=now - 10, now=now, wall_now=wall) == now - 10
+    # a timestamp in the future, or none: the window starts now
+    assert window_start(int((wall + 5) * 1000), started=0.0, now=now, wall_now=wall) == now
+    assert window_start(None, started=0.0, now=now, wall_now=wall) == now
+    assert window_start(-1, started=0.0, now=now, wall_now=wall) == now
