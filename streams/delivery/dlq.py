@@ -38,7 +38,7 @@ from streams.contract.headers import (
     RawHeaders,
     raw_headers,
 )
-from streams.delivery.log import event_ref, log_attempt
+from streams.delivery.log import delivery_attempt, event_ref, log_attempt
 from streams.exceptions import KafkaUnavailable
 from streams.kafka.clients import make_consumer, make_producer
 from streams.kafka.topics import Topics, partitions
@@ -268,11 +268,13 @@ async def redrive(
                         await log_attempt(
                             producer,
                             topics,
-                            subscription=subscription_id,
-                            purpose=purpose,
-                            ref=ref,
-                            outcome="redriven",
-                            attempt=_attempts(attempts),
+                            delivery_attempt(
+                                subscription=subscription_id,
+                                purpose=purpose,
+                                ref=ref,
+                                outcome="redriven",
+                                attempt=_attempts(attempts),
+                            ),
                         )
                     )
                     commit[tp] = r.offset + 1

@@ -166,30 +166,11 @@ def event_ref(
 
 
 async def log_attempt(
-    producer: AIOKafkaProducer,
-    topics: Topics,
-    *,
-    subscription: str,
-    purpose: str,
-    ref: EventRef,
-    outcome: Outcome,
-    attempt: int,
-    status: int | None = None,
-    error: str | None = None,
-    protocol: str = "HTTP",
+    producer: AIOKafkaProducer, topics: Topics, attempt: DeliveryAttempt
 ) -> asyncio.Future[Any]:
-    """Send one delivery-log record; returns the future that resolves when the broker has it."""
-    record = delivery_attempt(
-        subscription=subscription,
-        purpose=purpose,
-        ref=ref,
-        outcome=outcome,
-        attempt=attempt,
-        status=status,
-        error=error,
-        protocol=protocol,
-    )
-    key, value = encode_attempt(record)
+    """Send one delivery-log record (made by `delivery_attempt`); returns the future that
+    resolves when the broker has it."""
+    key, value = encode_attempt(attempt)
     future: asyncio.Future[Any] = await producer.send(topics.deliveries, value, key=key)
     return future
 
