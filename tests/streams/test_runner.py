@@ -219,15 +219,20 @@ async def test_a_deleted_subscription_topic_is_not_ready_then_an_exit(
         await admin.delete_topics([topic])
     finally:
         await admin.close()
+    deleted = time.monotonic()
     await _until_ready(url, 503, within=30, saying=f"topic {topic} is gone from the cluster")
     code, _ = bus.exit_code(within=60)
+    took = time.monotonic() - deleted
     assert code == EXIT_FAILED
     # the store's reader or the cluster watch, whichever noticed first
     [gave_up] = [
         line for line in bus.stderr().splitlines() if line.startswith("gemeentebus: gave up")
     ]
     assert gave_up.startswith("gemeentebus: gave up: ") and topic in gave_up and "gone" in gave_up
-    assert bus.stderr().count("not found in cluster metadata") < 500  # no loop
+    # no loop: every client of the process logs this once per metadata refresh until the
+    # exit (seen from 4 to 590 lines, as the exit took its time); the spin this guards
+    # against logged about 1,200 a second for as long as the process ran
+    assert bus.stderr().count("not found in cluster metadata") < 300 * took
 
 
 async def test_ready_of_a_worker_follows_its_broker_frozen_and_back(
