@@ -20,11 +20,12 @@ it; `connectors.writes` retries a write until it lands). A crash therefore re-de
 was in flight and what finished above a gap: at least once, deduped by the subscriber on
 `source`+`id` (or `webhook-id`).
 
-Back-pressure: at most `MAX_PENDING` unfinished records, at most `LANE_CAP` in one lane
-(`connectors.holding`). Attempts, retries and dead letters: `connectors.attempts`, asking
-`streams.retry`. A `410 Gone` stops the courier and calls `on_gone`: the dispatcher retires
-the subscription; the undelivered records stay in the deliver topic (uncommitted, not
-dead-lettered: reactivating the subscription resumes there).
+Back-pressure: at most `MAX_PENDING` unfinished records, at most `LANE_CAP` held in one lane;
+a full lane's later records are left in Kafka and read again (`connectors.offsets`).
+Attempts, retries and dead letters: `connectors.attempts`, asking `streams.retry`. A
+`410 Gone` stops the courier and calls `on_gone`: the dispatcher retires the subscription;
+the undelivered records stay in the deliver topic (uncommitted, not dead-lettered:
+reactivating the subscription resumes there).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from connectors.attempts import Attempts, pause
-from connectors.holding import Held, Holding, Lane, Watermark, held, poison, window_start
+from connectors.holding import Held, Holding, Lane, held, poison, window_start
+from connectors.offsets import Offer, Watermark
 from connectors.webhook import SubscriberGone
 from streams.config import Settings
 from streams.contract.record import read_record
@@ -262,8 +264,12 @@ class Courier:
                 self._trouble("reading", None)
 
     def _back_pressure(self) -> None:
-        """Pause the partitions that must wait (`Holding.to_pause`), resume the others."""
-        wanted = self._holding.to_pause(self._consumer.assignment())
+        """Seek where spilled records are to be read again (`Holding.to_seek`), pause the
+        partitions that must wait (`Holding.to_pause`), resume the others."""
+        assigned = self._consumer.assignment()
+        for tp, offset in self._holding.to_seek(assigned).items():
+            self._consumer.seek(tp, offset)
+        wanted = self._holding.to_pause(assigned)
         paused = self._consumer.paused()
         if wanted - paused:
             self._consumer.pause(*(wanted - paused))
@@ -271,9 +277,9 @@ class Courier:
             self._consumer.resume(*(paused - wanted))
 
     def _lag(self) -> int:
-        """Records waiting for this courier: held unfinished, plus known unread (from the
-        high watermark of the last fetch)."""
-        lag = self.pending
+        """Records waiting for this courier: held unfinished, spilled, plus known unread (from
+        the high watermark of the last fetch)."""
+        lag = self.pending + self._holding.spilled
         for tp in self._consumer.assignment():
             mark = self._holding.watermarks.get(tp.partition)
             high = self._consumer.highwater(tp)
@@ -282,10 +288,11 @@ class Courier:
         return lag
 
     def _take(self, partition: int, message: Any) -> None:
-        self._holding.read(partition, message.offset)
         read = read_record(
             message.key, message.headers, message.value, max_bytes=self._delivery.max_body_bytes
         )
+        if self._holding.offer(partition, message.offset, read.key) is not Offer.HOLD:
+            return  # spilled (read again later) or held before
         since = window_start(
             getattr(message, "timestamp", None),
             started=self._started,

@@ -6,17 +6,14 @@ non-bytes header value, a header that is not UTF-8, a value over the size limit,
 that is not a UTF-8 JSON CloudEvent) is held with its `problem`, to be dead-lettered byte
 for byte, null header values included.
 
-`Watermark` keeps only the *unfinished* offsets of a partition, in read order: the first is
-the offset to commit, and what finished above it takes no memory at all.
-
 `Holding` is one courier's bookkeeping: its records split into lanes by (partition, key),
 each lane in offset order (a record without a key is its partition's null lane), the
-watermark of each partition, the offsets committed, and the back-pressure that asks for.
-A courier holds at most `MAX_PENDING` unfinished records; past that it pauses every
-partition until half have finished. A lane (one key) holds at most `LANE_CAP` records:
-past that its partition pauses (Kafka pauses partitions, not keys), so one key that keeps
-failing holds back the other keys of its partition only once it has `LANE_CAP` records
-waiting, and never the other partitions.
+offsets of each partition (`connectors.offsets.Watermark`), the offsets committed, and the
+back-pressure and seeks that asks for. A courier holds at most `MAX_PENDING` unfinished
+records; past that it pauses every partition until half have finished. A lane (one key)
+holds at most `LANE_CAP` records: past that its records are *spilled*, left in Kafka and
+read again once the lane has drained to half (`connectors.offsets`), so one key that keeps
+failing holds back no other key, and memory stays bounded.
 """
 
 from __future__ import annotations
@@ -25,13 +22,14 @@ import asyncio
 import json
 import logging
 import time
-from collections import Counter, OrderedDict, deque
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiokafka import TopicPartition
 
+from connectors.offsets import SPILL_CAP, Offer, Watermark
 from connectors.writes import Write
 from streams.contract.headers import RawHeaders
 from streams.contract.record import KafkaRecord, Unreadable
@@ -44,7 +42,6 @@ __all__ = [
     "Held",
     "Holding",
     "Lane",
-    "Watermark",
     "held",
     "poison",
     "unsendable",
@@ -54,7 +51,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_PENDING: Final = 2000  # unfinished records held per courier before it pauses everything
-LANE_CAP: Final = 500  # records one lane (key) may hold before its partition pauses
+LANE_CAP: Final = 500  # records one lane (key) holds in memory; more are spilled
 
 Lane = tuple[int, bytes | None]  # (partition, key)
 
@@ -95,26 +92,6 @@ class Held:
     since: float  # monotonic; the retry window runs from here (`window_start`)
     problem: FieldError | None = None  # unsendable: dead-lettered without an attempt
     writes: list[asyncio.Task[Write]] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class Watermark:
-    """The unfinished offsets of one partition, read in order; below the first, all done."""
-
-    next_offset: int | None = None  # one past the last offset read
-    unfinished: OrderedDict[int, None] = field(default_factory=OrderedDict)
-
-    def read(self, offset: int) -> None:
-        self.unfinished[offset] = None
-        self.next_offset = offset + 1
-
-    def finish(self, offset: int) -> None:
-        self.unfinished.pop(offset, None)
-
-    @property
-    def committable(self) -> int | None:
-        """The next offset to commit: the first unfinished one, else one past the last read."""
-        return next(iter(self.unfinished), self.next_offset)
 
 
 def window_start(timestamp_ms: int | None, *, started: float, now: float, wall_now: float) -> float:
@@ -167,37 +144,57 @@ class Holding:
         self.watermarks: dict[int, Watermark] = {}
         self._committed: dict[int, int] = {}
         self._all_paused = False
-        self._stuck: set[int] = set()  # partitions paused for a lane over LANE_CAP
+        self._full: set[int] = set()  # partitions paused for SPILL_CAP spilled offsets
 
     @property
     def pending(self) -> int:
         """Records read and not yet finished (held in memory)."""
-        return sum(len(w.unfinished) for w in self.watermarks.values())
+        return sum(w.pending for w in self.watermarks.values())
 
-    def read(self, partition: int, offset: int) -> None:
-        """Note offset `offset` of `partition` as read and unfinished."""
-        self.watermarks.setdefault(partition, Watermark()).read(offset)
+    @property
+    def spilled(self) -> int:
+        """Records left in Kafka behind a full lane, to be read again."""
+        return sum(w.spilled_count for w in self.watermarks.values())
+
+    def offer(self, partition: int, offset: int, key: bytes | None) -> Offer:
+        """Whether to hold the record of lane (`partition`, `key`) at `offset` just fetched
+        (`Offer.HOLD`: then `add` it), to leave it in Kafka for now, or to skip it."""
+        mark = self.watermarks.setdefault(partition, Watermark())
+        was_spilling = mark.spilled_count > 0
+        lane_full = len(self.lanes.get((partition, key), ())) >= LANE_CAP
+        offer = mark.offer(offset, key, lane_full)
+        if offer is Offer.SPILL and not was_spilling:
+            log.warning(
+                "%s: a key of partition %d holds %d records (its head not delivered yet):"
+                " its later records stay in Kafka, to be read again once it drains to %d;"
+                " the other keys go on",
+                self.name,
+                partition,
+                LANE_CAP,
+                LANE_CAP // 2,
+            )
+        if mark.vanished:
+            log.error(
+                "%s: %d records of partition %d were deleted by the topic's retention"
+                " before they could be read again: they are lost (retention too short for"
+                " the retry window)",
+                self.name,
+                mark.vanished,
+                partition,
+            )
+            mark.vanished = 0
+        return offer
 
     def add(self, record: Held) -> tuple[Lane, deque[Held]]:
-        """Queue `record` at the end of its lane; its lane and the lane's queue."""
+        """Queue `record` (offered `Offer.HOLD`) at the end of its lane; its lane and queue."""
         lane = (record.partition, record.key)
         queue = self.lanes.setdefault(lane, deque())
         queue.append(record)
-        if len(queue) == LANE_CAP and record.partition not in self._stuck:
-            self._stuck.add(record.partition)
-            log.warning(
-                "%s: one key holds %d records (its head not delivered yet):"
-                " pausing partition %d until it drains to %d",
-                self.name,
-                len(queue),
-                record.partition,
-                LANE_CAP // 2,
-            )
         return lane, queue
 
     def to_pause(self, assigned: Iterable[TopicPartition]) -> set[TopicPartition]:
-        """Of `assigned`, the partitions that must wait: every one past `MAX_PENDING`, one whose
-        lane holds `LANE_CAP`; each resumes at half."""
+        """Of `assigned`, the partitions that must wait: every one past `MAX_PENDING` (until
+        half have finished), one with `SPILL_CAP` offsets spilled (until a re-read)."""
         held = self.pending
         if self._all_paused and held < MAX_PENDING // 2:
             self._all_paused = False
@@ -205,19 +202,50 @@ class Holding:
         elif not self._all_paused and held >= MAX_PENDING:
             self._all_paused = True
             log.warning("%s: %d records held unfinished: pausing every partition", self.name, held)
-        if self._stuck:
-            longest: Counter[int] = Counter()
-            for (partition, _), queue in self.lanes.items():
-                if partition in self._stuck:
-                    longest[partition] = max(longest[partition], len(queue))
-            for partition in [p for p in self._stuck if longest[p] < LANE_CAP // 2]:
-                self._stuck.discard(partition)
-                log.info("%s: partition %d reading again", self.name, partition)
-        return {tp for tp in assigned if self._all_paused or tp.partition in self._stuck}
+        for partition, mark in self.watermarks.items():
+            full = mark.spilled_count >= SPILL_CAP and mark.until is None
+            if full and partition not in self._full:
+                log.warning(
+                    "%s: %d records of partition %d left in Kafka behind full lanes:"
+                    " pausing it until they are read again",
+                    self.name,
+                    mark.spilled_count,
+                    partition,
+                )
+                self._full.add(partition)
+            elif not full:
+                self._full.discard(partition)
+        return {tp for tp in assigned if self._all_paused or tp.partition in self._full}
+
+    def to_seek(self, assigned: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Of `assigned`, the partitions to seek now, and where: back to the first spilled
+        offset once a spilled key's lane has drained to half; forward again after the last."""
+        seeks = {}
+        for tp in assigned:
+            mark = self.watermarks.get(tp.partition)
+            if mark is None:
+                continue
+            offset = mark.take_seek()
+            if offset is None and any(
+                len(self.lanes.get((tp.partition, key), ())) <= LANE_CAP // 2
+                for key in mark.spilled_keys
+            ):
+                offset = mark.reread()
+                if offset is not None:
+                    log.info(
+                        "%s: reading %d records of partition %d again from offset %d",
+                        self.name,
+                        mark.spilled_count,
+                        tp.partition,
+                        offset,
+                    )
+            if offset is not None:
+                seeks[tp] = offset
+        return seeks
 
     def to_commit(self, topic: str) -> dict[TopicPartition, int]:
-        """The offsets of `topic` to commit now: per partition its first unfinished offset,
-        where that moved since the last commit."""
+        """The offsets of `topic` to commit now: per partition its first unfinished (or
+        spilled) offset, where that moved since the last commit."""
         offsets = {}
         for partition, mark in self.watermarks.items():
             committable = mark.committable
@@ -237,4 +265,4 @@ class Holding:
         for partition in partitions:
             self.watermarks.pop(partition, None)
             self._committed.pop(partition, None)
-            self._stuck.discard(partition)
+            self._full.discard(partition)
