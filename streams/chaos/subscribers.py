@@ -6,28 +6,35 @@ have received must be in its DLQ, per key in order; then it comes back, `gemeent
 redrive` runs, and it must receive all of it, in order. The other subscribers' latency
 while `down` is down is compared with their baseline.
 
-Then, on a bus of its own with the default (long) retry window, `one-zaak` answers 500 to
-the events of one zaak from its first event on, while more records than the courier's
-pending cap (2,000) flow: every other key must be delivered; the delivery process's memory
-is noted.
+Then, on a bus of its own with the default (long) retry window and one partition,
+`one-zaak` answers 500 to the events of one zaak from its first event on, while more
+records than the courier's pending cap (2,000) flow, and that zaak gets more events than
+one lane holds (`connectors.holding.LANE_CAP`, 500): every other key must be delivered
+meanwhile (the zaak's later events are left in Kafka, not its partition paused); the
+delivery process's memory is noted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import statistics
 import time
+import uuid
 from typing import Final
 
-from streams.chaos.checker import latencies, reorders
+from streams.chaos.checker import Sent, latencies, reorders
 from streams.chaos.cluster import read_topic
 from streams.chaos.core import ChaosContext, Outcome, Stage
 from streams.chaos.kills import exits_check, load_for
+from streams.chaos.load import order_key
 from streams.chaos.receivers import Sink
 from streams.contract.attributes import ZAAK_GEMUTEERD
 from streams.kafka.topics import Topics
 
 __all__ = ["subscriber_down_scenario"]
+
+_FLOOD: Final = 800  # extra events of the failing zaak: more than a lane holds (500)
 
 _WINDOW_S: Final = 5.0
 _REDRIVE_S: Final = 180.0
@@ -81,6 +88,14 @@ async def _one_zaak(ctx: ChaosContext, outcome: Outcome) -> None:
         zaken = [e.data["zaakUuid"] for e in http if e.type == ZAAK_GEMUTEERD]
         early = zaken[: max(1, len(zaken) // 20)]
         one.failing_zaak = max(set(early), key=zaken.count)
+        # the zaak floods: more events than one lane holds, right after its first one
+        first = next(i for i, e in enumerate(http) if e.data.get("zaakUuid") == one.failing_zaak)
+        flood = [dataclasses.replace(http[first], id=str(uuid.uuid4())) for _ in range(_FLOOD)]
+        for event in flood:
+            stage.ledger.offer(Sent(event.id, event.source, event.type,
+                                    order_key("http", event), "http"))  # fmt: skip
+        http[first + 1 : first + 1] = flood
+        zaken = [e.data["zaakUuid"] for e in http if e.type == ZAAK_GEMUTEERD]
         rss_before = _rss_mb(stage.bus.procs["delivery"].popen.pid)  # type: ignore[union-attr]
         outcome.faults.append(f"{stage.at()} `one-zaak` answers 500 to one zaak "
                               f"({zaken.count(one.failing_zaak)} events) of {n}")  # fmt: skip
