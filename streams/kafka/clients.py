@@ -23,6 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from streams.config import KafkaSettings, Settings
+from streams.kafka import lenient
 from streams.kafka.partitioner import KeyPartitioner
 from streams.retry import refused_for_size, spoils_producer
 
@@ -77,6 +78,7 @@ def make_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
     group, commit often. Faust's data directory (empty: tables live in memory) goes under the
     system's temporary directory, not into whatever directory the process was started in.
     """
+    lenient.install()  # a header name that is not UTF-8 is a dead letter, not a dead fetcher
     app_id = f"{settings.kafka.topic_prefix}.{name}"
     datadir = Path(tempfile.gettempdir()) / f"gemeentebus-faust-{os.getuid()}"  # one per user
     datadir.mkdir(mode=0o700, exist_ok=True)
@@ -235,7 +237,9 @@ def make_consumer(
     settings: Settings, name: str, *, group: str | None = None, **overrides: Any
 ) -> AIOKafkaConsumer:
     """A consumer that commits only by hand, starts a new group (or a group-less reader) at
-    the earliest offset and long-polls at most 100 ms; call `start()` on it."""
+    the earliest offset and long-polls at most 100 ms; call `start()` on it. Batches holding
+    a header name that is not UTF-8 are read (`streams.kafka.lenient`), not fatal."""
+    lenient.install()
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka.bootstrap_servers,
         "client_id": f"{settings.kafka.client_id}-{name}",
