@@ -123,12 +123,15 @@ def make_producer(settings: Settings, name: str, **overrides: Any) -> Producer:
 class Producer:
     """An idempotent aiokafka producer that replaces its client once the client is spoiled.
 
-    A batch that expired while the broker was away used up its sequence numbers, and from
-    then on the client fails every send (`OutOfOrderSequenceNumber`, for good). The first
-    send after any spoiling error (`streams.retry.spoils_producer`) therefore stops the old
-    client and starts a new one (a new producer id, sequences from zero). The records that
-    failed are the caller's to send again: their futures raised, so they were never acked.
-    `replaced` counts the replacements (a gauge of trouble, not of progress).
+    aiokafka 0.14 expires an idempotent client's batch only while its partition has no leader
+    (for longer than `request_timeout_ms`: its future fails with `LeaderNotAvailableError`),
+    and the expired batch used up its sequence numbers: once the leader is back the broker
+    refuses every later batch of that client to that partition (`OutOfOrderSequenceNumber`,
+    for good; tests/streams/kafka/test_producer_spoiled.py). The first send after any
+    spoiling error (`streams.retry.spoils_producer`) therefore stops the old client and
+    starts a new one (a new producer id, sequences from zero). The records that failed are
+    the caller's to send again: their futures raised, so they were never acked. `replaced`
+    counts the replacements (a gauge of trouble, not of progress).
     """
 
     def __init__(self, options: dict[str, Any]) -> None:
@@ -136,7 +139,7 @@ class Producer:
         self._client = AIOKafkaProducer(**options)
         self._started = False
         self._spoiled: BaseException | None = None
-        self._replacing: asyncio.Lock | None = None
+        self._replacing: asyncio.Future[None] | None = None
         self.replaced = 0
 
     @property
@@ -161,6 +164,9 @@ class Producer:
 
     async def stop(self) -> None:
         self._started = False
+        if self._replacing is not None and not self._replacing.done():
+            self._replacing.cancel()  # no new client after the stop
+            await asyncio.wait([self._replacing])
         await self._client.stop()
 
     async def flush(self) -> None:
@@ -220,17 +226,37 @@ class Producer:
             )
 
     async def _replace(self) -> None:
-        if self._replacing is None:
-            self._replacing = asyncio.Lock()
-        async with self._replacing:
-            if self._spoiled is None:
-                return  # another sender replaced it meanwhile
-            old, self._client = self._client, AIOKafkaProducer(**self._options)
-            self._spoiled = None
-            with contextlib.suppress(Exception):  # the old client is broken: close what closes
-                await asyncio.wait_for(old.stop(), timeout=5.0)
-            await self._client.start()
-            self.replaced += 1
+        """Wait for the client's replacement, starting it if none runs. It runs as a task of
+        its own: a caller cut off meanwhile (an HTTP request's timeout) cuts off its own wait,
+        not the old client's stop halfway or the new client's start. Only a started client
+        replaces the old one; a start that fails leaves the producer spoiled, so the next
+        send tries again instead of queueing into a client that never runs."""
+        if self._replacing is None or self._replacing.done():
+            self._replacing = asyncio.ensure_future(self._renew())
+            self._replacing.add_done_callback(_retrieved)
+        await asyncio.shield(self._replacing)
+
+    async def _renew(self) -> None:
+        if self._spoiled is None:
+            return
+        with contextlib.suppress(Exception):  # the old client is broken: close what closes
+            await asyncio.wait_for(self._client.stop(), timeout=5.0)
+        fresh = AIOKafkaProducer(**self._options)
+        try:
+            await fresh.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await fresh.stop()
+            raise
+        self._client, self._spoiled = fresh, None
+        self.replaced += 1
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """Mark a replacement's error seen: every caller waiting for it may have been cut off (it
+    is raised to each caller that waited, and the next send tries again)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def make_consumer(
