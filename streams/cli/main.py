@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 
 from connectors.kafka_local import LocalKafka
 from streams.cli.operations import add_operation_commands
@@ -271,9 +273,21 @@ def settings_for(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, **overrides)
 
 
+# Commands that start brokers and processes of their own and stop them when they end.
+_OWNS_PROCESSES = frozenset({"demo", "chaos", "bench"})
+
+
+def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM as Ctrl-C: asyncio cancels the command's main task, so what it started (its
+    brokers, its bus processes) is stopped on the way out, not left running."""
+    signal.raise_signal(signal.SIGINT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `gemeentebus` console script."""
     args = parse(argv)
+    if args.command in _OWNS_PROCESSES:
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
         settings = settings_for(args)
         func: Command = args.func
