@@ -84,6 +84,9 @@ def _make_ca(now: datetime.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.C
             critical=True,
         )
         .add_extension(ski, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
+        )
         .sign(key, hashes.SHA256())
     )
     return key, cert
