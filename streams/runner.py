@@ -54,7 +54,7 @@ from streams.exceptions import ConfigurationError, KafkaUnavailable
 from streams.health import Health, health_app
 from streams.http.api import METRICS_CONTENT_TYPE, make_api
 from streams.ingress import metrics
-from streams.kafka.clients import check_access, make_producer
+from streams.kafka.clients import make_producer
 from streams.kafka.topics import (
     Topics,
     bus_topics,
@@ -63,6 +63,7 @@ from streams.kafka.topics import (
     durability_problems,
     existing_topics,
 )
+from streams.kafka.transport import check_access
 from streams.kafka.watch import ClusterWatch
 from streams.retry import CLUSTER_WAIT
 from streams.routing.store import SubscriptionStore

@@ -24,7 +24,8 @@ from aiokafka.errors import (
 
 from streams.config import KafkaSettings, Settings
 from streams.exceptions import ConfigurationError, KafkaUnavailable
-from streams.kafka.clients import check_access, make_admin
+from streams.kafka.clients import make_admin
+from streams.kafka.transport import check_access
 
 __all__ = [
     "RETENTION_MARGIN_S",

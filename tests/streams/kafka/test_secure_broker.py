@@ -22,8 +22,9 @@ from streams.contract.rules import dutch_today
 from streams.demo.generators import EventFactory
 from streams.exceptions import ConfigurationError, KafkaUnavailable
 from streams.ingress.client import KafkaPublisher
-from streams.kafka.clients import check_access, make_consumer, make_producer
+from streams.kafka.clients import make_consumer, make_producer
 from streams.kafka.topics import Topics, TopicSpec, create_topics
+from streams.kafka.transport import check_access
 from streams.runner import running_bus
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
