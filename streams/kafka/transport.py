@@ -138,17 +138,18 @@ async def check_access(settings: Settings | KafkaSettings, *, timeout_s: float =
                 f"{setting}: the certificate of {where} does not verify ({exc.verify_message})"
             )
             refusal.__cause__ = exc
-        except ssl.SSLError as exc:
-            refusal = ConfigurationError(
-                f"kafka.security_protocol {kafka.security_protocol}: the TLS handshake with "
-                f"{where} failed ({exc.reason}); does it expect PLAINTEXT or SASL_PLAINTEXT?"
-            )
-            refusal.__cause__ = exc
-        except (OSError, TimeoutError, errors.KafkaError) as exc:
-            if not kafka.uses_tls and await _speaks_tls(host, port, timeout_s):
+        except (OSError, TimeoutError, errors.KafkaError) as exc:  # ssl.SSLError too
+            tls = await _tls_handshake(host, port, timeout_s)
+            if not kafka.uses_tls and tls is True:
                 refusal = ConfigurationError(
                     f"kafka.security_protocol is {kafka.security_protocol}, but {where} "
                     "expects TLS: set SSL or SASL_SSL (and kafka.ssl_cafile)"
+                )
+                refusal.__cause__ = exc
+            elif kafka.uses_tls and tls is False:
+                refusal = ConfigurationError(
+                    f"kafka.security_protocol is {kafka.security_protocol}, but {where} "
+                    "does not speak TLS: set PLAINTEXT or SASL_PLAINTEXT, or the TLS port"
                 )
                 refusal.__cause__ = exc
             elif not kafka.uses_sasl and await _wants_sasl(host, port, options, timeout_s):
@@ -165,21 +166,30 @@ async def check_access(settings: Settings | KafkaSettings, *, timeout_s: float =
         raise refusal
 
 
-async def _speaks_tls(host: str, port: int, timeout_s: float) -> bool:
-    """Whether `host:port` completes a TLS handshake (its certificate not judged: only the
-    question whether a plaintext client knocked on a TLS listener)."""
+async def _tls_handshake(host: str, port: int, timeout_s: float) -> bool | None:
+    """Whether `host:port` speaks TLS: True when a handshake completes (the certificate not
+    judged), False when it connects but the handshake fails, None when it does not connect
+    or does not answer in time (nothing learnt)."""
     probe = ssl.create_default_context()
     probe.check_hostname = False
     probe.verify_mode = ssl.CERT_NONE
     try:
         async with asyncio.timeout(timeout_s):
-            _reader, writer = await asyncio.open_connection(host, port, ssl=probe)
+            _reader, writer = await asyncio.open_connection(host, port)
     except (OSError, TimeoutError):
-        return False
+        return None
+    try:
+        async with asyncio.timeout(timeout_s):
+            await writer.start_tls(probe)
+        answer: bool | None = True
+    except TimeoutError:
+        answer = None
+    except OSError:  # ssl.SSLError, a reset: it answered, not in TLS
+        answer = False
     writer.close()
-    with contextlib.suppress(OSError, ssl.SSLError):
+    with contextlib.suppress(OSError):
         await writer.wait_closed()
-    return True
+    return answer
 
 
 async def _wants_sasl(host: str, port: int, options: dict[str, Any], timeout_s: float) -> bool:

@@ -138,6 +138,12 @@ async def test_a_plaintext_client_is_refused(secure_kafka: LocalKafka) -> None:
         await check_access(tls_only)
 
 
+async def test_a_tls_client_on_a_plaintext_port_is_told_so(kafka_bootstrap: str) -> None:
+    tls = KafkaSettings(bootstrap_servers=kafka_bootstrap, security_protocol="SSL")
+    with pytest.raises(ConfigurationError, match=r"is SSL, but .* does not speak TLS"):
+        await check_access(tls)
+
+
 async def test_a_wrong_password_names_the_setting(secure_kafka: LocalKafka) -> None:
     wrong = _settings(secure_kafka, sasl_password_file=None, sasl_password="not-the-password")
     with pytest.raises(ConfigurationError, match=r"^kafka\.sasl_password refused by localhost:"):
