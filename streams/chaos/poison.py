@@ -20,18 +20,18 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from aiokafka import AIOKafkaProducer
-
 from streams.chaos.cluster import read_topic
 from streams.chaos.core import ChaosContext, Outcome, Stage
 from streams.chaos.kills import exits_check, load_for, standard_sinks
 from streams.chaos.rawnames import RawName, send_raw_named
+from streams.config import KafkaSettings
 from streams.contract import codec
 from streams.contract.envelope import CloudEvent
 from streams.contract.rules import dutch_today
 from streams.demo.generators import EventFactory
 from streams.demo.invalid import invalid_corpus
 from streams.exceptions import GemeentebusError
+from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics
 from streams.routing.router import delivery_record
 
@@ -137,8 +137,10 @@ def deliver_poison(factory: EventFactory, partition: int) -> list[Poison]:
 
 
 async def _send(bootstrap: str, topic: str, partition: int, poison: list[Poison]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                max_request_size=2 * 1024 * 1024)  # fmt: skip
+    kafka = KafkaSettings(bootstrap_servers=bootstrap)  # the suite's own plaintext broker
+    producer = make_producer(
+        kafka, "chaos-poison", enable_idempotence=False, max_request_size=2 * 1024 * 1024
+    )
     await producer.start()
     try:
         for p in poison:

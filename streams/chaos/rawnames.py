@@ -12,8 +12,9 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+from streams.kafka.clients import Producer
 
 __all__ = ["RawName", "send_raw_named"]
 
@@ -33,7 +34,7 @@ class RawName(str):
 
 
 async def send_raw_named(
-    producer: AIOKafkaProducer,
+    producer: Producer,
     topic: str,
     partition: int,
     key: bytes | None,
@@ -41,10 +42,10 @@ async def send_raw_named(
     headers: Sequence[tuple[str, bytes | None]],
 ) -> asyncio.Future[Any]:
     """Queue one record in a batch of its own (a `RawName` among `headers` goes out as its
-    bytes); the future is done once the broker has it. `producer` must not be idempotent:
-    aiokafka stamps producer state only into its own C builder (and fails, silently, in its
-    sender task on any other)."""
-    if producer._txn_manager is not None:
+    bytes); the future is done once the broker has it. `producer` must not be idempotent
+    (`make_producer(..., enable_idempotence=False)`): aiokafka stamps producer state only
+    into its own C builder, and fails, silently, in its sender task on any other."""
+    if producer.idempotent:
         raise ValueError("send_raw_named needs a producer with enable_idempotence=False")
     batch = producer.create_batch()
     builder = batch._builder

@@ -1,4 +1,8 @@
-"""The Faust application and the producer every stream worker shares.
+"""Every Kafka client of the bus: the Faust application, producers, consumers, admin clients.
+
+This module is the only place a Kafka client is made (a test checks it), so every client
+gets the configured transport (TLS, SASL: `streams.kafka.transport.security_options`, and
+for Faust `faust_credentials` as its `broker_credentials`).
 
 Faust is used for what it is good at: consumer groups, partition assignment and offset
 commits. Producing goes through our own idempotent aiokafka producer (`acks=all`), whose
@@ -25,6 +29,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from streams.config import KafkaSettings, Settings
 from streams.kafka import lenient
 from streams.kafka.partitioner import KeyPartitioner
+from streams.kafka.transport import faust_credentials, security_options
 from streams.retry import refused_for_size, spoils_producer
 
 __all__ = [
@@ -66,6 +71,10 @@ class Writable(Protocol):
     def value(self) -> bytes | None: ...
 
 
+def _kafka(settings: Settings | KafkaSettings) -> KafkaSettings:
+    return settings.kafka if isinstance(settings, Settings) else settings
+
+
 def _kafka_url(bootstrap: str) -> list[str]:
     return [f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip()]
 
@@ -85,6 +94,7 @@ def make_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
     options: dict[str, Any] = {
         "broker": _kafka_url(settings.kafka.bootstrap_servers),
         "broker_client_id": f"{settings.kafka.client_id}-{name}",
+        "broker_credentials": faust_credentials(settings.kafka),
         "web_enabled": False,
         "web_tables_enabled": False,
         "consumer_auto_offset_reset": "earliest",
@@ -104,17 +114,19 @@ def make_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
     return faust.App(app_id, **options)
 
 
-def make_producer(settings: Settings, name: str, **overrides: Any) -> Producer:
+def make_producer(settings: Settings | KafkaSettings, name: str, **overrides: Any) -> Producer:
     """An idempotent producer (`acks=all`, ordered per partition); call `start()` on it."""
+    kafka = _kafka(settings)
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka.bootstrap_servers,
-        "client_id": f"{settings.kafka.client_id}-{name}",
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": f"{kafka.client_id}-{name}",
         "enable_idempotence": True,
         "acks": "all",
         "linger_ms": 0,
         "max_batch_size": 256 * 1024,
         "partitioner": KeyPartitioner(),
-        "request_timeout_ms": int(settings.kafka.request_timeout_s * 1000),
+        "request_timeout_ms": int(kafka.request_timeout_s * 1000),
+        **security_options(kafka),
     }
     options.update(overrides)
     return Producer(options)
@@ -172,6 +184,21 @@ class Producer:
     async def flush(self) -> None:
         """Wait until every record queued so far was sent (confirmed or failed)."""
         await self._client.flush()
+
+    @property
+    def idempotent(self) -> bool:
+        return bool(self._options.get("enable_idempotence"))
+
+    def create_batch(self) -> Any:
+        """aiokafka's `create_batch`: an empty batch to fill and `send_batch`."""
+        return self._client.create_batch()
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        """aiokafka's `send_batch`: the future is done once the broker has the batch."""
+        future: asyncio.Future[Any] = await self._client.send_batch(
+            batch, topic, partition=partition
+        )
+        return future
 
     async def partitions_for(self, topic: str) -> set[int]:
         partitions: set[int] = await self._client.partitions_for(topic)
@@ -260,32 +287,45 @@ def _retrieved(task: asyncio.Future[None]) -> None:
 
 
 def make_consumer(
-    settings: Settings, name: str, *, group: str | None = None, **overrides: Any
+    settings: Settings | KafkaSettings,
+    name: str,
+    *topics: str,
+    group: str | None = None,
+    **overrides: Any,
 ) -> AIOKafkaConsumer:
     """A consumer that commits only by hand, starts a new group (or a group-less reader) at
-    the earliest offset and long-polls at most 100 ms; call `start()` on it. Batches holding
-    a header name that is not UTF-8 are read (`streams.kafka.lenient`), not fatal."""
+    the earliest offset and long-polls at most 100 ms; subscribed to `topics` when given,
+    else to be assigned or subscribed; call `start()` on it. Batches holding a header name
+    that is not UTF-8 are read (`streams.kafka.lenient`), not fatal."""
     lenient.install()
+    kafka = _kafka(settings)
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka.bootstrap_servers,
-        "client_id": f"{settings.kafka.client_id}-{name}",
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": f"{kafka.client_id}-{name}",
         "group_id": group,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "fetch_max_wait_ms": 100,
-        "request_timeout_ms": int(settings.kafka.request_timeout_s * 1000),
+        "request_timeout_ms": int(kafka.request_timeout_s * 1000),
+        **security_options(kafka),
     }
     options.update(overrides)
-    return AIOKafkaConsumer(**options)
+    return AIOKafkaConsumer(*topics, **options)
 
 
-def make_admin(settings: KafkaSettings, name: str = "admin") -> AIOKafkaAdminClient:
+def make_admin(
+    settings: Settings | KafkaSettings, name: str = "admin", **overrides: Any
+) -> AIOKafkaAdminClient:
     """An admin client (topics, configs, partitions); call `start()` and `close()` on it."""
-    return AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.client_id}-{name}",
-        request_timeout_ms=int(settings.request_timeout_s * 1000),
-    )
+    kafka = _kafka(settings)
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": f"{kafka.client_id}-{name}",
+        "request_timeout_ms": int(kafka.request_timeout_s * 1000),
+        **security_options(kafka),
+    }
+    options.update(overrides)
+    return AIOKafkaAdminClient(**options)
 
 
 async def send_all(producer: Producer, outputs: Iterable[tuple[str, Writable]]) -> None:

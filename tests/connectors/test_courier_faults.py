@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import MessageSizeTooLargeError, TopicAuthorizationFailedError
@@ -167,8 +167,7 @@ async def test_poison_records_are_dead_lettered_byte_for_byte_and_the_rest_deliv
             record(105, key)[1],
         ),
     ]
-    raw = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers,
-                           enable_idempotence=False, acks="all")  # fmt: skip
+    raw = make_producer(settings, "raw-writer", enable_idempotence=False)
     await raw.start()
     try:
         seq = 0

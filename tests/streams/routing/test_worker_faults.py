@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -315,9 +315,7 @@ async def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_neighbours_ro
     key, headers, value = _good(EventFactory(14, today=TODAY).mixed(1))[0]
     odd = [*headers, (RawName(b"\xff\xfename"), b"v")]
     ingress = Topics(settings.kafka.topic_prefix).ingress
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_servers, enable_idempotence=False, acks="all"
-    )
+    producer = make_producer(settings, "raw-publisher", enable_idempotence=False)
     await producer.start()
     try:  # in this order into one partition, each in a batch of its own
         for k, h, v in good[:2]:
