@@ -10,14 +10,15 @@ import sys
 from collections import Counter, defaultdict
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
+from kafka_reading import transport_env
 
 from streams.config import Settings
 from streams.contract import codec
 from streams.contract.attributes import partition_key
 from streams.contract.rules import dutch_today
 from streams.demo.generators import EventFactory
-from streams.kafka.clients import make_producer
+from streams.kafka.clients import make_consumer, make_producer
 from streams.kafka.topics import Topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -28,7 +29,7 @@ TOTAL = 20_000
 def _worker(settings: Settings) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        **transport_env(settings),
         "GEMEENTEBUS_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
         "GEMEENTEBUS_KAFKA__PARTITIONS": str(settings.kafka.partitions),
         "GEMEENTEBUS_KAFKA__REPLICATION_FACTOR": "1",  # one broker, said explicitly
@@ -47,7 +48,7 @@ def _worker(settings: Settings) -> subprocess.Popen[bytes]:
 
 
 async def _events_in_topics(settings: Settings, topics: list[str]) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    consumer = make_consumer(settings, "test-offsets")
     await consumer.start()
     try:
         parts = [TopicPartition(t, p) for t in topics for p in range(settings.kafka.partitions)]
@@ -65,12 +66,7 @@ async def _wait_for(settings: Settings, topics: list[str], at_least: int, within
 
 async def _collect(settings: Settings, topics: list[str], want: set[str], within: float) -> list:
     """Read the topics until every wanted id arrived (or time is up), then a little more."""
-    consumer = AIOKafkaConsumer(
-        *topics,
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    consumer = make_consumer(settings, "test-read", *topics, fetch_max_wait_ms=500)
     await consumer.start()
     records: list = []
     seen: set[str] = set()
