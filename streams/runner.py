@@ -62,6 +62,7 @@ from streams.kafka.topics import (
 )
 from streams.kafka.watch import ClusterWatch
 from streams.retry import CLUSTER_WAIT
+from streams.routing.sealing import Keyring
 from streams.routing.store import SubscriptionStore
 from streams.routing.worker import Validator
 
@@ -184,6 +185,7 @@ async def start(settings: Settings, role: Role = "all", *, health: Health | None
     cluster watch gives up on a cluster that lost the bus's topics meanwhile.
     """
     settings.security.pseudonym_key_bytes()  # refuse to start without a key
+    Keyring.from_settings(settings)  # every role reads the sealed webhook secrets
     bus = Bus(settings, health or Health(stall_after_s=settings.health.stall_after_s))
     metrics.watch_health(bus.health)
     roles = _roles(role)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
+from keys import PSEUDONYM_KEY, SECRETS_KEY
 
 from connectors.kafka_local import LocalKafka, free_port_range
 from streams.config import ENV, KafkaSettings, Settings, load_settings
@@ -83,14 +84,14 @@ def topics() -> Topics:
 
 @pytest.fixture
 def settings(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Settings:
-    """Settings for one test: the session broker, this test's topics, a test pseudonym key."""
+    """Settings for one test: the session broker, this test's topics, the test keys."""
     return Settings(
         mode="test",
         # one broker: one replica, said explicitly (production refuses it otherwise)
         kafka=KafkaSettings.single_node(
             bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix, partitions=3
         ),
-        security={"pseudonym_key": "test-pseudonym-key"},  # type: ignore[arg-type]
+        security={"pseudonym_key": PSEUDONYM_KEY, "secrets_key": SECRETS_KEY},  # type: ignore[arg-type]
     )
 
 
