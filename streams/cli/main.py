@@ -10,6 +10,7 @@ from pathlib import Path
 
 from connectors.kafka_local import LocalKafka
 from streams.cli.operations import add_operation_commands
+from streams.cli.secrets import add_secrets_commands
 from streams.cli.subscriptions import add_subscription_commands
 from streams.config import Settings, load_settings
 from streams.exceptions import GemeentebusError
@@ -233,6 +234,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_subscription_commands(commands, parents=takes_config)
     add_operation_commands(commands, parents=takes_config)
+    add_secrets_commands(commands, parents=takes_config)
 
     chaos = commands.add_parser(
         "chaos",

@@ -45,6 +45,7 @@ __all__ = [
     "SEAL_REASONS",
     "Keyring",
     "SealRefused",
+    "key_id",
     "new_key",
     "open_record",
     "seal_record",
