@@ -192,7 +192,8 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run the bus: HTTP API and stream workers",
-        description="Run the bus until SIGTERM/SIGINT. Needs a BSN pseudonym key. Every "
+        description="Run the bus until SIGTERM/SIGINT. Needs a BSN pseudonym key and, in "
+        "production, security.secrets_key (`gemeentebus secrets new-key`). Every "
         "process serves GET /health and GET /ready (per role, with reasons) on http.host:"
         "http.port. Exit codes: 0 stopped cleanly; 1 gave up on a fault it cannot mend "
         "(a topic gone, the subscription reader dying); 2 could not start (configuration, "
