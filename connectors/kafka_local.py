@@ -4,6 +4,13 @@
 `connectors/kafka/pom.xml`) into a cache outside the checkout, formats each node's data
 folder once, starts the nodes in the background and returns when the cluster answers a
 metadata request with every node. `down()` sends SIGTERM and waits.
+
+`secure=True` gives the shape of a production cluster: clients connect over SASL_SSL
+(SCRAM-SHA-512; the users and their passwords are made at format time), the brokers
+replicate over the same listener as the SCRAM user `broker`, and the controller listener
+takes TLS with client certificates only (the brokers' own); the `StandardAuthorizer`
+denies whatever no ACL allows, and only `User:admin` and the brokers are super users.
+The CA, the certificate and the passwords are in `connectors.kafka_credentials`.
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient
-
+from connectors.kafka_credentials import ADMIN, BROKER_CN, BROKER_USER, USERS, LocalCredentials
+from streams.config import KafkaSettings
 from streams.exceptions import ConfigurationError, KafkaUnavailable
+from streams.kafka.clients import make_admin
 
 __all__ = ["POM", "LocalKafka", "NodeStatus", "fetch_jars", "free_port_range"]
 
@@ -34,11 +42,11 @@ _SINGLE_NODE = """\
 process.roles=broker,controller
 node.id={node_id}
 controller.quorum.bootstrap.servers={quorum}
-listeners=PLAINTEXT://localhost:{port},CONTROLLER://localhost:{controller_port}
-advertised.listeners=PLAINTEXT://localhost:{port},CONTROLLER://localhost:{controller_port}
+listeners={client}://localhost:{port},CONTROLLER://localhost:{controller_port}
+advertised.listeners={client}://localhost:{port},CONTROLLER://localhost:{controller_port}
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name={client}
+listener.security.protocol.map=CONTROLLER:{controller},{client}:{client}
 log.dirs={log_dir}
 num.partitions=1
 auto.create.topics.enable=false
@@ -50,6 +58,24 @@ share.coordinator.state.topic.min.isr={min_isr}
 default.replication.factor={replication}
 min.insync.replicas={min_isr}
 group.initial.rebalance.delay.ms=0
+"""
+
+# What `secure=True` adds: PEM key and certificates inline (the properties file is 0600).
+_SECURE = """\
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=\
+org.apache.kafka.common.security.scram.ScramLoginModule required \
+username="{broker_user}" password="{broker_password}";
+ssl.keystore.type=PEM
+ssl.keystore.certificate.chain={chain}
+ssl.keystore.key={key}
+ssl.truststore.type=PEM
+ssl.truststore.location={ca_file}
+listener.name.controller.ssl.client.auth=required
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:{admin};User:{broker_user};User:CN={broker_cn}
 """
 
 
@@ -167,10 +193,33 @@ class LocalKafka:
     port: int = 9092
     heap_mb: int = 512
     start_timeout_s: float = 90.0
+    secure: bool = False
 
     @property
     def bootstrap_servers(self) -> str:
         return ",".join(f"localhost:{self._port(i)}" for i in self._ids())
+
+    @property
+    def credentials(self) -> LocalCredentials:
+        """The CA, broker certificate and passwords of a secure cluster (made by `up`)."""
+        return LocalCredentials(self.data_dir / "credentials")
+
+    def client_settings(self, user: str = ADMIN) -> dict[str, str]:
+        """The `kafka.*` settings a client of this cluster needs (as `user` when secure)."""
+        values = {"bootstrap_servers": self.bootstrap_servers}
+        if self.secure:
+            values |= {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "SCRAM-SHA-512",
+                "sasl_username": user,
+                "sasl_password_file": str(self.credentials.password_file(user)),
+                "ssl_cafile": str(self.credentials.ca_file),
+            }
+        return values
+
+    def kafka_settings(self, user: str = ADMIN, **values: object) -> KafkaSettings:
+        """`KafkaSettings` for a client of this cluster, with `values` on top."""
+        return KafkaSettings.model_validate({**self.client_settings(user), **values})
 
     def _ids(self) -> range:
         return range(1, self.nodes + 1)
@@ -210,6 +259,8 @@ class LocalKafka:
             return self.bootstrap_servers
         libs = fetch_jars(self.cache_dir, progress=progress)
         self._check_ports()
+        if self.secure:
+            self.credentials.ensure()
         cluster_id = self._cluster_id(java, libs)
         for i in self._ids():
             if self._pid(i) is None:
@@ -269,12 +320,16 @@ class LocalKafka:
         text = _SINGLE_NODE.format(
             node_id=node_id,
             quorum=voters,
+            client="SASL_SSL" if self.secure else "PLAINTEXT",
+            controller="SSL" if self.secure else "PLAINTEXT",
             port=self._port(node_id),
             controller_port=self._port(node_id) + 1,
             log_dir=self._node_dir(node_id) / "data",
             replication=min(self.nodes, 3),
             min_isr=2 if self.nodes >= 3 else 1,
         )
+        if self.secure:
+            text += self._secure_properties()
         if self.nodes > 1:
             # A static quorum: every node knows every voter up front.
             quorum_voters = ",".join(f"{i}@localhost:{self._port(i) + 1}" for i in self._ids())
@@ -284,15 +339,38 @@ class LocalKafka:
             )
         return text
 
+    def _secure_properties(self) -> str:
+        creds = self.credentials
+
+        def inline(path: Path) -> str:  # one properties line: newlines as \n escapes
+            return path.read_text().strip().replace("\n", "\\n")
+
+        return _SECURE.format(
+            broker_user=BROKER_USER,
+            broker_password=creds.password(BROKER_USER),
+            chain=inline(creds.broker_chain),
+            key=inline(creds.broker_key),
+            ca_file=creds.ca_file,
+            admin=ADMIN,
+            broker_cn=BROKER_CN,
+        )
+
     def _start_node(self, java: str, libs: Path, node_id: int, cluster_id: str) -> None:
         node = self._node_dir(node_id)
         (node / "logs").mkdir(parents=True, exist_ok=True)
         props = node / "server.properties"
-        props.write_text(self._properties(node_id))
+        # 0600: a secure node's properties hold its private key and its SCRAM password.
+        props.unlink(missing_ok=True)
+        fd = os.open(props, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(self._properties(node_id))
         if not (node / "data" / "meta.properties").is_file():
             fmt = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)]
             if self.nodes == 1:
                 fmt.append("--standalone")
+            for user in USERS if self.secure else ():
+                password = self.credentials.password(user)
+                fmt += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
             self._java(java, libs, *fmt)
         with (node / "logs" / "stdout.log").open("ab") as out:
             process = subprocess.Popen(  # noqa: S603 - fixed arguments, no shell
@@ -328,7 +406,8 @@ class LocalKafka:
             try:
                 # Knock before asking: aiokafka logs every refused connection as an error.
                 if all(_listening(self._port(i)) for i in self._ids()) and (
-                    asyncio.run(_broker_count(self.bootstrap_servers)) >= self.nodes
+                    asyncio.run(_broker_count(self.kafka_settings(request_timeout_s=5.0)))
+                    >= self.nodes
                 ):
                     return
             except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
@@ -340,9 +419,9 @@ class LocalKafka:
         )
 
 
-async def _broker_count(bootstrap: str) -> int:
+async def _broker_count(settings: KafkaSettings) -> int:
     """How many brokers the cluster's metadata names (a real metadata request)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    admin = make_admin(settings, "local-kafka")
     try:
         await admin.start()
         cluster = await admin.describe_cluster()

@@ -13,7 +13,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -46,6 +54,9 @@ ENV = {
     "prefix": "GEMEENTEBUS_",
     "bootstrap": "KAFKA_BOOTSTRAP_SERVERS",
     "pseudonym_key": "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY",
+    "kafka_security_protocol": "GEMEENTEBUS_KAFKA__SECURITY_PROTOCOL",
+    "kafka_sasl_password": "GEMEENTEBUS_KAFKA__SASL_PASSWORD",
+    "kafka_sasl_password_file": "GEMEENTEBUS_KAFKA__SASL_PASSWORD_FILE",
     "cache_home": "XDG_CACHE_HOME",
     "state_home": "XDG_STATE_HOME",
     "secrets_key": "GEMEENTEBUS_SECURITY__SECRETS_KEY",
@@ -59,8 +70,17 @@ def _xdg(var: str, fallback: str) -> Path:
     return Path(os.environ.get(var) or Path.home() / fallback) / "gemeentebus"
 
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
+
+
 class KafkaSettings(BaseModel):
-    """How to reach the broker and how the bus's topics are made."""
+    """How to reach the broker and how the bus's topics are made.
+
+    The transport (`security_protocol`, `sasl_*`, `ssl_*`) goes into every client through
+    one factory, `streams.kafka.clients.security_options`. In production a transport without
+    TLS (PLAINTEXT, SASL_PLAINTEXT) is refused unless `allow_plaintext` says so.
+    """
 
     model_config = _FROZEN
 
@@ -81,6 +101,17 @@ class KafkaSettings(BaseModel):
     request_timeout_s: float = Field(default=30.0, gt=0)
     # How long `run` waits at start for the cluster to answer and its topics to be there.
     start_timeout_s: float = Field(default=30.0, gt=0)
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None  # or sasl_password_file: the file's first line
+    sasl_password_file: Path | None = None
+    ssl_cafile: Path | None = None  # the CA of the brokers' certificates (default: the system's)
+    ssl_certfile: Path | None = None  # a client certificate (mTLS), with ssl_keyfile
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+    # Production refuses PLAINTEXT and SASL_PLAINTEXT unless this says so.
+    allow_plaintext: bool = False
 
     @model_validator(mode="after")
     def _isr_within_replicas(self) -> KafkaSettings:
@@ -90,6 +121,76 @@ class KafkaSettings(BaseModel):
                 f"kafka.replication_factor ({self.replication_factor}): no write could succeed"
             )
         return self
+
+    @model_validator(mode="after")
+    def _transport_complete(self) -> KafkaSettings:
+        protocol = self.security_protocol
+        has_password = self.sasl_password is not None or self.sasl_password_file is not None
+        if self.uses_sasl:
+            if not self.sasl_username:
+                raise ValueError(f"kafka.security_protocol {protocol} needs kafka.sasl_username")
+            if not has_password:
+                raise ValueError(
+                    f"kafka.security_protocol {protocol} needs kafka.sasl_password "
+                    f"({ENV['kafka_sasl_password']}) or kafka.sasl_password_file"
+                )
+        elif self.sasl_username is not None or has_password:
+            raise ValueError(
+                f"kafka.sasl_username and kafka.sasl_password are used only with "
+                f"kafka.security_protocol SASL_SSL or SASL_PLAINTEXT, not {protocol}"
+            )
+        if self.sasl_password is not None and self.sasl_password_file is not None:
+            raise ValueError("set kafka.sasl_password or kafka.sasl_password_file, not both")
+        files = {"ssl_cafile": self.ssl_cafile, "ssl_certfile": self.ssl_certfile}
+        files["ssl_keyfile"] = self.ssl_keyfile
+        if not self.uses_tls and any(v is not None for v in files.values()):
+            named = ", ".join(f"kafka.{k}" for k, v in files.items() if v is not None)
+            raise ValueError(
+                f"{named} set, but kafka.security_protocol {protocol} uses no TLS "
+                "(SSL or SASL_SSL does)"
+            )
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("kafka.ssl_keyfile needs kafka.ssl_certfile (the client certificate)")
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether the transport is encrypted (SSL, SASL_SSL)."""
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        """Whether clients authenticate with a user name and password (SASL_*)."""
+        return self.security_protocol in ("SASL_SSL", "SASL_PLAINTEXT")
+
+    def sasl_password_value(self) -> str:
+        """The SASL password, from `sasl_password` or the first line of `sasl_password_file`."""
+        if self.sasl_password is not None:
+            return self.sasl_password.get_secret_value()
+        if self.sasl_password_file is None:
+            raise ConfigurationError(
+                f"no Kafka password: set {ENV['kafka_sasl_password']} or kafka.sasl_password_file"
+            )
+        try:
+            lines = self.sasl_password_file.read_text().splitlines()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"kafka.sasl_password_file {self.sasl_password_file} cannot be read: {exc.strerror}"
+            ) from exc
+        if not lines or not lines[0]:
+            raise ConfigurationError(f"kafka.sasl_password_file {self.sasl_password_file} is empty")
+        return lines[0]
+
+    def plaintext_problem(self) -> str | None:
+        """Why production refuses this transport, or None (TLS, or `allow_plaintext`)."""
+        if self.uses_tls or self.allow_plaintext:
+            return None
+        return (
+            f"kafka.security_protocol is {self.security_protocol}: every record, BSNs "
+            "included, crosses the network unencrypted. Use SSL or SASL_SSL, or set "
+            "kafka.allow_plaintext: true (GEMEENTEBUS_KAFKA__ALLOW_PLAINTEXT=true) for a "
+            "broker reached only over a trusted network"
+        )
 
     @classmethod
     def single_node(cls, **values: Any) -> KafkaSettings:
@@ -343,6 +444,18 @@ class Settings(BaseSettings):
         )
 
 
+def _problems(error: ValidationError) -> str:
+    """Each problem as `key: message` on one line, without the values given (a password
+    given in the wrong place would otherwise be printed)."""
+    parts = []
+    for problem in error.errors(include_input=False, include_url=False):
+        where = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ")
+        named = not where or f"{where}." in message
+        parts.append(message if named else f"{where}: {message}")
+    return "; ".join(parts)
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Read the configuration; `KAFKA_BOOTSTRAP_SERVERS` names an existing broker.
 
@@ -356,6 +469,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         os.environ[ENV["config_file"]] = str(config_file)
     try:
         settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigurationError(f"invalid configuration: {_problems(exc)}") from exc
     except ValueError as exc:
         raise ConfigurationError(f"invalid configuration: {exc}") from exc
     finally:

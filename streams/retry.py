@@ -9,10 +9,13 @@ loops are named here (`PRODUCE`, `WRITES`, `RETIRE`, `LANE_BUG`, `CLUSTER_WAIT`,
 webhook retries are configured (`RetryPolicy.from_settings(settings.delivery)`).
 
 Corrections to aiokafka's flags, each for a reason seen on a real broker:
-- `KafkaTimeoutError` (a batch expired while the broker was away) is temporary, but the
-  expired batch used up its sequence numbers: the producer that sent it is *spoiled* and
-  must be replaced before the retry (`spoils_producer`), or it fails for good with
-  `OutOfOrderSequenceNumber`.
+- `KafkaTimeoutError` (`send` found the producer's buffer full for the request timeout:
+  the broker is away) is temporary, and counted as spoiling the producer.
+- An idempotent producer's batch that expired (its partition had no leader for longer than
+  the request timeout; the future fails with `LeaderNotAvailableError`) used up its
+  sequence numbers: once the leader is back that producer fails for good with
+  `OutOfOrderSequenceNumber`, and must be replaced before the retry (`spoils_producer`;
+  `streams.kafka.clients.Producer` does).
 - `OutOfOrderSequenceNumber`, `UnknownProducerId`, `InvalidProducerEpoch`, `ProducerFenced`
   and `IllegalStateError` are permanent for the producer, not for the record: a new
   producer (a new producer id) sends the same record fine.

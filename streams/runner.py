@@ -12,10 +12,13 @@ the reasons) on `http.host`:`http.port`: the API role beside its routes, a `work
 `delivery` process on a small server of its own that also serves `/metrics`.
 
 Starting waits at most `kafka.start_timeout_s` for the cluster, creates the bus's topics
-that are missing, and refuses to start (a one-line error, exit 2) when the cluster lacks
-the subscription set while deliver topics exist (it was lost), or, in production, when
-topics have one replica (unless `kafka.allow_single_replica`) or keep ingress or deliver
-records for less than the retry window plus a margin (a warning outside production).
+that are missing, and refuses to start (a one-line error, exit 2) when the cluster refuses
+the configured transport or credentials (naming the setting: `kafka.sasl_password`,
+`kafka.ssl_cafile`, ...), when the cluster lacks the subscription set while deliver topics
+exist (it was lost), or, in production, when the transport has no TLS (unless
+`kafka.allow_plaintext`), when topics have one replica (unless `kafka.allow_single_replica`)
+or keep ingress or deliver records for less than the retry window plus a margin (a warning
+outside production).
 
 Stopping: the first SIGTERM or SIGINT stops every role within `run.grace_s` (finished work
 committed, unfinished work left to be redone by the next process); past it the process
@@ -60,6 +63,7 @@ from streams.kafka.topics import (
     durability_problems,
     existing_topics,
 )
+from streams.kafka.transport import check_access
 from streams.kafka.watch import ClusterWatch
 from streams.retry import CLUSTER_WAIT
 from streams.routing.sealing import Keyring
@@ -126,10 +130,14 @@ def _roles(role: Role) -> tuple[str, ...]:
 
 
 async def _wait_for_cluster(settings: Settings) -> set[str]:
-    """The cluster's topic names, once it answers; retried until the caller's bound."""
+    """The cluster's topic names, once it answers; retried until the caller's bound. A
+    cluster that refuses the credentials or the transport is a `ConfigurationError` at once:
+    waiting does not mend a wrong password."""
     attempt = 0
     while True:
         try:
+            # Asked first: aiokafka's clients log each refusal as an error of their own.
+            await check_access(settings.kafka)
             return await existing_topics(settings.kafka)
         except KafkaError as exc:
             attempt += 1
@@ -186,6 +194,9 @@ async def start(settings: Settings, role: Role = "all", *, health: Health | None
     """
     settings.security.pseudonym_key_bytes()  # refuse to start without a key
     Keyring.from_settings(settings)  # every role reads the sealed webhook secrets
+    plaintext = settings.kafka.plaintext_problem()
+    if plaintext is not None and settings.mode == "production":
+        raise ConfigurationError(f"refusing to start in production: {plaintext}")
     bus = Bus(settings, health or Health(stall_after_s=settings.health.stall_after_s))
     metrics.watch_health(bus.health)
     roles = _roles(role)

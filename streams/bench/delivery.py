@@ -26,9 +26,8 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer
 
-from streams.bench.broker import delete_topics, namespace, partitions
+from streams.bench.broker import AIOKAFKA_WAIT_MS, delete_topics, namespace, partitions
 from streams.bench.core import BenchContext, Figure
 from streams.bench.workers import spawn, stop
 from streams.config import Settings
@@ -38,7 +37,7 @@ from streams.contract.rules import dutch_today
 from streams.contract.schemas import registry
 from streams.demo.generators import EventFactory
 from streams.demo.receivers import serve_hook
-from streams.kafka.clients import make_producer
+from streams.kafka.clients import make_consumer, make_producer
 from streams.kafka.topics import Topics, TopicSpec, bus_topics, create_topics
 from streams.routing.store import SubscriptionStore
 from streams.routing.subscriptions import Subscription
@@ -102,8 +101,7 @@ async def _raw(settings: Settings, n: int, rate: float | None) -> tuple[list[flo
     ]
     sent: dict[bytes, float] = {}
     got: dict[bytes, float] = {}
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers,
-                                group_id=None, enable_auto_commit=False)  # fmt: skip
+    consumer = make_consumer(settings, "bench-raw", fetch_max_wait_ms=AIOKAFKA_WAIT_MS)
     producer = make_producer(settings, "bench-raw")
     await consumer.start()
     await producer.start()

@@ -6,9 +6,15 @@ import asyncio
 import time
 import uuid
 
-from aiokafka import AIOKafkaConsumer
-
-from streams.bench.broker import Clock, delete_topics, namespace, partitions, publish, watch
+from streams.bench.broker import (
+    AIOKAFKA_WAIT_MS,
+    Clock,
+    delete_topics,
+    namespace,
+    partitions,
+    publish,
+    watch,
+)
 from streams.bench.codec import best_of
 from streams.bench.core import BenchContext, Figure
 from streams.config import Settings
@@ -18,7 +24,7 @@ from streams.contract.rules import dutch_today
 from streams.contract.schemas import registry
 from streams.demo.generators import EventFactory
 from streams.ingress.gate import Gate
-from streams.kafka.clients import make_producer
+from streams.kafka.clients import make_consumer, make_producer
 from streams.kafka.topics import Topics, TopicSpec, bus_topics, create_topics
 from streams.routing.worker import BATCH_SIZE, Validator
 
@@ -32,12 +38,12 @@ async def _passthrough(settings: Settings, source: str, target: str, n: int) -> 
 
     Returns the time of the first consume and of the last delivery.
     """
-    consumer = AIOKafkaConsumer(
+    consumer = make_consumer(
+        settings,
+        "bench-passthrough",
         source,
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        group_id=f"{settings.kafka.topic_prefix}.passthrough",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
+        group=f"{settings.kafka.topic_prefix}.passthrough",
+        fetch_max_wait_ms=AIOKAFKA_WAIT_MS,
     )
     producer = make_producer(settings, "bench-passthrough")
     await producer.start()
@@ -103,7 +109,7 @@ async def validator_scenario(ctx: BenchContext) -> list[Figure]:
         # (a) the raw passthrough, watched from outside like the validator
         raw_clock, raw_out = Clock(time.perf_counter()), raw_topics.events("raw")
         async with asyncio.timeout(deadline_s), asyncio.TaskGroup() as group:
-            group.create_task(watch(ctx.bootstrap, partitions([raw_out], parts), n, raw_clock))
+            group.create_task(watch(raw, partitions([raw_out], parts), n, raw_clock))
             passthrough = group.create_task(_passthrough(raw, raw_topics.ingress, raw_out, n))
         first, last = passthrough.result()
 
@@ -114,7 +120,7 @@ async def validator_scenario(ctx: BenchContext) -> list[Figure]:
         await validator.start()
         try:
             async with asyncio.timeout(deadline_s):
-                await watch(ctx.bootstrap, events_topics, n, val_clock)
+                await watch(val, events_topics, n, val_clock)
         finally:
             await validator.stop()
     finally:

@@ -83,6 +83,8 @@ def _worker_env(settings: Settings) -> dict[str, str]:
         f"{ENV['prefix']}KAFKA__REPLICATION_FACTOR": str(settings.kafka.replication_factor),
         f"{ENV['prefix']}KAFKA__MIN_INSYNC_REPLICAS": str(settings.kafka.min_insync_replicas),
         f"{ENV['prefix']}KAFKA__ALLOW_SINGLE_REPLICA": str(settings.kafka.allow_single_replica),
+        # the bench's own local broker speaks plaintext, on loopback
+        f"{ENV['prefix']}KAFKA__ALLOW_PLAINTEXT": str(settings.kafka.allow_plaintext),
         # every process serves /health and /ready: each on a port of its own
         f"{ENV['prefix']}HTTP__PORT": "0",
         ENV["pseudonym_key"]: BENCH_PSEUDONYM_KEY,
@@ -156,7 +158,6 @@ async def _run_workers(
     topics = Topics(settings.kafka.topic_prefix)
     specs = bus_topics(settings.kafka, registry().types())
     events = partitions([topics.events(t) for t in registry().types()], settings.kafka.partitions)
-    bootstrap = settings.kafka.bootstrap_servers
     try:
         await create_topics(settings.kafka, specs)
         if backlog:
@@ -174,14 +175,14 @@ async def _run_workers(
             if not backlog:
                 async with asyncio.timeout(180.0):
                     await publish(settings, [topics.ingress], _WARM_UP)
-                    await watch(bootstrap, events, _WARM_UP, Clock(0.0))
+                    await watch(settings, events, _WARM_UP, Clock(0.0))
                 await asyncio.sleep(_SETTLE_S)  # later joiners' rebalances are over
             clock = Clock(time.perf_counter())
             cpu_before = cpu_s(pids)
             async with asyncio.timeout(180.0 + n / 200), asyncio.TaskGroup() as group:
                 if not backlog:
                     group.create_task(publish(settings, [topics.ingress], n))
-                group.create_task(watch(bootstrap, events, _WARM_UP + n, clock, on_count=seen))
+                group.create_task(watch(settings, events, _WARM_UP + n, clock, on_count=seen))
             cpu = cpu_s(pids) - cpu_before
             peak = sum(_status_kb(pid, "VmHWM") for pid in pids) / 1024
         finally:

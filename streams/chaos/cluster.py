@@ -13,11 +13,12 @@ import os
 import signal
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from connectors.kafka_local import LocalKafka, free_port_range
-from streams.config import LocalKafkaSettings
+from streams.config import KafkaSettings, LocalKafkaSettings
+from streams.kafka.clients import make_consumer
 
 __all__ = ["Brokers", "read_topic"]
 
@@ -67,8 +68,8 @@ class Brokers:
 
 async def read_topic(bootstrap: str, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record in `topic` now, partition by partition, each in offset order."""
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                              enable_auto_commit=False)  # fmt: skip
+    # The suite's own brokers speak plaintext on loopback.
+    reader = make_consumer(KafkaSettings(bootstrap_servers=bootstrap), "chaos-reader")
     await reader.start()
     try:
         found = reader.partitions_for_topic(topic)

@@ -20,16 +20,17 @@ from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from streams.chaos.bus import PUBLISHER, token
 from streams.chaos.checker import Ledger, Sent
+from streams.config import KafkaSettings
 from streams.contract import codec
 from streams.contract.attributes import partition_key
 from streams.contract.envelope import CloudEvent
 from streams.contract.rules import dutch_today
 from streams.demo.generators import EventFactory
+from streams.kafka.clients import Producer, make_producer
 from streams.kafka.topics import Topics
 
 __all__ = ["Load", "order_key"]
@@ -167,15 +168,12 @@ class Load:
         finally:
             await _stop(producer)
 
-    async def _producer(self) -> AIOKafkaProducer:
+    async def _producer(self) -> Producer:
         while True:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap,
-                enable_idempotence=True,
-                acks="all",
-                request_timeout_ms=10_000,
-                linger_ms=5,
-                client_id="chaos-publisher",
+            # The suite's own brokers speak plaintext on loopback.
+            kafka = KafkaSettings(bootstrap_servers=self.bootstrap)
+            producer = make_producer(
+                kafka, "chaos-publisher", request_timeout_ms=10_000, linger_ms=5
             )
             try:
                 await producer.start()
@@ -193,7 +191,7 @@ async def _until(moment: float) -> None:
         await asyncio.sleep(ahead)
 
 
-async def _stop(producer: AIOKafkaProducer) -> None:
+async def _stop(producer: Producer) -> None:
     with contextlib.suppress(KafkaError, OSError, TimeoutError):  # a broken one: let it go
         async with asyncio.timeout(15.0):
             await producer.stop()

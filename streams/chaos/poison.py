@@ -1,9 +1,10 @@
 """Poison records: records the bus cannot read, into ingress and into a deliver topic.
 
 Into every partition of ingress, amid a stream of valid events: a null header value, a
-non-UTF-8 header value, a value over the bus's size limit, an event whose strings are
-control characters, and truncated Avro. Into every partition of one subscription's deliver
-topic: a null header value, a non-UTF-8 header value, a truncated JSON value, control
+non-UTF-8 header value, a non-UTF-8 header name (which aiokafka alone cannot parse: it fails
+the whole batch), a value over the bus's size limit, an event whose strings are control
+characters, and truncated Avro. Into every partition of one subscription's deliver topic: a
+null header value, a non-UTF-8 header value or name, a truncated JSON value, control
 characters in the JSON, and an oversize value. After them in each partition a control: an
 event a rule rejects (ingress) and a valid record (deliver), which show the path works when
 the poison does not block it. Each must end in the invalid topic (ingress)
@@ -19,17 +20,18 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from aiokafka import AIOKafkaProducer
-
 from streams.chaos.cluster import read_topic
 from streams.chaos.core import ChaosContext, Outcome, Stage
 from streams.chaos.kills import exits_check, load_for, standard_sinks
+from streams.chaos.rawnames import RawName, send_raw_named
+from streams.config import KafkaSettings
 from streams.contract import codec
 from streams.contract.envelope import CloudEvent
 from streams.contract.rules import dutch_today
 from streams.demo.generators import EventFactory
 from streams.demo.invalid import invalid_corpus
 from streams.exceptions import GemeentebusError
+from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics
 from streams.routing.router import delivery_record
 
@@ -81,8 +83,9 @@ def _encodable_invalid(seed: int) -> CloudEvent:
 def ingress_poison(factory: EventFactory, partition: int) -> list[Poison]:
     """The ingress poison of one partition (see the module doc)."""
     out = []
-    for kind in ("null header", "non-UTF-8 header", "oversize value", "control characters",
-                 "truncated Avro", "invalid event (control)"):  # fmt: skip
+    for kind in ("null header", "non-UTF-8 header", "non-UTF-8 header name", "oversize value",
+                 "control characters", "truncated Avro",
+                 "invalid event (control)"):  # fmt: skip
         event = factory.zaak_gemuteerd()
         if kind == "invalid event (control)":  # rejected by a rule: the invalid topic's path
             event = _encodable_invalid(partition)
@@ -94,6 +97,8 @@ def ingress_poison(factory: EventFactory, partition: int) -> list[Poison]:
             headers = _swap(record.headers, "ce_source", None)
         elif kind == "non-UTF-8 header":
             headers = _swap(record.headers, "ce_source", b"\xff\xfeurn:\xc3(")
+        elif kind == "non-UTF-8 header name":
+            headers = (*record.headers, (RawName(b"x-\xff\xfe"), b"1"))
         elif kind == "oversize value":
             value = os.urandom(200 * 1024)
         elif kind == "control characters":
@@ -107,8 +112,9 @@ def ingress_poison(factory: EventFactory, partition: int) -> list[Poison]:
 def deliver_poison(factory: EventFactory, partition: int) -> list[Poison]:
     """The deliver-topic poison of one partition (see the module doc)."""
     out = []
-    for kind in ("null header", "non-UTF-8 header", "truncated JSON", "control characters",
-                 "oversize value", "valid record (control)"):  # fmt: skip
+    for kind in ("null header", "non-UTF-8 header", "non-UTF-8 header name", "truncated JSON",
+                 "control characters", "oversize value",
+                 "valid record (control)"):  # fmt: skip
         event = factory.zaak_gemuteerd()
         key = f"chaos-poison-{kind.replace(' ', '-')}-{partition}".encode()
         record = delivery_record(event, key)
@@ -118,6 +124,8 @@ def deliver_poison(factory: EventFactory, partition: int) -> list[Poison]:
             headers = _swap(record.headers, "ce_id", None)
         elif kind == "non-UTF-8 header":
             headers = _swap(record.headers, "ce_id", b"\xff\xfe\xc3(")
+        elif kind == "non-UTF-8 header name":
+            headers = (*record.headers, (RawName(b"x-\xff\xfe"), b"1"))
         elif kind == "truncated JSON":
             value = record.value[: len(record.value) // 2]
         elif kind == "control characters":
@@ -129,11 +137,17 @@ def deliver_poison(factory: EventFactory, partition: int) -> list[Poison]:
 
 
 async def _send(bootstrap: str, topic: str, partition: int, poison: list[Poison]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
-                                max_request_size=2 * 1024 * 1024)  # fmt: skip
+    kafka = KafkaSettings(bootstrap_servers=bootstrap)  # the suite's own plaintext broker
+    producer = make_producer(
+        kafka, "chaos-poison", enable_idempotence=False, max_request_size=2 * 1024 * 1024
+    )
     await producer.start()
     try:
         for p in poison:
+            if any(isinstance(name, RawName) for name, _ in p.headers):
+                await (await send_raw_named(producer, topic, partition, p.key, p.value,
+                                            p.headers))  # fmt: skip
+                continue
             await (await producer.send(topic, p.value, key=p.key, partition=partition,
                                        headers=list(p.headers)))  # fmt: skip
     finally:

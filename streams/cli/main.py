@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 
 from connectors.kafka_local import LocalKafka
 from streams.cli.operations import add_operation_commands
 from streams.cli.secrets import add_secrets_commands
 from streams.cli.subscriptions import add_subscription_commands
-from streams.config import Settings, load_settings
+from streams.config import ENV, Settings, load_settings
 from streams.exceptions import GemeentebusError
 
 __all__ = ["main", "parse", "settings_for"]
@@ -21,27 +24,37 @@ Command = Callable[[argparse.Namespace, Settings], int]
 CONFIG_HELP = "YAML configuration file (default: gemeentebus.yaml when present)"
 
 
-def _local_kafka(settings: Settings, nodes: int, port: int | None = None) -> LocalKafka:
+def _local_kafka(
+    settings: Settings, nodes: int, port: int | None = None, *, secure: bool = False
+) -> LocalKafka:
     local = settings.local_kafka
     return LocalKafka(
-        data_dir=local.data_dir / f"{nodes}-node",
+        data_dir=local.data_dir / f"{nodes}-node{'-secure' if secure else ''}",
         cache_dir=local.cache_dir,
         nodes=nodes,
         port=port or local.port,
         heap_mb=local.heap_mb if nodes == 1 else max(256, local.heap_mb * 3 // 4),
         start_timeout_s=local.start_timeout_s,
+        secure=secure,
     )
 
 
 def _clusters(args: argparse.Namespace, settings: Settings) -> list[LocalKafka]:
     sizes = [args.nodes] if args.nodes else [1, 3]
-    return [_local_kafka(settings, n, args.port) for n in sizes]
+    kinds = [True] if args.secure else [False, True]
+    return [_local_kafka(settings, n, args.port, secure=s) for n in sizes for s in kinds]
 
 
 def cmd_kafka_up(args: argparse.Namespace, settings: Settings) -> int:
-    kafka = _local_kafka(settings, args.nodes or 1, args.port)
+    kafka = _local_kafka(settings, args.nodes or 1, args.port, secure=args.secure)
     bootstrap = kafka.up(progress=lambda line: print(line, file=sys.stderr))
-    print(bootstrap)
+    if not args.secure:
+        print(bootstrap)
+        return 0
+    print("# the client settings of this cluster (user admin); eval \"$(gemeentebus kafka up "
+          "--secure)\" puts them in your shell")  # fmt: skip
+    for key, value in kafka.client_settings().items():
+        print(f"export {ENV['prefix']}KAFKA__{key.upper()}={shlex.quote(value)}")
     return 0
 
 
@@ -59,8 +72,10 @@ def cmd_kafka_status(args: argparse.Namespace, settings: Settings) -> int:
     for kafka in _clusters(args, settings):
         for node in kafka.status():
             state = f"running (pid {node.pid})" if node.running else "stopped"
+            kind = "secure " if kafka.secure else ""
             print(
-                f"{kafka.nodes}-node cluster  node {node.node_id}  localhost:{node.port}  {state}"
+                f"{kafka.nodes}-node {kind}cluster  node {node.node_id}  localhost:{node.port}  "
+                f"{state}"
             )
             any_running |= node.running
     return 0 if any_running else 3
@@ -177,6 +192,12 @@ def _parser() -> argparse.ArgumentParser:
             help="1 (default for up) or 3 nodes on this host",
         )
         sub.add_argument("--port", type=int, default=None, help="client port of node 1")
+        sub.add_argument(
+            "--secure",
+            action="store_true",
+            help="TLS and SASL/SCRAM for clients, ACLs enforced (up: prints the client "
+            "settings; down, status: only the secure cluster)",
+        )
         sub.set_defaults(func=func)
 
     topics = commands.add_parser("topics", help="the bus's Kafka topics")
@@ -274,9 +295,21 @@ def settings_for(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, **overrides)
 
 
+# Commands that start brokers and processes of their own and stop them when they end.
+_OWNS_PROCESSES = frozenset({"demo", "chaos", "bench"})
+
+
+def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM as Ctrl-C: asyncio cancels the command's main task, so what it started (its
+    brokers, its bus processes) is stopped on the way out, not left running."""
+    signal.raise_signal(signal.SIGINT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `gemeentebus` console script."""
     args = parse(argv)
+    if args.command in _OWNS_PROCESSES:
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
         settings = settings_for(args)
         func: Command = args.func

@@ -52,9 +52,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
         events = [codec.from_json(obj) for obj in (raw if isinstance(raw, list) else [raw])]
 
     async def publish() -> None:
-        async with KafkaPublisher(
-            settings.kafka.bootstrap_servers, topic_prefix=settings.kafka.topic_prefix
-        ) as bus:
+        async with KafkaPublisher(settings.kafka) as bus:
             for start in range(0, len(events), 500):
                 await bus.publish(*events[start : start + 500])
                 print(f"published {min(start + 500, len(events))}/{len(events)}", file=sys.stderr)

@@ -20,6 +20,7 @@ __all__ = [
     "TRUNCATED_HEADER",
     "RawHeaders",
     "header",
+    "header_name",
     "header_text",
     "raw_headers",
 ]
@@ -43,12 +44,25 @@ REDRIVEN_HEADER: Final = "gemeentebus_redriven"
 RawHeaders = tuple[tuple[str, bytes | None], ...]
 
 
+def header_name(name: Any) -> tuple[str, bool]:
+    """A client's header name as text the bus can write again, and whether it was text: a
+    name that is not a `str`, or one read from bytes that are not UTF-8 (kept as lone
+    surrogates by `streams.kafka.lenient`), becomes the `repr` of what it was."""
+    if not isinstance(name, str):
+        return repr(name), False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return repr(name.encode("utf-8", "surrogateescape")), False
+    return name, True
+
+
 def _pair(item: Any) -> tuple[str, bytes | None]:
     try:
         name, value = item
     except (TypeError, ValueError):
         return repr(item), None
-    name = name if isinstance(name, str) else repr(name)
+    name, _ = header_name(name)
     if isinstance(value, bytes | bytearray | memoryview):
         return name, bytes(value)
     return name, None
@@ -56,7 +70,8 @@ def _pair(item: Any) -> tuple[str, bytes | None]:
 
 def raw_headers(headers: Iterable[Any] | None) -> RawHeaders:
     """A client's headers as `RawHeaders`; never raises. A name that is not text becomes its
-    `repr`; a value that is not bytes (or an item that is not a pair) becomes null."""
+    `repr` (`header_name`); a value that is not bytes (or an item that is not a pair) becomes
+    null."""
     return tuple(_pair(item) for item in headers or ())
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from streams.contract.headers import RawHeaders
+from streams.contract.headers import RawHeaders, header_name
 from streams.exceptions import FieldError
 
 __all__ = ["KafkaRecord", "Unreadable", "read_record"]
@@ -43,7 +43,8 @@ def read_record(key: Any, headers: Any, value: Any, *, max_bytes: int) -> KafkaR
 
     Never raises: every reader converts records here, so one odd record is a dead letter and
     never an exception that skips its neighbours. Refused: a null or non-bytes value or
-    header value, a header name that is not text, a value over `max_bytes`.
+    header value, a header name that is not UTF-8 text (kept as the `repr` of its bytes), a
+    value over `max_bytes`.
     """
     raw_headers: list[tuple[str, bytes | None]] = []
     error: FieldError | None = None
@@ -53,7 +54,11 @@ def read_record(key: Any, headers: Any, value: Any, *, max_bytes: int) -> KafkaR
         except (TypeError, ValueError):
             error = error or FieldError("headers", "malformed_header", "a header is not a pair")
             continue
-        name = name if isinstance(name, str) else repr(name)
+        name, text = header_name(name)
+        if not text:
+            error = error or FieldError(
+                "headers", "not_utf8_header_name", "a header name is not UTF-8 text"
+            )
         if raw is not None and not isinstance(raw, bytes | bytearray | memoryview):
             raw = None
             error = error or FieldError(

@@ -3,6 +3,10 @@
     async with KafkaPublisher("localhost:9092") as bus:
         await bus.publish(event)                      # validated, then acks=all
 
+    async with KafkaPublisher(KafkaSettings(bootstrap_servers="kafka-1:9093",
+                                            security_protocol="SASL_SSL", ...)) as bus:
+        ...                                           # a secured cluster (README)
+
     async with HttpPublisher("http://localhost:8080", token=TOKEN) as bus:
         ids = await bus.publish([event1, event2])     # 202 after the bus has them in Kafka
 
@@ -19,12 +23,13 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
-from aiokafka import AIOKafkaProducer
 
+from streams.config import KafkaSettings
 from streams.contract import attributes, codec
 from streams.contract.envelope import CloudEvent
 from streams.contract.rules import validate
 from streams.exceptions import FieldError, InvalidEvent, KafkaUnavailable
+from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics
 
 __all__ = ["HttpPublisher", "KafkaPublisher", "PublishRejected"]
@@ -53,24 +58,23 @@ class KafkaPublisher:
 
     Records are keyed by a keyed hash only this publisher knows (BSN for person events, the
     zaak for zaak events), so one person's events keep their order and no BSN is in a key.
+    `kafka` is the cluster with its transport (TLS, SASL), or bootstrap servers alone for a
+    plaintext one; the topic prefix is its `topic_prefix` unless given.
     """
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        kafka: KafkaSettings | str,
         *,
-        topic_prefix: str = "gemeentebus",
+        topic_prefix: str | None = None,
         ordering_secret: bytes | None = None,
         **producer_options: Any,
     ) -> None:
-        self._topic = Topics(topic_prefix).ingress
+        if isinstance(kafka, str):
+            kafka = KafkaSettings(bootstrap_servers=kafka)
+        self._topic = Topics(topic_prefix or kafka.topic_prefix).ingress
         self._secret = ordering_secret or os.urandom(32)
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
-            enable_idempotence=True,
-            acks="all",
-            **producer_options,
-        )
+        self._producer = make_producer(kafka, "publisher", **producer_options)
 
     async def __aenter__(self) -> Self:
         await self._producer.start()

@@ -1,4 +1,8 @@
-"""The Faust application and the producer every stream worker shares.
+"""Every Kafka client of the bus: the Faust application, producers, consumers, admin clients.
+
+This module is the only place a Kafka client is made (a test checks it), so every client
+gets the configured transport (TLS, SASL: `streams.kafka.transport.security_options`, and
+for Faust `faust_credentials` as its `broker_credentials`).
 
 Faust is used for what it is good at: consumer groups, partition assignment and offset
 commits. Producing goes through our own idempotent aiokafka producer (`acks=all`), whose
@@ -23,7 +27,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from streams.config import KafkaSettings, Settings
+from streams.kafka import lenient
 from streams.kafka.partitioner import KeyPartitioner
+from streams.kafka.transport import faust_credentials, security_options
 from streams.retry import refused_for_size, spoils_producer
 
 __all__ = [
@@ -65,6 +71,10 @@ class Writable(Protocol):
     def value(self) -> bytes | None: ...
 
 
+def _kafka(settings: Settings | KafkaSettings) -> KafkaSettings:
+    return settings.kafka if isinstance(settings, Settings) else settings
+
+
 def _kafka_url(bootstrap: str) -> list[str]:
     return [f"kafka://{server.strip()}" for server in bootstrap.split(",") if server.strip()]
 
@@ -77,12 +87,14 @@ def make_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
     group, commit often. Faust's data directory (empty: tables live in memory) goes under the
     system's temporary directory, not into whatever directory the process was started in.
     """
+    lenient.install()  # a header name that is not UTF-8 is a dead letter, not a dead fetcher
     app_id = f"{settings.kafka.topic_prefix}.{name}"
     datadir = Path(tempfile.gettempdir()) / f"gemeentebus-faust-{os.getuid()}"  # one per user
     datadir.mkdir(mode=0o700, exist_ok=True)
     options: dict[str, Any] = {
         "broker": _kafka_url(settings.kafka.bootstrap_servers),
         "broker_client_id": f"{settings.kafka.client_id}-{name}",
+        "broker_credentials": faust_credentials(settings.kafka),
         "web_enabled": False,
         "web_tables_enabled": False,
         "consumer_auto_offset_reset": "earliest",
@@ -102,17 +114,19 @@ def make_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
     return faust.App(app_id, **options)
 
 
-def make_producer(settings: Settings, name: str, **overrides: Any) -> Producer:
+def make_producer(settings: Settings | KafkaSettings, name: str, **overrides: Any) -> Producer:
     """An idempotent producer (`acks=all`, ordered per partition); call `start()` on it."""
+    kafka = _kafka(settings)
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka.bootstrap_servers,
-        "client_id": f"{settings.kafka.client_id}-{name}",
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": f"{kafka.client_id}-{name}",
         "enable_idempotence": True,
         "acks": "all",
         "linger_ms": 0,
         "max_batch_size": 256 * 1024,
         "partitioner": KeyPartitioner(),
-        "request_timeout_ms": int(settings.kafka.request_timeout_s * 1000),
+        "request_timeout_ms": int(kafka.request_timeout_s * 1000),
+        **security_options(kafka),
     }
     options.update(overrides)
     return Producer(options)
@@ -121,12 +135,15 @@ def make_producer(settings: Settings, name: str, **overrides: Any) -> Producer:
 class Producer:
     """An idempotent aiokafka producer that replaces its client once the client is spoiled.
 
-    A batch that expired while the broker was away used up its sequence numbers, and from
-    then on the client fails every send (`OutOfOrderSequenceNumber`, for good). The first
-    send after any spoiling error (`streams.retry.spoils_producer`) therefore stops the old
-    client and starts a new one (a new producer id, sequences from zero). The records that
-    failed are the caller's to send again: their futures raised, so they were never acked.
-    `replaced` counts the replacements (a gauge of trouble, not of progress).
+    aiokafka 0.14 expires an idempotent client's batch only while its partition has no leader
+    (for longer than `request_timeout_ms`: its future fails with `LeaderNotAvailableError`),
+    and the expired batch used up its sequence numbers: once the leader is back the broker
+    refuses every later batch of that client to that partition (`OutOfOrderSequenceNumber`,
+    for good; tests/streams/kafka/test_producer_spoiled.py). The first send after any
+    spoiling error (`streams.retry.spoils_producer`) therefore stops the old client and
+    starts a new one (a new producer id, sequences from zero). The records that failed are
+    the caller's to send again: their futures raised, so they were never acked. `replaced`
+    counts the replacements (a gauge of trouble, not of progress).
     """
 
     def __init__(self, options: dict[str, Any]) -> None:
@@ -134,7 +151,7 @@ class Producer:
         self._client = AIOKafkaProducer(**options)
         self._started = False
         self._spoiled: BaseException | None = None
-        self._replacing: asyncio.Lock | None = None
+        self._replacing: asyncio.Future[None] | None = None
         self.replaced = 0
 
     @property
@@ -159,11 +176,29 @@ class Producer:
 
     async def stop(self) -> None:
         self._started = False
+        if self._replacing is not None and not self._replacing.done():
+            self._replacing.cancel()  # no new client after the stop
+            await asyncio.wait([self._replacing])
         await self._client.stop()
 
     async def flush(self) -> None:
         """Wait until every record queued so far was sent (confirmed or failed)."""
         await self._client.flush()
+
+    @property
+    def idempotent(self) -> bool:
+        return bool(self._options.get("enable_idempotence"))
+
+    def create_batch(self) -> Any:
+        """aiokafka's `create_batch`: an empty batch to fill and `send_batch`."""
+        return self._client.create_batch()
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        """aiokafka's `send_batch`: the future is done once the broker has the batch."""
+        future: asyncio.Future[Any] = await self._client.send_batch(
+            batch, topic, partition=partition
+        )
+        return future
 
     async def partitions_for(self, topic: str) -> set[int]:
         partitions: set[int] = await self._client.partitions_for(topic)
@@ -218,44 +253,79 @@ class Producer:
             )
 
     async def _replace(self) -> None:
-        if self._replacing is None:
-            self._replacing = asyncio.Lock()
-        async with self._replacing:
-            if self._spoiled is None:
-                return  # another sender replaced it meanwhile
-            old, self._client = self._client, AIOKafkaProducer(**self._options)
-            self._spoiled = None
-            with contextlib.suppress(Exception):  # the old client is broken: close what closes
-                await asyncio.wait_for(old.stop(), timeout=5.0)
-            await self._client.start()
-            self.replaced += 1
+        """Wait for the client's replacement, starting it if none runs. It runs as a task of
+        its own: a caller cut off meanwhile (an HTTP request's timeout) cuts off its own wait,
+        not the old client's stop halfway or the new client's start. Only a started client
+        replaces the old one; a start that fails leaves the producer spoiled, so the next
+        send tries again instead of queueing into a client that never runs."""
+        if self._replacing is None or self._replacing.done():
+            self._replacing = asyncio.ensure_future(self._renew())
+            self._replacing.add_done_callback(_retrieved)
+        await asyncio.shield(self._replacing)
+
+    async def _renew(self) -> None:
+        if self._spoiled is None:
+            return
+        with contextlib.suppress(Exception):  # the old client is broken: close what closes
+            await asyncio.wait_for(self._client.stop(), timeout=5.0)
+        fresh = AIOKafkaProducer(**self._options)
+        try:
+            await fresh.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await fresh.stop()
+            raise
+        self._client, self._spoiled = fresh, None
+        self.replaced += 1
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """Mark a replacement's error seen: every caller waiting for it may have been cut off (it
+    is raised to each caller that waited, and the next send tries again)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def make_consumer(
-    settings: Settings, name: str, *, group: str | None = None, **overrides: Any
+    settings: Settings | KafkaSettings,
+    name: str,
+    *topics: str,
+    group: str | None = None,
+    **overrides: Any,
 ) -> AIOKafkaConsumer:
     """A consumer that commits only by hand, starts a new group (or a group-less reader) at
-    the earliest offset and long-polls at most 100 ms; call `start()` on it."""
+    the earliest offset and long-polls at most 100 ms; subscribed to `topics` when given,
+    else to be assigned or subscribed; call `start()` on it. Batches holding a header name
+    that is not UTF-8 are read (`streams.kafka.lenient`), not fatal."""
+    lenient.install()
+    kafka = _kafka(settings)
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka.bootstrap_servers,
-        "client_id": f"{settings.kafka.client_id}-{name}",
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": f"{kafka.client_id}-{name}",
         "group_id": group,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "fetch_max_wait_ms": 100,
-        "request_timeout_ms": int(settings.kafka.request_timeout_s * 1000),
+        "request_timeout_ms": int(kafka.request_timeout_s * 1000),
+        **security_options(kafka),
     }
     options.update(overrides)
-    return AIOKafkaConsumer(**options)
+    return AIOKafkaConsumer(*topics, **options)
 
 
-def make_admin(settings: KafkaSettings, name: str = "admin") -> AIOKafkaAdminClient:
+def make_admin(
+    settings: Settings | KafkaSettings, name: str = "admin", **overrides: Any
+) -> AIOKafkaAdminClient:
     """An admin client (topics, configs, partitions); call `start()` and `close()` on it."""
-    return AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.client_id}-{name}",
-        request_timeout_ms=int(settings.request_timeout_s * 1000),
-    )
+    kafka = _kafka(settings)
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": f"{kafka.client_id}-{name}",
+        "request_timeout_ms": int(kafka.request_timeout_s * 1000),
+        **security_options(kafka),
+    }
+    options.update(overrides)
+    return AIOKafkaAdminClient(**options)
 
 
 async def send_all(producer: Producer, outputs: Iterable[tuple[str, Writable]]) -> None:

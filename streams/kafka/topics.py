@@ -25,6 +25,7 @@ from aiokafka.errors import (
 from streams.config import KafkaSettings, Settings
 from streams.exceptions import ConfigurationError, KafkaUnavailable
 from streams.kafka.clients import make_admin
+from streams.kafka.transport import check_access
 
 __all__ = [
     "RETENTION_MARGIN_S",
@@ -147,7 +148,11 @@ def subscription_topics(settings: KafkaSettings, subscription_id: str) -> list[T
 
 
 async def create_topics(settings: KafkaSettings, specs: Sequence[TopicSpec]) -> list[str]:
-    """Create the topics that do not exist yet; return the names created. Idempotent."""
+    """Create the topics that do not exist yet; return the names created. Idempotent.
+
+    A cluster that refuses the credentials or the transport is a `ConfigurationError` naming
+    the setting (`streams.kafka.clients.check_access`)."""
+    await check_access(settings)
     admin = make_admin(settings)
     try:
         await admin.start()

@@ -1,8 +1,9 @@
 """The durable subscription set: the compacted topic `gemeentebus.subscriptions`, read by all.
 
 One record per subscription (key = id, value = JSON of `Subscription.record_dict()`, its
-secrets sealed), a tombstone deletes; each volgindicatie is a record of its own (`streams.routing.records`),
-so concurrent changes to one subscription's volgindicaties lose none.
+secrets sealed), a tombstone deletes; each volgindicatie is a record of its own
+(`streams.routing.records`), so concurrent changes to one subscription's volgindicaties
+lose none.
 `put`, `delete`, `follow` and `unfollow` write with the idempotent producer and wait for the
 broker; every process runs a reader (a plain consumer without a group, from the beginning,
 then following) that keeps its `SubscriptionIndex` up to date.

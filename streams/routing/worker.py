@@ -283,9 +283,9 @@ class Validator:
             await asyncio.Event().wait()  # hold the partitions unacked until stopped
 
     async def _watch_consumer(self) -> None:
-        """Faust's fetcher dies, silently, on a record batch aiokafka cannot parse (a header
-        name that is not UTF-8 raises UnicodeDecodeError in its record parser, C and Python
-        alike, on every fetch): the worker then reads nothing. Say so and stop."""
+        """Faust's fetcher dies, silently, on a record batch aiokafka cannot parse (before
+        `streams.kafka.lenient`, any header name that was not UTF-8; still, a batch whose
+        structure is corrupt): the worker then reads nothing. Say so and stop."""
         fetcher: Any = self.app._fetcher
         while self.failure is None:
             await asyncio.sleep(1.0)
@@ -294,7 +294,7 @@ class Validator:
                 self._fail(
                     WorkerFailed(
                         f"the Kafka consumer crashed ({reason}): a record batch the client "
-                        "cannot parse, e.g. a header name that is not UTF-8"
+                        "cannot parse"
                     )
                 )
 

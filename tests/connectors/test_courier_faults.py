@@ -32,6 +32,7 @@ from test_dispatcher import (
 from connectors.dispatcher import Dispatcher
 from connectors.holding import LANE_CAP, MAX_PENDING
 from connectors.webhook import WebhookSender
+from streams.chaos.rawnames import RawName, send_raw_named
 from streams.config import DeliverySettings, Settings
 from streams.contract.headers import ATTEMPTS_HEADER, ERROR_HEADER, ORIGIN_HEADER, TRUNCATED_HEADER
 from streams.delivery.log import decode_attempt
@@ -159,7 +160,15 @@ async def test_poison_records_are_dead_lettered_byte_for_byte_and_the_rest_deliv
         ("too_large", base_headers, json.dumps({"id": "e104", "pad": "x" * 5000}).encode()),
         ("null_value", base_headers, None),
         ("not_cloudevent", base_headers, b"[1, 2, 3]"),
+        # a batch aiokafka could not parse at all: the courier read nothing more of it
+        (
+            "not_utf8_header_name",
+            [*base_headers, (RawName(b"\xffx-odd"), b"1")],
+            record(105, key)[1],
+        ),
     ]
+    raw = make_producer(settings, "raw-writer", enable_idempotence=False)
+    await raw.start()
     try:
         seq = 0
         for _, headers, value in poisons:  # each poison between two good records of its key
@@ -167,14 +176,22 @@ async def test_poison_records_are_dead_lettered_byte_for_byte_and_the_rest_deliv
                 good_headers, good_value = record(seq, key)
                 await writer.producer.send(topic, good_value, key=key, headers=good_headers)
                 seq += 1
+            if any(isinstance(name, RawName) for name, _ in headers):
+                await writer.producer.flush()  # in its key's turn, on its key's partition
+                partition = partition_of(key, settings.kafka.partitions)
+                await (await send_raw_named(raw, topic, partition, key, value, headers))
+                continue
             await writer.producer.send(topic, value, key=key, headers=headers)
         await writer.write("poisoned", [(i, pseudonym(2)) for i in range(200, 220)])
         await until(lambda: len(receiver.accepted) >= seq + 20)
         part = health.part("delivery", "courier poisoned")
         assert part.broken_reason is None
-        dead = await read_topic(Topics(settings.kafka.topic_prefix).dlq("poisoned"), count=7)
+        dead = await read_topic(
+            Topics(settings.kafka.topic_prefix).dlq("poisoned"), count=len(poisons)
+        )
         await until_async(lambda: committed_all(settings, "poisoned", seq + len(poisons) + 20))
     finally:
+        await raw.stop()
         await dispatcher.stop()
     assert "courier poisoned" not in health.role("delivery").parts  # dropped at stop
     got = [seq_of(r) for r in receiver.accepted]
@@ -184,12 +201,18 @@ async def test_poison_records_are_dead_lettered_byte_for_byte_and_the_rest_deliv
     for (code, headers, value), letter in zip(poisons, dead, strict=True):  # in order
         assert letter.value == value  # byte for byte
         assert letter.key == key
-        original = [(k, None if v is None else bytes(v)) for k, v in headers]
+        original = [
+            (repr(k.raw) if isinstance(k, RawName) else k, None if v is None else bytes(v))
+            for k, v in headers
+        ]
         assert list(letter.headers)[: len(original)] == original  # a null header stays null
         found = dict(letter.headers)
         assert found[ERROR_HEADER] == code.encode()
         assert found[ATTEMPTS_HEADER] == b"0"
-    log = [decode_attempt(r.value) for r in await read_topic(writer.topics.deliveries, count=41)]
+    log = [
+        decode_attempt(r.value)
+        for r in await read_topic(writer.topics.deliveries, count=seq + 20 + len(poisons))
+    ]
     assert sorted(a.error or "" for a in log if a.outcome == "dead_lettered") == sorted(
         code for code, _, _ in poisons
     )

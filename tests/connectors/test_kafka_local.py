@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -139,3 +140,47 @@ def test_missing_java_says_what_to_install(tmp_path: Path) -> None:
     assert result.stderr.strip() == (
         "gemeentebus: java not found: install Java 17 (apt-get install openjdk-17-jre-headless)"
     )
+
+
+def _exported(stdout: str) -> dict[str, str]:
+    """The variables of `export K=V` lines, as a shell's eval would set them."""
+    found = {}
+    for line in stdout.splitlines():
+        if line.startswith("export "):
+            key, _, value = shlex.split(line.removeprefix("export "))[0].partition("=")
+            found[key] = value
+    return found
+
+
+def test_three_secure_nodes_print_their_client_settings(tmp_path: Path) -> None:
+    port = free_port_range(6)
+    up = _cli("kafka", "up", "--nodes", "3", "--secure", "--port", str(port), data_dir=tmp_path)
+    try:
+        assert up.returncode == 0, up.stderr
+        env = _exported(up.stdout)
+        assert env["GEMEENTEBUS_KAFKA__SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert env["GEMEENTEBUS_KAFKA__SASL_USERNAME"] == "admin"
+        assert "GEMEENTEBUS_KAFKA__SASL_PASSWORD" not in env  # only the file it is in
+        password = Path(env["GEMEENTEBUS_KAFKA__SASL_PASSWORD_FILE"])
+        assert password.stat().st_mode & 0o077 == 0
+        assert password.read_text().strip() not in up.stdout + up.stderr
+        # What a user does next: the bus's topics, three replicas each, through SASL_SSL.
+        create = subprocess.run(
+            [sys.executable, "-m", "streams.cli", "topics", "create"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env, "GEMEENTEBUS_KAFKA__TOPIC_PREFIX": "secure3"},
+            timeout=120,
+            check=False,
+            cwd=tmp_path,
+        )
+        assert create.returncode == 0, create.stderr
+        assert "created secure3.ingress" in create.stdout
+        status = _cli("kafka", "status", "--secure", "--port", str(port), data_dir=tmp_path)
+        assert status.stdout.count("3-node secure cluster") == 3
+        assert status.stdout.count("running (pid") == 3
+    finally:
+        pids = _pids(tmp_path)
+        down = _cli("kafka", "down", "--secure", "--port", str(port), data_dir=tmp_path)
+    assert down.returncode == 0, down.stderr
+    assert len(pids) == 3 and not any(_alive(p) for p in pids)

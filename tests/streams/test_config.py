@@ -76,3 +76,69 @@ def test_one_node_is_said_explicitly() -> None:
 def test_more_insync_replicas_than_replicas_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="min_insync_replicas"):
         load_settings(kafka={"replication_factor": 1})  # min_insync_replicas stays 2
+
+
+def test_sasl_needs_a_user_name_and_a_password() -> None:
+    with pytest.raises(ConfigurationError, match=r"SASL_SSL needs kafka\.sasl_username"):
+        load_settings(kafka={"security_protocol": "SASL_SSL"})
+    with pytest.raises(ConfigurationError, match=r"needs kafka\.sasl_password \(GEMEENTEBUS_"):
+        load_settings(kafka={"security_protocol": "SASL_SSL", "sasl_username": "bus"})
+
+
+def test_transport_settings_that_would_be_ignored_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"used only with kafka\.security_protocol SASL"):
+        load_settings(kafka={"security_protocol": "SSL", "sasl_username": "bus"})
+    with pytest.raises(ConfigurationError, match=r"kafka\.ssl_cafile set, but .* PLAINTEXT"):
+        load_settings(kafka={"ssl_cafile": str(tmp_path / "ca.crt")})
+    with pytest.raises(ConfigurationError, match=r"kafka\.ssl_keyfile needs kafka\.ssl_certfile"):
+        load_settings(kafka={"security_protocol": "SSL", "ssl_keyfile": str(tmp_path / "k")})
+    with pytest.raises(ConfigurationError, match="not both"):
+        load_settings(
+            kafka={
+                "security_protocol": "SASL_SSL",
+                "sasl_username": "bus",
+                "sasl_password": "x",
+                "sasl_password_file": str(tmp_path / "p"),
+            }
+        )
+
+
+def test_the_kafka_password_comes_from_the_environment_or_a_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("GEMEENTEBUS_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("GEMEENTEBUS_KAFKA__SASL_USERNAME", "bus")
+    monkeypatch.setenv("GEMEENTEBUS_KAFKA__SASL_PASSWORD", "from-the-environment")
+    kafka = load_settings().kafka
+    assert (kafka.security_protocol, kafka.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert kafka.sasl_password_value() == "from-the-environment"
+    assert "from-the-environment" not in repr(kafka)
+    assert kafka.ssl_check_hostname is True
+
+    monkeypatch.delenv("GEMEENTEBUS_KAFKA__SASL_PASSWORD")
+    secret = tmp_path / "kafka.password"
+    secret.write_text("from-a-file\n")
+    monkeypatch.setenv("GEMEENTEBUS_KAFKA__SASL_PASSWORD_FILE", str(secret))
+    assert load_settings().kafka.sasl_password_value() == "from-a-file"
+
+    secret.unlink()
+    with pytest.raises(ConfigurationError, match=r"kafka\.sasl_password_file .* cannot be read"):
+        load_settings().kafka.sasl_password_value()
+
+
+def test_a_refused_configuration_never_shows_the_password() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings(kafka={"sasl_password": "hunter2-do-not-print"})  # PLAINTEXT: refused
+    assert "sasl_password" in str(refused.value)
+    assert "hunter2" not in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_production_refuses_a_transport_without_tls_unless_allowed() -> None:
+    assert KafkaSettings().plaintext_problem() is not None  # the default: PLAINTEXT
+    sasl = {"sasl_username": "bus", "sasl_password": "x"}
+    problem = KafkaSettings(security_protocol="SASL_PLAINTEXT", **sasl).plaintext_problem()
+    assert problem is not None and "kafka.allow_plaintext: true" in problem
+    assert KafkaSettings(allow_plaintext=True).plaintext_problem() is None
+    assert KafkaSettings(security_protocol="SSL").plaintext_problem() is None
+    assert KafkaSettings(security_protocol="SASL_SSL", **sasl).plaintext_problem() is None

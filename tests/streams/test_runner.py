@@ -48,6 +48,7 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
             "GEMEENTEBUS_KAFKA__REPLICATION_FACTOR": "1",
             "GEMEENTEBUS_KAFKA__MIN_INSYNC_REPLICAS": "1",
             "GEMEENTEBUS_KAFKA__ALLOW_SINGLE_REPLICA": "true",
+            "GEMEENTEBUS_KAFKA__ALLOW_PLAINTEXT": "true",  # the test broker: loopback
             "GEMEENTEBUS_HTTP__PORT": "0",
             "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY": PSEUDONYM_KEY,
             "GEMEENTEBUS_SECURITY__SECRETS_KEY": SECRETS_KEY,

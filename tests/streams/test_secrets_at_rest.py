@@ -282,6 +282,7 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
         "GEMEENTEBUS_KAFKA__REPLICATION_FACTOR": "1",
         "GEMEENTEBUS_KAFKA__MIN_INSYNC_REPLICAS": "1",
         "GEMEENTEBUS_KAFKA__ALLOW_SINGLE_REPLICA": "true",
+        "GEMEENTEBUS_KAFKA__ALLOW_PLAINTEXT": "true",  # the session broker is plaintext
         "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY": PSEUDONYM_KEY,
         **extra,
     }

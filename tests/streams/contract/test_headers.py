@@ -7,12 +7,14 @@ from streams.contract.headers import header, header_text, raw_headers
 
 def test_a_null_value_stays_null_and_a_name_that_is_not_text_is_its_repr() -> None:
     odd = [("ce_id", None), (b"\xff", b"x"), ("ce_type", bytearray(b"t")), ("n", 5), "junk"]
+    odd.append(("\udcff\udcfe", b"y"))  # not UTF-8 on the wire (`streams.kafka.lenient`)
     assert raw_headers(odd) == (
         ("ce_id", None),
         ("b'\\xff'", b"x"),
         ("ce_type", b"t"),
         ("n", None),
         ("'junk'", None),
+        ("b'\\xff\\xfe'", b"y"),
     )
     assert raw_headers(None) == ()
 

@@ -40,3 +40,21 @@ def test_read_record_keeps_a_null_header_null_for_a_byte_for_byte_dead_letter() 
     assert isinstance(unreadable, Unreadable)
     assert unreadable.headers == (("a", b"1"), ("b", None))
     assert (unreadable.key, unreadable.value) == (b"k", b"v")
+
+
+@pytest.mark.parametrize(
+    ("name", "kept"),
+    [
+        ("\udcff\udcfex", "b'\\xff\\xfex'"),  # bytes that are not UTF-8, read leniently
+        (b"ce_id", "b'ce_id'"),  # not text at all
+    ],
+)
+def test_a_header_name_that_is_not_utf8_text_is_a_dead_letter_under_its_repr(
+    name: object, kept: str
+) -> None:
+    unreadable = read_record(b"k", [("a", b"1"), (name, b"2")], b"v", max_bytes=10)
+    assert isinstance(unreadable, Unreadable)
+    assert unreadable.error.code == "not_utf8_header_name"
+    assert unreadable.headers == (("a", b"1"), (kept, b"2"))
+    for written, _ in unreadable.headers:
+        written.encode("utf-8")  # a producer can write it again

@@ -35,6 +35,7 @@ def _worker(settings: Settings) -> subprocess.Popen[bytes]:
         "GEMEENTEBUS_KAFKA__REPLICATION_FACTOR": "1",  # one broker, said explicitly
         "GEMEENTEBUS_KAFKA__MIN_INSYNC_REPLICAS": "1",
         "GEMEENTEBUS_KAFKA__ALLOW_SINGLE_REPLICA": "true",
+        "GEMEENTEBUS_KAFKA__ALLOW_PLAINTEXT": "true",  # the test broker: loopback
         "GEMEENTEBUS_HTTP__PORT": "0",  # every process serves /health and /ready
         "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY": PSEUDONYM_KEY,
         "GEMEENTEBUS_SECURITY__SECRETS_KEY": SECRETS_KEY,

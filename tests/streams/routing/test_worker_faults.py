@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from streams.chaos.rawnames import RawName, send_raw_named
 from streams.config import HttpSettings, Settings
 from streams.contract.attributes import VERHUISD, ZAAK_GEMUTEERD
 from streams.contract.envelope import CloudEvent
@@ -304,38 +305,43 @@ async def test_a_missing_topic_stops_the_worker_visibly_and_skips_nothing(
     assert sorted(_id(r) for r in delivered) == sorted(e.id for e in moves)
 
 
-class _RawName(str):
-    """A header name whose bytes are not UTF-8 (Kafka takes any bytes; aiokafka writes str)."""
-
-    def encode(self, *_: Any, **__: Any) -> bytes:  # type: ignore[override]
-        return b"\xff\xfename"
-
-
-async def test_a_header_name_that_is_not_utf8_stops_the_worker_visibly(
-    settings: Settings,
-    bus_topics: Topics,
-    store: SubscriptionStore,
-    monkeypatch: pytest.MonkeyPatch,
+async def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_neighbours_routed(
+    settings: Settings, bus_topics: Topics, store: SubscriptionStore
 ) -> None:
-    """aiokafka's record parser raises UnicodeDecodeError on such a batch at every fetch, and
-    Faust's fetcher dies of it: the worker read nothing more and said it was ready."""
-    import aiokafka.producer.message_accumulator as accumulator
-    import aiokafka.producer.producer as producer
-    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
-
-    # the publisher: aiokafka's pure-Python batch builder, which calls `encode` on the name
-    for module in (accumulator, producer):
-        monkeypatch.setattr(module, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)
-    key, headers, value = _good(EventFactory(13, today=TODAY).mixed(1))[0]
-    await _publish(settings, [(key, [*headers, (_RawName("x"), b"v")], value)])
+    """aiokafka's record parser raises UnicodeDecodeError on such a batch at every fetch:
+    Faust's fetcher died of it and the worker read nothing more, neighbours included."""
+    valid = EventFactory(13, today=TODAY).mixed(4)
+    good = _good(valid)
+    key, headers, value = _good(EventFactory(14, today=TODAY).mixed(1))[0]
+    odd = [*headers, (RawName(b"\xff\xfename"), b"v")]
+    ingress = Topics(settings.kafka.topic_prefix).ingress
+    producer = make_producer(settings, "raw-publisher", enable_idempotence=False)
+    await producer.start()
+    try:  # in this order into one partition, each in a batch of its own
+        for k, h, v in good[:2]:
+            await (await producer.send(ingress, v, key=k, headers=h, partition=0))
+        await (await send_raw_named(producer, ingress, 0, key, value, odd))
+        for k, h, v in good[2:]:
+            await (await producer.send(ingress, v, key=k, headers=h, partition=0))
+    finally:
+        await producer.stop()
     health = Health()
     worker = Validator(settings, store=store, health=health)
     await worker.start()
     try:
-        async with asyncio.timeout(60):
-            with pytest.raises(WorkerFailed, match="UnicodeDecodeError"):
-                await worker.wait()
-        ready, problems = health.ready()
-        assert not ready and "header name" in problems["worker"][0]
+        events = [bus_topics.events(t) for t in sorted({e.type for e in valid})]
+        routed = await _read_all(settings, events, len(valid))
+        dead = await _read_all(settings, [bus_topics.invalid], 1)
+        assert worker.failure is None
+        assert health.ready()[0]
     finally:
         await asyncio.wait_for(worker.stop(), 30)
+    assert sorted(_id(r) for r in routed) == sorted(e.id for e in valid)
+    assert len(dead) == 1
+    (letter,) = dead
+    assert dict(letter.headers)[ERROR_HEADER] == b"not_utf8_header_name"
+    assert letter.value == value  # byte for byte, the name as the repr of its bytes
+    assert [(k, v) for k, v in letter.headers if k not in OURS] == [
+        *headers,
+        ("b'\\xff\\xfename'", b"v"),
+    ]
