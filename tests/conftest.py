@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from aiokafka.structs import ConsumerRecord
+from keys import PSEUDONYM_KEY, SECRETS_KEY
 
 from connectors.kafka_local import LocalKafka, free_port_range
 from streams.config import ENV, KafkaSettings, Settings, load_settings
@@ -108,14 +109,14 @@ def topics() -> Topics:
 
 @pytest.fixture
 def settings(kafka_cluster: KafkaSettings, topics: Topics, tmp_path: Path) -> Settings:
-    """Settings for one test: the session broker, this test's topics, a test pseudonym key."""
+    """Settings for one test: the session broker, this test's topics, the test keys."""
     return Settings(
         mode="test",
         # one broker: one replica, said explicitly (production refuses it otherwise)
         kafka=KafkaSettings.single_node(
             **transport(kafka_cluster), topic_prefix=topics.prefix, partitions=3
         ),
-        security={"pseudonym_key": "test-pseudonym-key"},  # type: ignore[arg-type]
+        security={"pseudonym_key": PSEUDONYM_KEY, "secrets_key": SECRETS_KEY},  # type: ignore[arg-type]
     )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 from kafka_reading import transport_env
+from keys import PSEUDONYM_KEY, SECRETS_KEY
 
 from connectors.kafka_local import LocalKafka, free_port_range
 from streams.config import Settings, load_settings
@@ -50,7 +51,8 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
             "GEMEENTEBUS_KAFKA__ALLOW_SINGLE_REPLICA": "true",
             "GEMEENTEBUS_KAFKA__ALLOW_PLAINTEXT": "true",  # the test broker: loopback
             "GEMEENTEBUS_HTTP__PORT": "0",
-            "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY": "test-pseudonym-key",
+            "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY": PSEUDONYM_KEY,
+            "GEMEENTEBUS_SECURITY__SECRETS_KEY": SECRETS_KEY,
             "GEMEENTEBUS_KAFKA__START_TIMEOUT_S": "120",  # a shared broker may be busy
             **extra,
         }

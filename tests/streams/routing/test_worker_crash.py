@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 import pytest
 from aiokafka import TopicPartition
 from kafka_reading import transport_env
+from keys import PSEUDONYM_KEY, SECRETS_KEY
 
 from streams.config import Settings
 from streams.contract import codec
@@ -37,7 +38,8 @@ def _worker(settings: Settings) -> subprocess.Popen[bytes]:
         "GEMEENTEBUS_KAFKA__ALLOW_SINGLE_REPLICA": "true",
         "GEMEENTEBUS_KAFKA__ALLOW_PLAINTEXT": "true",  # the test broker: loopback
         "GEMEENTEBUS_HTTP__PORT": "0",  # every process serves /health and /ready
-        "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY": "test-pseudonym-key",
+        "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY": PSEUDONYM_KEY,
+        "GEMEENTEBUS_SECURITY__SECRETS_KEY": SECRETS_KEY,
     }
     return subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "run", "--role", "worker"],
