@@ -59,6 +59,16 @@ _TRANSPORT = ("bootstrap_servers", "security_protocol", "sasl_mechanism", "sasl_
               "ssl_keyfile", "ssl_check_hostname")  # fmt: skip
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect (say so, not skip) the tests about a secured session broker without one."""
+    if os.environ.get(SECURE_ENV) == "1":
+        return
+    chosen = [item for item in items if item.get_closest_marker("secure_session") is None]
+    if len(chosen) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in chosen])
+        items[:] = chosen
+
+
 @pytest.fixture(scope="session")
 def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
     """How to reach a real broker that lives as long as the test session: its bootstrap
