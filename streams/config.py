@@ -74,6 +74,12 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
 
 
+# The fields of `KafkaSettings.transport`.
+_TRANSPORT = ("bootstrap_servers", "security_protocol", "sasl_mechanism", "sasl_username",
+              "sasl_password", "sasl_password_file", "ssl_cafile", "ssl_certfile",
+              "ssl_keyfile", "ssl_check_hostname")  # fmt: skip
+
+
 class KafkaSettings(BaseModel):
     """How to reach the broker and how the bus's topics are made.
 
@@ -191,6 +197,11 @@ class KafkaSettings(BaseModel):
             "kafka.allow_plaintext: true (GEMEENTEBUS_KAFKA__ALLOW_PLAINTEXT=true) for a "
             "broker reached only over a trusted network"
         )
+
+    def transport(self) -> dict[str, Any]:
+        """The settings that say how to reach the cluster (bootstrap servers, protocol,
+        credentials), not how its topics are made: to build other settings on."""
+        return {name: getattr(self, name) for name in _TRANSPORT}
 
     @classmethod
     def single_node(cls, **values: Any) -> KafkaSettings:

@@ -53,10 +53,6 @@ def _docker_answers() -> bool:
 
 
 SECURE_ENV = "GEMEENTEBUS_TEST_SECURE_KAFKA"
-# The fields of `KafkaSettings` that say how to reach the cluster, not how topics are made.
-_TRANSPORT = ("bootstrap_servers", "security_protocol", "sasl_mechanism", "sasl_username",
-              "sasl_password", "sasl_password_file", "ssl_cafile", "ssl_certfile",
-              "ssl_keyfile", "ssl_check_hostname")  # fmt: skip
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -106,11 +102,6 @@ def kafka_bootstrap(kafka_cluster: KafkaSettings) -> str:
     return kafka_cluster.bootstrap_servers
 
 
-def transport(kafka: KafkaSettings) -> dict[str, object]:
-    """The settings of `kafka` that reach the cluster, to build other settings on."""
-    return {name: getattr(kafka, name) for name in _TRANSPORT}
-
-
 @pytest.fixture
 def topics() -> Topics:
     """A topic namespace of this test alone."""
@@ -124,7 +115,7 @@ def settings(kafka_cluster: KafkaSettings, topics: Topics, tmp_path: Path) -> Se
         mode="test",
         # one broker: one replica, said explicitly (production refuses it otherwise)
         kafka=KafkaSettings.single_node(
-            **transport(kafka_cluster), topic_prefix=topics.prefix, partitions=3
+            **kafka_cluster.transport(), topic_prefix=topics.prefix, partitions=3
         ),
         security={"pseudonym_key": PSEUDONYM_KEY, "secrets_key": SECRETS_KEY},  # type: ignore[arg-type]
     )

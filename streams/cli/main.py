@@ -140,7 +140,7 @@ def cmd_schemas_publish(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from streams.demo.run import run_demo
 
-    asyncio.run(run_demo(events=args.events, seed=args.seed))
+    asyncio.run(run_demo(events=args.events, seed=args.seed, secure=args.secure))
     return 0
 
 
@@ -279,6 +279,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--events", type=int, default=2000, help="how many events (default 2000)")
     demo.add_argument("--seed", type=int, default=2026, help="seed of the event generator")
+    demo.add_argument(
+        "--secure",
+        action="store_true",
+        help="on a private broker secured like `kafka up --secure` (SASL_SSL, SCRAM, ACLs)",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -65,29 +65,36 @@ class DemoReport:
 
 
 @asynccontextmanager
-async def _broker(console: Console) -> AsyncIterator[str]:
-    existing = os.environ.get(ENV["bootstrap"])
-    if existing:
-        console.print(f"using the Kafka cluster at {existing}")
-        yield existing
+async def _broker(console: Console, *, secure: bool) -> AsyncIterator[dict[str, Any]]:
+    """The `kafka.*` settings that reach the demo's broker: `KAFKA_BOOTSTRAP_SERVERS` (with
+    the transport of the environment, as the bus reads it), else a private local broker,
+    secured like `kafka up --secure` when asked (SASL_SSL, SCRAM, its admin user)."""
+    if os.environ.get(ENV["bootstrap"]):
+        kafka = load_settings().kafka
+        console.print(f"using the Kafka cluster at {kafka.bootstrap_servers}")
+        yield kafka.transport()
         return
     with tempfile.TemporaryDirectory(prefix="gemeentebus-demo-") as tmp:
-        kafka = LocalKafka(
+        local = LocalKafka(
             data_dir=Path(tmp),
             cache_dir=load_settings().local_kafka.cache_dir,
             port=free_port_range(2),
+            secure=secure,
         )
         started = time.monotonic()
-        bootstrap = await asyncio.to_thread(kafka.up, progress=console.print)
-        console.print(f"Kafka 4.1 (KRaft) up on {bootstrap} in {time.monotonic() - started:.1f}s")
+        bootstrap = await asyncio.to_thread(local.up, progress=console.print)
+        shape = "SASL_SSL with SCRAM-SHA-512, ACLs enforced" if secure else "plaintext"
+        console.print(
+            f"Kafka 4.1 (KRaft, {shape}) up on {bootstrap} in {time.monotonic() - started:.1f}s"
+        )
         try:
-            yield bootstrap
+            yield dict(local.client_settings())
         finally:
-            await asyncio.to_thread(kafka.down)
+            await asyncio.to_thread(local.down)
             console.print("Kafka stopped")
 
 
-def _settings(bootstrap: str, token: str, receivers: list[Receiver]) -> Settings:
+def _settings(kafka: dict[str, Any], token: str, receivers: list[Receiver]) -> Settings:
     def client(name: str, secret: str, **grants: Any) -> ClientConfig:
         digest = hashlib.sha256(secret.encode()).hexdigest()
         return ClientConfig.model_validate({"id": name, "token_sha256": digest, **grants})
@@ -98,7 +105,7 @@ def _settings(bootstrap: str, token: str, receivers: list[Receiver]) -> Settings
     ]
     return Settings(
         mode="demo",
-        kafka=KafkaSettings.single_node(bootstrap_servers=bootstrap, partitions=3),
+        kafka=KafkaSettings.single_node(**kafka, partitions=3),
         # fresh keys per demo: pseudonyms, and the seal of the webhook secrets it stores
         security={"pseudonym_key": secrets.token_hex(32), "secrets_key": new_key()},  # type: ignore[arg-type]
         http={"host": "127.0.0.1", "port": 0},  # type: ignore[arg-type]
@@ -325,8 +332,9 @@ async def _settled(
         await asyncio.sleep(0.25)
 
 
-async def run_demo(events: int = 2000, seed: int = 2026) -> DemoReport:
-    """Run the demo end to end; returns what happened (the CLI prints it)."""
+async def run_demo(events: int = 2000, seed: int = 2026, *, secure: bool = False) -> DemoReport:
+    """Run the demo end to end; returns what happened (the CLI prints it). `secure`: on a
+    private broker secured like `kafka up --secure`."""
     console = Console()
     report = DemoReport()
     # The broker's start-up chatter (leader elections) is no news in a demo.
@@ -337,8 +345,8 @@ async def run_demo(events: int = 2000, seed: int = 2026) -> DemoReport:
     for r in receivers:
         await r.start()
     try:
-        async with _broker(console) as bootstrap:
-            settings = _settings(bootstrap, token, receivers)
+        async with _broker(console, secure=secure) as kafka:
+            settings = _settings(kafka, token, receivers)
             async with running_bus(settings) as bus:
                 console.print(
                     f"bus running: API on {bus.url}; validating and routing worker, "

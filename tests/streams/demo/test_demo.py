@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from kafka_reading import transport_env
 
+from streams.config import Settings
 from streams.contract.attributes import OVERLEDEN, VERHUISD, ZAAK_GEMUTEERD
 from streams.demo.run import run_demo
 
@@ -11,9 +13,10 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
 async def test_demo_delivers_to_every_subscriber(
-    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    for name, value in transport_env(settings).items():  # the session broker, as it is
+        monkeypatch.setenv(name, value)
     report = await run_demo(events=400, seed=7)
 
     assert report.sent_valid + report.sent_invalid == 400
