@@ -392,6 +392,15 @@ class Settings(BaseSettings):
         if len(principals) != len(set(principals)):
             shared = sorted({p for p in principals if principals.count(p) > 1})
             raise ValueError(f"kafka_principal {shared[0]} is given to more than one client")
+        # Kafka refuses a topic whose name differs from another's only in '.' against '_'.
+        publishers = [c.id for c in clients if c.kafka_publisher]
+        folded = [i.replace(".", "_") for i in publishers]
+        if len(folded) != len(set(folded)):
+            pair = sorted(i for i in publishers if folded.count(i.replace(".", "_")) > 1)
+            raise ValueError(
+                f"Kafka publishers {pair[0]} and {pair[1]} would get ingress topics Kafka "
+                "cannot tell apart ('.' and '_' collide in topic names): rename one"
+            )
         return clients
 
     def kafka_publishers(self) -> tuple[ClientConfig, ...]:

@@ -190,3 +190,21 @@ def test_one_principal_belongs_to_one_client() -> None:
                 {"id": "brp-b", "kafka_principal": "User:brp", "publish": grant},
             ]
         )
+
+
+def test_two_publishers_whose_topics_kafka_cannot_tell_apart_are_refused() -> None:
+    grant = {"types": ["nl.brp.*"], "sources": ["*"]}
+    with pytest.raises(ConfigurationError, match=r"brp\.a and brp_a would get ingress topics"):
+        load_settings(
+            clients=[
+                {"id": "brp_a", "kafka_principal": "User:a", "publish": grant},
+                {"id": "brp.a", "kafka_principal": "User:b", "publish": grant},
+            ]
+        )
+    # only publishers get a topic: an HTTP client may have such an id
+    load_settings(
+        clients=[
+            {"id": "brp_a", "kafka_principal": "User:a", "publish": grant},
+            {"id": "brp.a", "token_sha256": "0" * 64, "publish": grant},
+        ]
+    )
