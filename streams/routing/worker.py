@@ -437,7 +437,7 @@ def _log_refusals(plan: Plan, publishers: Sequence[Client | None]) -> None:
             counts[publisher.id, outcome.code] = counts.get((publisher.id, outcome.code), 0) + 1
     for (client_id, code), count in sorted(counts.items()):
         log.warning(
-            "Kafka publisher %s: %d records outside its publish grant (%s), dead-lettered",
+            "Kafka publisher %s: records outside its publish grant dead-lettered: %d (%s)",
             client_id,
             count,
             code,

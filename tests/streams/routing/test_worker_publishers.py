@@ -85,7 +85,10 @@ def _json_id(record: Any) -> str:
 
 
 async def test_records_outside_the_grant_are_dead_letters_and_reach_no_subscriber(
-    publishing: Settings, store: SubscriptionStore, read_topic: Any
+    publishing: Settings,
+    store: SubscriptionStore,
+    read_topic: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = publishing
     t = Topics(settings.kafka.topic_prefix)
@@ -121,6 +124,12 @@ async def test_records_outside_the_grant_are_dead_letters_and_reach_no_subscribe
     assert deaths == []
     assert sorted(_json_id(r) for r in kafka_sub) == sorted(e.id for e in granted)
     assert sorted(_json_id(r) for r in http_sub) == sorted(e.id for e in granted)
+    # the security log: who, what and how many, never the record
+    warned = [
+        r.getMessage() for r in caplog.records if "outside its publish grant" in r.getMessage()
+    ]
+    said = "Kafka publisher brp: records outside its publish grant dead-lettered"
+    assert sorted(warned) == [f"{said}: 1 (source_not_granted)", f"{said}: 1 (type_not_granted)"]
 
 
 async def test_two_publishers_keep_the_order_of_each_key(
