@@ -310,8 +310,9 @@ class SubscribeGrant(BaseModel):
     purpose: str = ""
 
 
-# A Kafka principal as `StandardAuthorizer` names a SASL user: `User:<name>`.
-_PRINCIPAL = re.compile(r"User:[A-Za-z0-9._@-]{1,128}")
+# A Kafka principal as `StandardAuthorizer` names a user (a SASL name, a certificate's
+# distinguished name): `User:<name>`, never the wildcard `User:*`.
+_PRINCIPAL = re.compile(r"User:[^\s*;]{1,255}")
 
 
 class ClientConfig(BaseModel):
@@ -340,8 +341,8 @@ class ClientConfig(BaseModel):
     def _principal(cls, principal: str | None) -> str | None:
         if principal is not None and not _PRINCIPAL.fullmatch(principal):
             raise ValueError(
-                "must be User:<name> as the broker names it (e.g. "
-                "User:brp-publisher; a name of letters, digits and . _ @ -, at most 128)"
+                "must be User:<name> as the broker names it (e.g. User:brp-publisher; "
+                "at most 255 characters, no space, '*' or ';')"
             )
         return principal
 

@@ -169,15 +169,22 @@ def test_a_kafka_publisher_needs_only_its_principal() -> None:
 
 
 @pytest.mark.parametrize(
-    "principal", ["brp-publisher", "User:", "Group:brp", "User:brp publisher", "User:a,OU=b"]
+    "principal", ["brp-publisher", "User:", "Group:brp", "User:brp publisher", "User:*", "User:a;b"]
 )
 def test_a_kafka_principal_is_user_and_a_name(principal: str) -> None:
     with pytest.raises(ConfigurationError) as refused:
         load_settings(clients=[{"id": "brp", "kafka_principal": principal}])
     assert str(refused.value) == (
         "invalid configuration: clients.0.kafka_principal: must be User:<name> as the broker "
-        "names it (e.g. User:brp-publisher; a name of letters, digits and . _ @ -, at most 128)"
+        "names it (e.g. User:brp-publisher; at most 255 characters, no space, '*' or ';')"
     )
+
+
+def test_a_certificate_principal_is_a_name_too() -> None:
+    [client] = load_settings(
+        clients=[{"id": "brp", "kafka_principal": "User:CN=brp,OU=BRP,O=RvIG"}]
+    ).clients
+    assert client.kafka_principal == "User:CN=brp,OU=BRP,O=RvIG"
 
 
 def test_one_principal_belongs_to_one_client() -> None:
