@@ -7,6 +7,8 @@ never from the repository. Every environment variable the bus reads is named in 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from pathlib import Path
@@ -58,6 +60,8 @@ ENV = {
     "kafka_sasl_password_file": "GEMEENTEBUS_KAFKA__SASL_PASSWORD_FILE",
     "cache_home": "XDG_CACHE_HOME",
     "state_home": "XDG_STATE_HOME",
+    "secrets_key": "GEMEENTEBUS_SECURITY__SECRETS_KEY",
+    "previous_keys": "GEMEENTEBUS_SECURITY__PREVIOUS_KEYS",
 }
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -208,12 +212,22 @@ class LocalKafkaSettings(BaseModel):
 
 
 class SecuritySettings(BaseModel):
-    """Secrets. The BSN pseudonym key is required outside the demo."""
+    """Secrets. The BSN pseudonym key is required outside the demo; the key that seals webhook
+    secrets in the subscriptions topic (`streams.routing.sealing`) is required in production.
 
-    model_config = _FROZEN
+    `secrets_key` (or `secrets_key_file`) is 32 random bytes, base64 (`gemeentebus secrets
+    new-key`); `previous_keys` (or `previous_keys_file`, one a line) are the keys still opened,
+    never sealed with, while `gemeentebus secrets rotate` moves every record to the current one.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     pseudonym_key: SecretStr | None = None
     pseudonym_key_file: Path | None = None
+    secrets_key: SecretStr | None = None
+    secrets_key_file: Path | None = None
+    previous_keys: tuple[SecretStr, ...] = ()
+    previous_keys_file: Path | None = None
 
     def pseudonym_key_bytes(self) -> bytes:
         """The HMAC key for BSN pseudonyms; raises ConfigurationError when unset."""
@@ -230,6 +244,62 @@ class SecuritySettings(BaseModel):
             f"no BSN pseudonym key: set {ENV['pseudonym_key']} "
             "or security.pseudonym_key_file (the bus refuses to start without one)"
         )
+
+    def secrets_key_bytes(self) -> bytes | None:
+        """The 32-byte key that seals webhook secrets, or None when neither setting is given;
+        ConfigurationError naming the setting for a key that is not 32 bytes of base64."""
+        if self.secrets_key is not None and self.secrets_key.get_secret_value():
+            if self.secrets_key_file is not None:
+                raise ConfigurationError(
+                    "set security.secrets_key or security.secrets_key_file, not both"
+                )
+            return _key_of(self.secrets_key.get_secret_value(), "security.secrets_key")
+        if self.secrets_key_file is not None:
+            lines = _lines_of(self.secrets_key_file, "security.secrets_key_file")
+            if len(lines) != 1:
+                raise ConfigurationError(
+                    f"security.secrets_key_file must hold one key, it holds {len(lines)} lines"
+                )
+            return _key_of(lines[0], "security.secrets_key_file")
+        return None
+
+    def previous_keys_bytes(self) -> tuple[bytes, ...]:
+        """The keys that only open (`previous_keys`, then the lines of `previous_keys_file`)."""
+        keys = [
+            _key_of(key.get_secret_value(), f"security.previous_keys[{i}]")
+            for i, key in enumerate(self.previous_keys)
+        ]
+        if self.previous_keys_file is not None:
+            lines = _lines_of(self.previous_keys_file, "security.previous_keys_file")
+            keys += [
+                _key_of(line, f"security.previous_keys_file line {i + 1}")
+                for i, line in enumerate(lines)
+            ]
+        return tuple(keys)
+
+
+def _lines_of(path: Path, setting: str) -> list[str]:
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "it is not base64 text"
+        raise ConfigurationError(f"{setting} {path} cannot be read: {why}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _key_of(text: str, setting: str) -> bytes:
+    """32 bytes from standard base64; the error names the setting, never the value."""
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigurationError(
+            f"{setting} is not base64 (make one with `gemeentebus secrets new-key`)"
+        ) from None
+    if len(key) != 32:
+        raise ConfigurationError(
+            f"{setting} is {len(key)} bytes, not 32 (make one with `gemeentebus secrets new-key`)"
+        )
+    return key
 
 
 class HttpSettings(BaseModel):

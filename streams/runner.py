@@ -66,6 +66,7 @@ from streams.kafka.topics import (
 from streams.kafka.transport import check_access
 from streams.kafka.watch import ClusterWatch
 from streams.retry import CLUSTER_WAIT
+from streams.routing.sealing import Keyring
 from streams.routing.store import SubscriptionStore
 from streams.routing.worker import Validator
 
@@ -197,6 +198,7 @@ async def start(settings: Settings, role: Role = "all", *, health: Health | None
     cluster watch gives up on a cluster that lost the bus's topics meanwhile.
     """
     settings.security.pseudonym_key_bytes()  # refuse to start without a key
+    Keyring.from_settings(settings)  # every role reads the sealed webhook secrets
     plaintext = settings.kafka.plaintext_problem()
     if plaintext is not None and settings.mode == "production":
         raise ConfigurationError(f"refusing to start in production: {plaintext}")

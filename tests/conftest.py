@@ -1,10 +1,14 @@
 """Test harness: one real Kafka broker for the whole session, fresh topics for every test.
 
 Where the broker comes from, first match wins:
-1. `KAFKA_BOOTSTRAP_SERVERS` names an existing cluster;
-2. a Docker engine answers: testcontainers starts the official `apache/kafka` image;
-3. otherwise the local jar broker (`connectors.kafka_local`) on free ports in a temp folder.
-Whatever this file starts, it stops at the end of the session.
+1. `KAFKA_BOOTSTRAP_SERVERS` names an existing cluster (its transport, e.g. SASL_SSL, from
+   the `GEMEENTEBUS_KAFKA__*` environment, as the bus reads it);
+2. `GEMEENTEBUS_TEST_SECURE_KAFKA=1`: the local jar broker secured as `kafka up --secure`
+   makes it (SASL_SSL, SCRAM, a private CA, ACLs enforced; the tests connect as its admin);
+3. a Docker engine answers: testcontainers starts the official `apache/kafka` image;
+4. otherwise the local jar broker (`connectors.kafka_local`) on free ports in a temp folder.
+Whatever this file starts, it stops at the end of the session. Every test client is made by
+the bus's own factory (`streams.kafka.clients`) from `settings`, so it speaks the transport.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
+from keys import PSEUDONYM_KEY, SECRETS_KEY
 
 from connectors.kafka_local import LocalKafka, free_port_range
 from streams.config import ENV, KafkaSettings, Settings, load_settings
+from streams.kafka.clients import make_consumer
 from streams.kafka.topics import Topics
 
 if TYPE_CHECKING:
@@ -47,18 +52,26 @@ def _docker_answers() -> bool:
     return result.returncode == 0
 
 
+SECURE_ENV = "GEMEENTEBUS_TEST_SECURE_KAFKA"
+# The fields of `KafkaSettings` that say how to reach the cluster, not how topics are made.
+_TRANSPORT = ("bootstrap_servers", "security_protocol", "sasl_mechanism", "sasl_username",
+              "sasl_password", "sasl_password_file", "ssl_cafile", "ssl_certfile",
+              "ssl_keyfile", "ssl_check_hostname")  # fmt: skip
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Bootstrap servers of a real broker that lives as long as the test session."""
-    existing = os.environ.get(ENV["bootstrap"])
-    if existing:
-        yield existing
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
+    """How to reach a real broker that lives as long as the test session: its bootstrap
+    servers and, when it is secured, the transport and credentials."""
+    if os.environ.get(ENV["bootstrap"]):
+        yield load_settings().kafka
         return
-    if _docker_answers():
+    secure = os.environ.get(SECURE_ENV) == "1"
+    if not secure and _docker_answers():
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer(KAFKA_IMAGE).with_kraft() as container:
-            yield container.get_bootstrap_server()
+            yield KafkaSettings(bootstrap_servers=container.get_bootstrap_server())
         return
     cache = load_settings().local_kafka.cache_dir
     # The whole suite's topics live on this broker (thousands of partitions): 512 MB of heap
@@ -68,11 +81,24 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         cache_dir=cache,
         port=free_port_range(2),
         heap_mb=1024,
+        secure=secure,
     )
     try:
-        yield kafka.up(progress=lambda line: print(line))
+        kafka.up(progress=lambda line: print(line))
+        yield kafka.kafka_settings()
     finally:
         kafka.down()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_cluster: KafkaSettings) -> str:
+    """Bootstrap servers of the session's broker (`kafka_cluster` has its transport too)."""
+    return kafka_cluster.bootstrap_servers
+
+
+def transport(kafka: KafkaSettings) -> dict[str, object]:
+    """The settings of `kafka` that reach the cluster, to build other settings on."""
+    return {name: getattr(kafka, name) for name in _TRANSPORT}
 
 
 @pytest.fixture
@@ -82,15 +108,15 @@ def topics() -> Topics:
 
 
 @pytest.fixture
-def settings(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Settings:
-    """Settings for one test: the session broker, this test's topics, a test pseudonym key."""
+def settings(kafka_cluster: KafkaSettings, topics: Topics, tmp_path: Path) -> Settings:
+    """Settings for one test: the session broker, this test's topics, the test keys."""
     return Settings(
         mode="test",
         # one broker: one replica, said explicitly (production refuses it otherwise)
         kafka=KafkaSettings.single_node(
-            bootstrap_servers=kafka_bootstrap, topic_prefix=topics.prefix, partitions=3
+            **transport(kafka_cluster), topic_prefix=topics.prefix, partitions=3
         ),
-        security={"pseudonym_key": "test-pseudonym-key"},  # type: ignore[arg-type]
+        security={"pseudonym_key": PSEUDONYM_KEY, "secrets_key": SECRETS_KEY},  # type: ignore[arg-type]
     )
 
 
@@ -118,16 +144,10 @@ async def store(settings: Settings, bus_topics: Topics) -> AsyncIterator[Subscri
 
 
 async def _read_topic(
-    bootstrap: str, topic: str, *, count: int, within: float = 60.0
+    kafka: KafkaSettings, topic: str, *, count: int, within: float = 60.0
 ) -> list[ConsumerRecord]:
     """Every record of `topic` from the start, once at least `count` arrived (or time is up)."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    consumer = make_consumer(kafka, "test-read", topic, fetch_max_wait_ms=500)
     await consumer.start()
     records: list[ConsumerRecord] = []
     try:
@@ -146,10 +166,10 @@ async def _read_topic(
 
 
 @pytest.fixture
-def read_topic(kafka_bootstrap: str) -> Callable[..., Awaitable[list[ConsumerRecord]]]:
+def read_topic(kafka_cluster: KafkaSettings) -> Callable[..., Awaitable[list[ConsumerRecord]]]:
     """`await read_topic(topic, count=N)`: the topic's records once N arrived (or 60 s)."""
 
     def read(topic: str, *, count: int, within: float = 60.0) -> Awaitable[list[ConsumerRecord]]:
-        return _read_topic(kafka_bootstrap, topic, count=count, within=within)
+        return _read_topic(kafka_cluster, topic, count=count, within=within)
 
     return read

@@ -6,19 +6,14 @@ import asyncio
 import uuid
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
-
 from streams.config import Settings
+from streams.kafka.clients import make_consumer
 
 
 async def consume(settings: Settings, topic: str, count: int, within: float = 20.0) -> list[Any]:
     """The first `count` records of `topic`; TimeoutError when fewer arrive in time."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        group_id=f"{settings.kafka.topic_prefix}.reader-{uuid.uuid4().hex[:6]}",
-        auto_offset_reset="earliest",
-    )
+    group = f"{settings.kafka.topic_prefix}.reader-{uuid.uuid4().hex[:6]}"
+    consumer = make_consumer(settings, "test-reader", topic, group=group, fetch_max_wait_ms=500)
     await consumer.start()
     records: list[Any] = []
     try:
@@ -29,3 +24,22 @@ async def consume(settings: Settings, topic: str, count: int, within: float = 20
     finally:
         await consumer.stop()
     return records
+
+
+def transport_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a `gemeentebus` process reach the cluster as `settings`
+    does (bootstrap servers and, on a secured cluster, transport and credentials)."""
+    kafka = settings.kafka
+    env = {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers}
+    values = {
+        "SECURITY_PROTOCOL": kafka.security_protocol,
+        "SASL_MECHANISM": kafka.sasl_mechanism if kafka.uses_sasl else None,
+        "SASL_USERNAME": kafka.sasl_username,
+        "SASL_PASSWORD": kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+        "SASL_PASSWORD_FILE": kafka.sasl_password_file,
+        "SSL_CAFILE": kafka.ssl_cafile,
+        "SSL_CERTFILE": kafka.ssl_certfile,
+        "SSL_KEYFILE": kafka.ssl_keyfile,
+    }
+    env |= {f"GEMEENTEBUS_KAFKA__{k}": str(v) for k, v in values.items() if v is not None}
+    return env

@@ -34,6 +34,7 @@ from streams.kafka.clients import make_admin, make_consumer, make_producer
 __all__ = [
     "AIOKAFKA_WAIT_MS",
     "BENCH_PSEUDONYM_KEY",
+    "BENCH_SECRETS_KEY",
     "Clock",
     "broker",
     "delete_topics",
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 
 # Synthetic data only: the bench never needs (or sees) the production pseudonym key.
 BENCH_PSEUDONYM_KEY: Final = "gemeentebus-bench"
+# The key its subscriptions' webhook secrets are sealed with: 32 bytes, base64 (bench only).
+BENCH_SECRETS_KEY: Final = "Z2VtZWVudGVidXMtYmVuY2gtc2VjcmV0cy1rZXktMzI="
 _PUBLISHER_KEY: Final = b"bench"
 _POLL_S: Final = 0.02
 _CHUNK: Final = 5_000
@@ -69,7 +72,9 @@ def namespace(settings: Settings, bootstrap: str, role: str, token: str) -> Sett
             "allow_plaintext": True,  # the bench's brokers are local or test clusters
         }
     )
-    security = SecuritySettings(pseudonym_key=SecretStr(BENCH_PSEUDONYM_KEY))
+    security = SecuritySettings(
+        pseudonym_key=SecretStr(BENCH_PSEUDONYM_KEY), secrets_key=SecretStr(BENCH_SECRETS_KEY)
+    )
     return settings.model_copy(update={"kafka": kafka, "security": security})
 
 

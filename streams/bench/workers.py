@@ -29,6 +29,7 @@ from typing import Final
 
 from streams.bench.broker import (
     BENCH_PSEUDONYM_KEY,
+    BENCH_SECRETS_KEY,
     Clock,
     delete_topics,
     namespace,
@@ -87,6 +88,7 @@ def _worker_env(settings: Settings) -> dict[str, str]:
         # every process serves /health and /ready: each on a port of its own
         f"{ENV['prefix']}HTTP__PORT": "0",
         ENV["pseudonym_key"]: BENCH_PSEUDONYM_KEY,
+        ENV["secrets_key"]: BENCH_SECRETS_KEY,
     }
 
 

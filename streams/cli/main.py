@@ -13,6 +13,7 @@ from types import FrameType
 
 from connectors.kafka_local import LocalKafka
 from streams.cli.operations import add_operation_commands
+from streams.cli.secrets import add_secrets_commands
 from streams.cli.subscriptions import add_subscription_commands
 from streams.config import ENV, Settings, load_settings
 from streams.exceptions import GemeentebusError
@@ -214,7 +215,8 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run the bus: HTTP API and stream workers",
-        description="Run the bus until SIGTERM/SIGINT. Needs a BSN pseudonym key. Every "
+        description="Run the bus until SIGTERM/SIGINT. Needs a BSN pseudonym key and, in "
+        "production, security.secrets_key (`gemeentebus secrets new-key`). Every "
         "process serves GET /health and GET /ready (per role, with reasons) on http.host:"
         "http.port. Exit codes: 0 stopped cleanly; 1 gave up on a fault it cannot mend "
         "(a topic gone, the subscription reader dying); 2 could not start (configuration, "
@@ -256,6 +258,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_subscription_commands(commands, parents=takes_config)
     add_operation_commands(commands, parents=takes_config)
+    add_secrets_commands(commands, parents=takes_config)
 
     chaos = commands.add_parser(
         "chaos",

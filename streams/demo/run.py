@@ -42,6 +42,7 @@ from streams.exceptions import InvalidEvent
 from streams.ingress import metrics
 from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics
+from streams.routing.sealing import new_key
 from streams.runner import Bus, running_bus
 
 __all__ = ["DemoReport", "run_demo"]
@@ -98,7 +99,8 @@ def _settings(bootstrap: str, token: str, receivers: list[Receiver]) -> Settings
     return Settings(
         mode="demo",
         kafka=KafkaSettings.single_node(bootstrap_servers=bootstrap, partitions=3),
-        security={"pseudonym_key": secrets.token_hex(32)},  # type: ignore[arg-type]
+        # fresh keys per demo: pseudonyms, and the seal of the webhook secrets it stores
+        security={"pseudonym_key": secrets.token_hex(32), "secrets_key": new_key()},  # type: ignore[arg-type]
         http={"host": "127.0.0.1", "port": 0},  # type: ignore[arg-type]
         # Quick retries, so the failing receiver's recovery shows within the demo.
         delivery={"initial_backoff_s": 0.5, "max_backoff_s": 2.0},  # type: ignore[arg-type]

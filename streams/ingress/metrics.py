@@ -74,6 +74,12 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.subscription_records_refused = Counter(
+            "gemeentebus_subscription_records_refused",
+            "Subscription records not applied because a secret's seal did not open, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.roles = _Roles()
         self.registry.register(self.roles)
 

@@ -13,6 +13,10 @@ subscription record written before this split may still carry volgindicaties: th
 as well (a volgindicatie record for the same person wins), and the next write of that
 subscription moves them into records of their own.
 
+Secrets are sealed (`streams.routing.sealing`): `put` seals the access token and signing
+secret of a subscription record, `apply` opens them and refuses (`SealRefused`, changing
+nothing) a record whose secret does not open.
+
 `Records.apply` folds one record into the set: the subscription a reader hands out is its
 record plus its volgindicaties, kept in one mapping per subscription that a volgindicatie
 record changes in place, so following one more person costs the same for ten followed
@@ -29,6 +33,7 @@ from typing import Final
 
 from pydantic import TypeAdapter
 
+from streams.routing.sealing import Keyring, open_record, seal_record
 from streams.routing.subscriptions import Subscription
 
 __all__ = ["Applied", "Records", "volgindicatie_key"]
@@ -57,30 +62,42 @@ class Applied:
 class Records:
     """The subscription set as the records read so far make it (one reader owns it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keyring: Keyring, *, accept_clear: bool = False) -> None:
+        self.keyring = keyring
+        self._accept_clear = accept_clear  # clear-text secrets let through: `secrets rotate`
         self.subscriptions: dict[str, Subscription] = {}  # with their volgindicaties
+        self.sealed_with: dict[str, frozenset[str]] = {}  # the key ids of each record's secrets
         self._records: dict[str, Subscription] = {}  # as their own records hold them
         self._followed: dict[str, dict[str, date | None]] = {}  # from volgindicatie records
 
     # -- reading ----------------------------------------------------------------------------
 
     def apply(self, key: bytes | None, value: bytes | None) -> Applied:
-        """Fold one record in; `ValueError` (or a pydantic `ValidationError`, a subclass) or
-        `UnicodeDecodeError` for a record that is neither kind, which changes nothing."""
+        """Fold one record in; `SealRefused` for a secret that does not open, `ValueError` (or a
+        pydantic `ValidationError`, a subclass) or `UnicodeDecodeError` for a record that is
+        neither kind: both change nothing."""
         name = bytes(key or b"").decode("utf-8")
         subscription_id, mark, pseudonym = name.partition(MARK)
         if mark:
             return self._volgindicatie(subscription_id, pseudonym, value)
         subscription = None
+        kids: frozenset[str] = frozenset()
         if value is not None:
-            subscription = Subscription.model_validate(json.loads(value))
-            if subscription.id != subscription_id:
-                raise ValueError("the key is not the subscription's id")
+            body = json.loads(value)
+            if not isinstance(body, dict) or body.get("id") != subscription_id:
+                raise ValueError("a subscription record is a JSON object keyed by its id")
+            # sealed under this id: secrets moved from another subscription do not open
+            opened, kids = open_record(
+                body, self.keyring, subscription_id, accept_clear=self._accept_clear
+            )
+            subscription = Subscription.model_validate(opened)
         if subscription is None:
             self._records.pop(subscription_id, None)
             self.subscriptions.pop(subscription_id, None)
+            self.sealed_with.pop(subscription_id, None)
             return Applied(subscription_id, None)
         self._records[subscription_id] = subscription
+        self.sealed_with[subscription_id] = kids
         followed = {**subscription.volgindicaties, **self._followed.get(subscription_id, {})}
         merged = subscription.model_copy(update={"volgindicaties": followed})
         self.subscriptions[subscription_id] = merged
@@ -133,7 +150,7 @@ class Records:
             for pseudonym, end in subscription.volgindicaties.items()
             if pseudonym not in have or have[pseudonym] != end
         ]
-        record = {**subscription.record_dict(), "volgindicaties": {}}
+        record = seal_record({**subscription.record_dict(), "volgindicaties": {}}, self.keyring)
         writes.append(
             (subscription.id.encode(), json.dumps(record, separators=(",", ":")).encode())
         )

@@ -1,8 +1,9 @@
 """The durable subscription set: the compacted topic `gemeentebus.subscriptions`, read by all.
 
-One record per subscription (key = id, value = JSON of `Subscription.record_dict()`), a
-tombstone deletes; each volgindicatie is a record of its own (`streams.routing.records`),
-so concurrent changes to one subscription's volgindicaties lose none.
+One record per subscription (key = id, value = JSON of `Subscription.record_dict()`, its
+secrets sealed), a tombstone deletes; each volgindicatie is a record of its own
+(`streams.routing.records`), so concurrent changes to one subscription's volgindicaties
+lose none.
 `put`, `delete`, `follow` and `unfollow` write with the idempotent producer and wait for the
 broker; every process runs a reader (a plain consumer without a group, from the beginning,
 then following) that keeps its `SubscriptionIndex` up to date.
@@ -12,6 +13,11 @@ Consistency, in offsets of that topic:
 - `sync()`: the reader has applied everything written before the call (the router calls it
   per batch, so an event published after `put` returned is matched against that `put`);
 - `put`/`delete` return only once their own write is applied here (read-your-writes).
+
+Webhook secrets are sealed (`streams.routing.sealing`, key `security.secrets_key`): a
+record whose secret does not open is refused and not applied. The store keeps what it had
+for that id, logs the id and the reason code (never the value), counts it in
+`gemeentebus_subscription_records_refused{reason}` and lists it in `refused`.
 
 The reader never dies silently. A temporary Kafka error is retried for as long as it lasts
 (the `subscriptions` part of `Health` says why the process is not ready). Anything else
@@ -38,11 +44,13 @@ from pydantic import ValidationError
 from streams.config import Settings
 from streams.exceptions import KafkaUnavailable
 from streams.health import Health, Progress
+from streams.ingress.metrics import metrics
 from streams.kafka.clients import make_consumer, make_producer
 from streams.kafka.topics import Topics, bus_topics, create_topics, subscription_topics
 from streams.retry import RetryPolicy
 from streams.routing.matching import SubscriptionIndex
 from streams.routing.records import Records
+from streams.routing.sealing import Keyring, SealRefused
 from streams.routing.subscriptions import Subscription
 
 __all__ = ["Change", "SubscriptionStore"]
@@ -65,18 +73,27 @@ class SubscriptionStore:
 
     `start()` before use, `stop()` after. `index` is what matching reads; `changes` holds
     callbacks run (in the reader task) after each applied record. The reader reports into
-    `health` (a shared part `subscriptions`) when given one.
+    `health` (a shared part `subscriptions`) when given one. `refused` maps the id of each
+    subscription whose latest record was refused to the reason code. Without the secrets key
+    in production the constructor raises `ConfigurationError`; `accept_clear` lets clear-text
+    secrets through (for `gemeentebus secrets rotate`, which seals them).
     """
 
     def __init__(
-        self, settings: Settings, *, name: str = "store", health: Health | None = None
+        self,
+        settings: Settings,
+        *,
+        name: str = "store",
+        health: Health | None = None,
+        accept_clear: bool = False,
     ) -> None:
         self.settings = settings
         self.topics = Topics(settings.kafka.topic_prefix)
         self.index = SubscriptionIndex()
         self.changes: list[Change] = []
         self._name = name
-        self._records = Records()
+        self._records = Records(Keyring.from_settings(settings), accept_clear=accept_clear)
+        self.refused: dict[str, str] = {}
         self._all = self._records.subscriptions  # retired ones too (the index has active only)
         self._producer: AIOKafkaProducer = make_producer(settings, f"{name}-writer", linger_ms=0)
         self._consumer = make_consumer(settings, f"{name}-reader")
@@ -154,6 +171,16 @@ class SubscriptionStore:
 
     def __len__(self) -> int:
         return len(self._all)
+
+    @property
+    def keyring(self) -> Keyring:
+        """The keys this store seals and opens webhook secrets with."""
+        return self._records.keyring
+
+    def sealed_with(self, subscription_id: str) -> frozenset[str]:
+        """The ids of the keys that sealed this subscription's secrets as last read (`CLEAR`
+        for a clear-text one; empty: none, or no such subscription)."""
+        return self._records.sealed_with.get(subscription_id, frozenset())
 
     async def wait_for(
         self,
@@ -320,6 +347,18 @@ class SubscriptionStore:
         where = f"partition {record.partition} offset {record.offset}"
         try:
             applied = self._records.apply(record.key, record.value)
+        except SealRefused as exc:
+            # the record is not applied: this id keeps what it had (visible, never silent)
+            self.refused[exc.subscription_id] = exc.code
+            metrics().subscription_records_refused.labels(exc.code).inc()
+            log.error(
+                "refused the record of subscription %s at %s: %s %s; keeping its previous state",
+                exc.subscription_id,
+                where,
+                exc.field,
+                exc.code,
+            )
+            return
         except (UnicodeDecodeError, ValueError, ValidationError) as exc:
             # no content in the log: a record may hold a token or a pseudonym
             log.error(
@@ -327,6 +366,8 @@ class SubscriptionStore:
             )
             return
         subscription_id, subscription = applied.subscription_id, applied.subscription
+        if applied.pseudonym is None:
+            self.refused.pop(subscription_id, None)
         if applied.pseudonym is not None:
             if subscription is None:
                 return  # a volgindicatie of a subscription not (yet) read

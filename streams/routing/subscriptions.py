@@ -191,7 +191,8 @@ class Subscription(BaseModel):
         return public
 
     def record_dict(self) -> dict[str, Any]:
-        """The JSON the bus stores for itself: everything, the token and signing secret included."""
+        """Everything, the token and signing secret in clear: what the bus keeps in memory, and
+        stores once `streams.routing.records` has sealed the two (`streams.routing.sealing`)."""
         record = self.model_dump(mode="json")
         if self.sink_credential is not None:
             token = self.sink_credential.access_token.get_secret_value()

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import MessageSizeTooLargeError, TopicAuthorizationFailedError
 from aiokafka.structs import ConsumerRecord
@@ -38,7 +37,7 @@ from streams.contract.headers import ATTEMPTS_HEADER, ERROR_HEADER, ORIGIN_HEADE
 from streams.delivery.log import decode_attempt
 from streams.exceptions import KafkaUnavailable
 from streams.health import Health
-from streams.kafka.clients import make_consumer, make_producer
+from streams.kafka.clients import make_admin, make_consumer, make_producer
 from streams.kafka.partitioner import murmur2
 from streams.kafka.topics import Topics
 from streams.routing.store import SubscriptionStore
@@ -79,7 +78,7 @@ async def start_dispatcher(
 
 
 async def set_topic_config(settings: Settings, topic: str, configs: dict[str, str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    admin = make_admin(settings.kafka)
     await admin.start()
     try:
         await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs)])
@@ -109,7 +108,7 @@ async def refuse_writes(settings: Settings, topic: str, max_bytes: int = 100) ->
 
 async def committed(settings: Settings, sub_id: str) -> int:
     """The sum of the committed offsets of a subscription's courier."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    admin = make_admin(settings.kafka)
     await admin.start()
     try:
         group = f"{settings.kafka.topic_prefix}.deliver.{sub_id}"

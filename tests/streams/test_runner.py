@@ -21,10 +21,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
+from kafka_reading import transport_env
+from keys import PSEUDONYM_KEY, SECRETS_KEY
 
 from connectors.kafka_local import LocalKafka, free_port_range
 from streams.config import Settings, load_settings
+from streams.kafka.clients import make_admin
 from streams.kafka.topics import Topics
 from streams.runner import EXIT_FAILED, EXIT_LATE
 
@@ -41,7 +43,7 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GEMEENTEBUS_")}
     env.update(
         {
-            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+            **transport_env(settings),
             "GEMEENTEBUS_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
             "GEMEENTEBUS_KAFKA__PARTITIONS": "1",
             "GEMEENTEBUS_KAFKA__REPLICATION_FACTOR": "1",
@@ -49,7 +51,8 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
             "GEMEENTEBUS_KAFKA__ALLOW_SINGLE_REPLICA": "true",
             "GEMEENTEBUS_KAFKA__ALLOW_PLAINTEXT": "true",  # the test broker: loopback
             "GEMEENTEBUS_HTTP__PORT": "0",
-            "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY": "test-pseudonym-key",
+            "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY": PSEUDONYM_KEY,
+            "GEMEENTEBUS_SECURITY__SECRETS_KEY": SECRETS_KEY,
             "GEMEENTEBUS_KAFKA__START_TIMEOUT_S": "120",  # a shared broker may be busy
             **extra,
         }
@@ -214,7 +217,7 @@ async def test_a_deleted_subscription_topic_is_not_ready_then_an_exit(
     url = bus.url()
     await _until_ready(url, 200)
     topic = Topics(settings.kafka.topic_prefix).subscriptions
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    admin = make_admin(settings.kafka)
     await admin.start()
     try:
         await admin.delete_topics([topic])

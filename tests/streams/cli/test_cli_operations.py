@@ -10,6 +10,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from keys import PSEUDONYM_KEY, SECRETS_KEY
 
 from streams.config import Settings
 from streams.contract.attributes import OVERLEDEN, VERHUISD
@@ -31,7 +32,8 @@ def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         "GEMEENTEBUS_KAFKA__MIN_INSYNC_REPLICAS": "1",
         "GEMEENTEBUS_KAFKA__ALLOW_SINGLE_REPLICA": "true",
         "GEMEENTEBUS_HTTP__PORT": "0",  # every process serves /health and /ready
-        "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY": "test-pseudonym-key",
+        "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY": PSEUDONYM_KEY,
+        "GEMEENTEBUS_SECURITY__SECRETS_KEY": SECRETS_KEY,
     }
     return subprocess.run(
         [sys.executable, "-m", "streams.cli", *args],

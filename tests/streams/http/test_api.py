@@ -11,7 +11,7 @@ from urllib.parse import quote
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from kafka_reading import consume
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,7 +23,7 @@ from streams.contract.record import KafkaRecord
 from streams.contract.rules import dutch_today
 from streams.demo.generators import BRP_SOURCE, EventFactory
 from streams.http.api import make_api
-from streams.kafka.clients import make_producer
+from streams.kafka.clients import make_consumer, make_producer
 from streams.kafka.topics import Topics
 from streams.routing.store import SubscriptionStore
 from streams.routing.subscriptions import Subscription
@@ -95,7 +95,7 @@ async def api(
 
 async def topic_size(settings: Settings, topic: str) -> int:
     """How many records `topic` holds (sum of the end offsets of its partitions)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    consumer = make_consumer(settings, "test-offsets")
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in range(settings.kafka.partitions)]

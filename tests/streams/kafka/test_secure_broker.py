@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import ConsumerRecord
+from keys import SECRETS_KEY
 
 from connectors.kafka_local import LocalKafka, free_port_range
 from streams.config import KafkaSettings, Settings, load_settings
@@ -160,7 +161,12 @@ def _run(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "streams.cli", "run", "--role", "worker"],
         capture_output=True,
         text=True,
-        env={**base, "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY": "test-key", **env},
+        env={
+            **base,
+            "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY": "test-key",
+            "GEMEENTEBUS_SECURITY__SECRETS_KEY": SECRETS_KEY,
+            **env,
+        },
         timeout=120,
         check=False,
         cwd=cwd,  # no gemeentebus.yaml there

@@ -14,6 +14,7 @@ import pytest
 from connectors.kafka_local import LocalKafka, free_port_range
 from streams.config import ClientConfig, Settings, load_settings
 from streams.exceptions import ConfigurationError
+from streams.kafka.clients import make_admin
 from streams.kafka.topics import (
     Topics,
     TopicSpec,
@@ -119,9 +120,8 @@ async def test_a_lost_subscription_set_is_refused_not_recreated(
 ) -> None:
     await create_topics(settings.kafka, [TopicSpec(bus_topics.deliver("gemeente-0363"), 1)])
     await _visible(settings, bus_topics.deliver("gemeente-0363"))
-    from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    admin = make_admin(settings.kafka)
     await admin.start()
     try:
         await admin.delete_topics([bus_topics.subscriptions])

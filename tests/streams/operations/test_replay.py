@@ -12,15 +12,16 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.admin import RecordsToDelete
 
 from streams.config import Settings
 from streams.contract.attributes import OVERLEDEN, VERHUISD, ZAAK_GEMUTEERD
 from streams.contract.rules import dutch_today
 from streams.demo.generators import EventFactory
 from streams.ingress.gate import Accepted, Gate
-from streams.kafka.clients import make_producer
+from streams.kafka.clients import make_admin, make_producer
 from streams.kafka.topics import Topics
+from streams.kafka.transport import security_options
 from streams.operations.replay import Replayer
 from streams.operations.replay_log import ReplayStatus, supersedes
 from streams.operations.replay_request import BeyondRetention, ReplayRequest
@@ -194,7 +195,7 @@ async def test_a_window_beyond_retention_is_refused_naming_the_oldest_time(
     long_ago = datetime.now(UTC) - timedelta(days=1)
     accepted = await publish(settings, bus_topics, 60)
     topic = bus_topics.events(VERHUISD)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    admin = make_admin(settings.kafka)
     await admin.start()
     try:  # retention removed the first records of one partition
         await admin.delete_records({TopicPartition(topic, 0): RecordsToDelete(2)})
@@ -253,7 +254,11 @@ async def test_a_move_and_a_death_in_one_millisecond_come_back_in_acceptance_ord
     death = death.with_data({**death.data, "bsn": move.data["bsn"]})  # one person
     events = [move, death] if first == VERHUISD else [death, move]
     gate = Gate(bus_topics, KEY)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        acks="all",
+        **security_options(settings.kafka),
+    )
     accepted = [gate.accept(e, today=TODAY) for e in events]
     assert accepted[0].record.key == accepted[1].record.key
     stamp = int(datetime.now(UTC).timestamp() * 1000)

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from keys import PSEUDONYM_KEY, SECRETS_KEY
 from test_replay import publish, replayed, subscription
 
 from streams.config import Settings
@@ -46,7 +47,8 @@ async def api_process(settings: Settings, log: Path) -> AsyncIterator[tuple[Any,
         "GEMEENTEBUS_MODE": "test",
         "GEMEENTEBUS_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
         "GEMEENTEBUS_KAFKA__PARTITIONS": str(settings.kafka.partitions),
-        "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY": "test-pseudonym-key",
+        "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY": PSEUDONYM_KEY,
+        "GEMEENTEBUS_SECURITY__SECRETS_KEY": SECRETS_KEY,
         "GEMEENTEBUS_HTTP__PORT": "0",
         "GEMEENTEBUS_REPLAY__RATE": "150",
         "GEMEENTEBUS_REPLAY__CHECKPOINT_EVERY": "25",

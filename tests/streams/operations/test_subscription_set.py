@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from keys import SECRETS_KEY
 
 from streams.config import Settings
 from streams.contract.attributes import OVERLEDEN, VERHUISD
@@ -52,8 +53,11 @@ def config(settings: Settings, tmp_path: Path) -> Path:
         "min_insync_replicas": 1,
         "allow_single_replica": True,
     }
+    key = tmp_path / "secrets.key"  # the key that seals webhook secrets, from a file
+    key.write_text(SECRETS_KEY + "\n")
+    security = {"secrets_key_file": str(key)}
     path = tmp_path / "gemeentebus.yaml"
-    path.write_text(yaml.safe_dump({"kafka": kafka, "clients": clients}))
+    path.write_text(yaml.safe_dump({"kafka": kafka, "clients": clients, "security": security}))
     return path
 
 

@@ -8,8 +8,10 @@ from datetime import date
 from test_subscriptions import subscription
 
 from streams.routing.records import Records, volgindicatie_key
+from streams.routing.sealing import Keyring, seal_record
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
+KEYRING = Keyring(bytes(32))
 
 
 def fold(records: Records, writes: list[tuple[bytes, bytes | None]]) -> None:
@@ -18,7 +20,7 @@ def fold(records: Records, writes: list[tuple[bytes, bytes | None]]) -> None:
 
 
 def test_volgindicaties_are_records_of_their_own_and_a_put_never_removes_one() -> None:
-    records = Records()
+    records = Records(KEYRING)
     sub = subscription().with_volgindicatie(A)
     writes = records.put(sub)
     assert [k for k, _ in writes] == [volgindicatie_key(sub.id, A), sub.id.encode()]
@@ -37,9 +39,9 @@ def test_volgindicaties_are_records_of_their_own_and_a_put_never_removes_one() -
 
 
 def test_a_subscription_record_from_before_the_split_keeps_its_volgindicaties() -> None:
-    records = Records()
+    records = Records(KEYRING)
     old = subscription().with_volgindicatie(A).with_volgindicatie(B)
-    records.apply(old.id.encode(), json.dumps(old.record_dict()).encode())
+    records.apply(old.id.encode(), json.dumps(seal_record(old.record_dict(), KEYRING)).encode())
     assert set(records.subscriptions[old.id].volgindicaties) == {A, B}
     fold(records, [records.follow(old.id, C, None)])
     writes = records.unfollow(old.id, A)  # moves B (and C stays) into records of their own

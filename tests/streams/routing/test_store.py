@@ -8,13 +8,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.config import Settings
 from streams.contract.attributes import OVERLEDEN, VERHUISD, pseudonym
 from streams.exceptions import KafkaUnavailable
 from streams.health import Health
-from streams.kafka.clients import make_producer
+from streams.kafka.clients import make_admin, make_producer
 from streams.kafka.topics import Topics, TopicSpec, create_topics
 from streams.kafka.topics import bus_topics as specs
 from streams.routing.store import SubscriptionStore
@@ -154,7 +153,7 @@ async def test_undecodable_records_are_skipped(
 
 
 async def _delete_topic(settings: Settings, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    admin = make_admin(settings.kafka)
     await admin.start()
     try:
         await admin.delete_topics([topic])

@@ -10,14 +10,16 @@ import sys
 from collections import Counter, defaultdict
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
+from kafka_reading import transport_env
+from keys import PSEUDONYM_KEY, SECRETS_KEY
 
 from streams.config import Settings
 from streams.contract import codec
 from streams.contract.attributes import partition_key
 from streams.contract.rules import dutch_today
 from streams.demo.generators import EventFactory
-from streams.kafka.clients import make_producer
+from streams.kafka.clients import make_consumer, make_producer
 from streams.kafka.topics import Topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -28,7 +30,7 @@ TOTAL = 20_000
 def _worker(settings: Settings) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        **transport_env(settings),
         "GEMEENTEBUS_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
         "GEMEENTEBUS_KAFKA__PARTITIONS": str(settings.kafka.partitions),
         "GEMEENTEBUS_KAFKA__REPLICATION_FACTOR": "1",  # one broker, said explicitly
@@ -36,7 +38,8 @@ def _worker(settings: Settings) -> subprocess.Popen[bytes]:
         "GEMEENTEBUS_KAFKA__ALLOW_SINGLE_REPLICA": "true",
         "GEMEENTEBUS_KAFKA__ALLOW_PLAINTEXT": "true",  # the test broker: loopback
         "GEMEENTEBUS_HTTP__PORT": "0",  # every process serves /health and /ready
-        "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY": "test-pseudonym-key",
+        "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY": PSEUDONYM_KEY,
+        "GEMEENTEBUS_SECURITY__SECRETS_KEY": SECRETS_KEY,
     }
     return subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "run", "--role", "worker"],
@@ -47,7 +50,7 @@ def _worker(settings: Settings) -> subprocess.Popen[bytes]:
 
 
 async def _events_in_topics(settings: Settings, topics: list[str]) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    consumer = make_consumer(settings, "test-offsets")
     await consumer.start()
     try:
         parts = [TopicPartition(t, p) for t in topics for p in range(settings.kafka.partitions)]
@@ -65,12 +68,7 @@ async def _wait_for(settings: Settings, topics: list[str], at_least: int, within
 
 async def _collect(settings: Settings, topics: list[str], want: set[str], within: float) -> list:
     """Read the topics until every wanted id arrived (or time is up), then a little more."""
-    consumer = AIOKafkaConsumer(
-        *topics,
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    consumer = make_consumer(settings, "test-read", *topics, fetch_max_wait_ms=500)
     await consumer.start()
     records: list = []
     seen: set[str] = set()

@@ -10,8 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streams.chaos.rawnames import RawName, send_raw_named
@@ -25,7 +23,7 @@ from streams.demo.generators import EventFactory
 from streams.exceptions import WorkerFailed
 from streams.health import Health
 from streams.ingress.gate import Gate
-from streams.kafka.clients import make_producer
+from streams.kafka.clients import make_admin, make_consumer, make_producer
 from streams.kafka.topics import Topics, create_topics, subscription_topics
 from streams.routing.store import SubscriptionStore
 from streams.routing.subscriptions import Subscription
@@ -67,12 +65,7 @@ async def _publish(settings: Settings, records: Sequence[Raw]) -> None:
 
 async def _read_all(settings: Settings, topics: Sequence[str], count: int) -> list[Any]:
     """At least `count` records of `topics` from the start, and whatever else is there."""
-    consumer = AIOKafkaConsumer(
-        *topics,
-        bootstrap_servers=settings.kafka.bootstrap_servers,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    consumer = make_consumer(settings, "test-read", *topics, fetch_max_wait_ms=500)
     await consumer.start()
     records: list[Any] = []
     try:
@@ -194,7 +187,7 @@ async def test_a_dead_letter_too_large_for_the_invalid_topic_goes_out_truncated(
     settings: Settings, bus_topics: Topics, store: SubscriptionStore
 ) -> None:
     settings = settings.model_copy(update={"http": HttpSettings(max_event_bytes=512 * 1024)})
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    admin = make_admin(settings.kafka)
     await admin.start()
     try:  # an invalid topic that takes less than the ingress topic
         limit = {"max.message.bytes": str(100_000)}
@@ -272,7 +265,7 @@ async def test_a_missing_topic_stops_the_worker_visibly_and_skips_nothing(
         update={"kafka": settings.kafka.model_copy(update={"request_timeout_s": 3.0})}
     )
     await store.put(_subscription("zonder-topic", [VERHUISD]))
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    admin = make_admin(settings.kafka)
     await admin.start()
     try:  # its delivery topic is gone (deleted by hand, or lost with the broker's data)
         await admin.delete_topics([bus_topics.deliver("zonder-topic")])
