@@ -6,7 +6,12 @@ Two credentials, both as `Authorization: Bearer <credential>`:
 - a ZGW JWT (HS256) whose `client_id` claim names the client; its secret comes from the
   environment variable the client's `jwt_secret_env` names, as Open Zaak and its peers send.
 
-Grants are glob patterns (`nl.brp.*`, `*`). `Unauthorized` (401) and `Forbidden` (403) say
+A Kafka publisher is known by its principal instead: the broker authenticates it, and the
+ACL on its own ingress topic (`<prefix>.ingress.<client id>`) lets no one else write there,
+so a record in that topic is that client's (`kafka_publishers`).
+
+Grants are glob patterns (`nl.brp.*`, `*`). `authorize_publish` is the one publish check,
+for HTTP requests and Kafka records alike. `Unauthorized` (401) and `Forbidden` (403) say
 why in a stable `code` and a `message` that never repeats the credential.
 """
 
@@ -34,6 +39,8 @@ __all__ = [
     "Client",
     "Forbidden",
     "Unauthorized",
+    "authorize_publish",
+    "kafka_publishers",
     "matches",
 ]
 
@@ -76,7 +83,7 @@ class Client:
     """An authenticated caller and its grants."""
 
     id: str
-    via: Literal["token", "jwt"]
+    via: Literal["token", "jwt", "kafka"]
     publish: PublishGrant | None = None
     subscribe: SubscribeGrant | None = None
     operator: bool = False
@@ -87,7 +94,29 @@ def matches(patterns: tuple[str, ...], value: str) -> bool:
     return any(fnmatchcase(value, pattern) for pattern in patterns)
 
 
-def _client(config: ClientConfig, via: Literal["token", "jwt"]) -> Client:
+def authorize_publish(client: Client, event_type: str, source: str | None) -> None:
+    """`Forbidden` unless `client` may publish `event_type` from `source` (None: any source).
+
+    Codes: `not_a_publisher`, `type_not_granted`, `source_not_granted`; the message names
+    the type or source (for the caller itself, never for a log of others)."""
+    grant = client.publish
+    if grant is None:
+        raise Forbidden("not_a_publisher", f"client {client.id} may not publish events")
+    if not matches(grant.types, event_type):
+        raise Forbidden("type_not_granted", f"client {client.id} may not publish type {event_type}")
+    if source is not None and not matches(grant.sources, source):
+        raise Forbidden(
+            "source_not_granted", f"client {client.id} may not publish from source {source}"
+        )
+
+
+def kafka_publishers(settings: Settings) -> dict[str, Client]:
+    """Every Kafka publisher by client id (`ClientConfig.kafka_publisher`), as a `Client`
+    whose credential is its Kafka principal."""
+    return {c.id: _client(c, "kafka") for c in settings.kafka_publishers()}
+
+
+def _client(config: ClientConfig, via: Literal["token", "jwt", "kafka"]) -> Client:
     return Client(
         id=config.id,
         via=via,
@@ -186,17 +215,7 @@ class Authenticator:
 
     def authorize_publish(self, client: Client, event_type: str, source: str | None) -> None:
         """`Forbidden` unless `client` may publish `event_type` from `source` (None: any)."""
-        grant = client.publish
-        if grant is None:
-            raise Forbidden("not_a_publisher", f"client {client.id} may not publish events")
-        if not matches(grant.types, event_type):
-            raise Forbidden(
-                "type_not_granted", f"client {client.id} may not publish type {event_type}"
-            )
-        if source is not None and not matches(grant.sources, source):
-            raise Forbidden(
-                "source_not_granted", f"client {client.id} may not publish from source {source}"
-            )
+        authorize_publish(client, event_type, source)
 
     def authorize_subscribe(self, client: Client, event_type: str) -> None:
         """`Forbidden` unless `client` may receive `event_type` (its purpose binding)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -390,23 +391,54 @@ class SubscribeGrant(BaseModel):
     purpose: str = ""
 
 
+# A Kafka principal as `StandardAuthorizer` names a user (a SASL name, a certificate's
+# distinguished name): `User:<name>`, never the wildcard `User:*`.
+_PRINCIPAL = re.compile(r"User:[^\s*;]{1,255}")
+
+
 class ClientConfig(BaseModel):
-    """One API client; the bearer token itself is never stored, only its SHA-256."""
+    """One client of the bus; the bearer token itself is never stored, only its SHA-256.
+
+    A client is known by an HTTP credential (`token_sha256`, `jwt_secret_env`), by its Kafka
+    principal (`kafka_principal`, `User:<name>` as the broker's authorizer names it), or
+    both. A client with a `publish` grant and a Kafka principal is a Kafka publisher: it
+    writes into its own ingress topic `<topic prefix>.ingress.<id>` (which only its principal
+    may write, `gemeentebus acls apply`), and the worker judges every record there against
+    that grant (`streams.routing.worker`).
+    """
 
     model_config = _FROZEN
 
     id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
     token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     jwt_secret_env: str | None = None
+    kafka_principal: str | None = None
     publish: PublishGrant | None = None
     subscribe: SubscribeGrant | None = None
     operator: bool = False
 
+    @field_validator("kafka_principal")
+    @classmethod
+    def _principal(cls, principal: str | None) -> str | None:
+        if principal is not None and not _PRINCIPAL.fullmatch(principal):
+            raise ValueError(
+                "must be User:<name> as the broker names it (e.g. User:brp-publisher; "
+                "at most 255 characters, no space, '*' or ';')"
+            )
+        return principal
+
     @model_validator(mode="after")
     def _has_credentials(self) -> ClientConfig:
-        if self.token_sha256 is None and self.jwt_secret_env is None:
-            raise ValueError(f"client {self.id!r} needs token_sha256 or jwt_secret_env")
+        if self.token_sha256 is None and self.jwt_secret_env is None and not self.kafka_principal:
+            raise ValueError(
+                f"client {self.id!r} needs token_sha256, jwt_secret_env or kafka_principal"
+            )
         return self
+
+    @property
+    def kafka_publisher(self) -> bool:
+        """Whether this client publishes into its own ingress topic."""
+        return self.publish is not None and self.kafka_principal is not None
 
 
 class Settings(BaseSettings):
@@ -436,7 +468,26 @@ class Settings(BaseSettings):
         ids = [c.id for c in clients]
         if len(ids) != len(set(ids)):
             raise ValueError("client ids must be unique")
+        # One principal, one client: a principal shared by two publishers could write into
+        # either ingress topic and so publish under the wider of the two grants.
+        principals = [c.kafka_principal for c in clients if c.kafka_principal]
+        if len(principals) != len(set(principals)):
+            shared = sorted({p for p in principals if principals.count(p) > 1})
+            raise ValueError(f"kafka_principal {shared[0]} is given to more than one client")
+        # Kafka refuses a topic whose name differs from another's only in '.' against '_'.
+        publishers = [c.id for c in clients if c.kafka_publisher]
+        folded = [i.replace(".", "_") for i in publishers]
+        if len(folded) != len(set(folded)):
+            pair = sorted(i for i in publishers if folded.count(i.replace(".", "_")) > 1)
+            raise ValueError(
+                f"Kafka publishers {pair[0]} and {pair[1]} would get ingress topics Kafka "
+                "cannot tell apart ('.' and '_' collide in topic names): rename one"
+            )
         return clients
+
+    def kafka_publishers(self) -> tuple[ClientConfig, ...]:
+        """The clients that publish into their own ingress topic, in configuration order."""
+        return tuple(c for c in self.clients if c.kafka_publisher)
 
     @classmethod
     def settings_customise_sources(

@@ -150,6 +150,11 @@ async def _wait_for_cluster(settings: Settings) -> set[str]:
             await asyncio.sleep(CLUSTER_WAIT.delay(attempt))
 
 
+def _publishers(settings: Settings) -> list[str]:
+    """The Kafka publishers' client ids: each has an ingress topic of its own."""
+    return [c.id for c in settings.kafka_publishers()]
+
+
 def _quiet(step: str) -> None:
     pass
 
@@ -159,7 +164,7 @@ async def prepare_topics(settings: Settings, step: Callable[[str], None] = _quie
     topics that can lose acknowledged records (`streams.kafka.topics.durability_problems`).
     `step` hears what it is doing now."""
     t = Topics(settings.kafka.topic_prefix)
-    specs = bus_topics(settings.kafka, registry().types())
+    specs = bus_topics(settings.kafka, registry().types(), _publishers(settings))
     step(f"waiting for the Kafka cluster at {settings.kafka.bootstrap_servers}")
     present = await _wait_for_cluster(settings)
     deliver = sorted(n for n in present if n.startswith(t.deliver("")))
@@ -217,7 +222,9 @@ async def start(settings: Settings, role: Role = "all", *, health: Health | None
                 f"(kafka.start_timeout_s): still {steps[-1]}"
             ) from exc
         await _serve(bus, roles)
-        topics = [s.name for s in bus_topics(settings.kafka, registry().types())]
+        topics = [
+            s.name for s in bus_topics(settings.kafka, registry().types(), _publishers(settings))
+        ]
         bus.watch = ClusterWatch(settings, bus.health, topics)
         await bus.watch.start()
         if "worker" in roles:

@@ -85,7 +85,8 @@ def cmd_topics_create(args: argparse.Namespace, settings: Settings) -> int:
     from streams.contract.schemas import registry
     from streams.kafka.topics import bus_topics, create_topics
 
-    specs = bus_topics(settings.kafka, registry().types())
+    publishers = [c.id for c in settings.kafka_publishers()]  # each has an ingress topic
+    specs = bus_topics(settings.kafka, registry().types(), publishers)
     created = asyncio.run(create_topics(settings.kafka, specs))
     for name in created:
         print(f"created {name}")
@@ -205,7 +206,8 @@ def _parser() -> argparse.ArgumentParser:
     create = topics_sub.add_parser(
         "create",
         help="create the topics of SPEC §3 (idempotent)",
-        description="Create the ingress, invalid, events and internal topics that are missing.",
+        description="Create the ingress (shared, and one per Kafka publisher of the "
+        "configuration), invalid, events and internal topics that are missing.",
         parents=takes_config,
     )
     create.set_defaults(func=cmd_topics_create)

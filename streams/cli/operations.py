@@ -45,20 +45,28 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
     from streams.demo.generators import EventFactory
     from streams.ingress.client import KafkaPublisher
 
+    if args.client is not None and args.client not in {c.id for c in settings.kafka_publishers()}:
+        print(
+            f"error: client {args.client} is no Kafka publisher in the configuration "
+            "(it needs a publish grant and a kafka_principal)",
+            file=sys.stderr,
+        )
+        return 2
     if args.generate:
         events = EventFactory(args.seed, today=dutch_today()).mixed(args.generate)
     else:
         raw = json.loads(Path(args.file).read_text()) if args.file else json.load(sys.stdin)
         events = [codec.from_json(obj) for obj in (raw if isinstance(raw, list) else [raw])]
 
-    async def publish() -> None:
-        async with KafkaPublisher(settings.kafka) as bus:
+    async def publish() -> str:
+        async with KafkaPublisher(settings.kafka, client_id=args.client) as bus:
             for start in range(0, len(events), 500):
                 await bus.publish(*events[start : start + 500])
                 print(f"published {min(start + 500, len(events))}/{len(events)}", file=sys.stderr)
+            return bus.topic
 
-    asyncio.run(publish())
-    print(f"{len(events)} events in {settings.kafka.topic_prefix}.ingress")
+    topic = asyncio.run(publish())
+    print(f"{len(events)} events in {topic}")
     return 0
 
 
@@ -221,6 +229,12 @@ def add_operation_commands(
     publish.add_argument("file", nargs="?", help="JSON file (default: stdin)")
     publish.add_argument("--generate", type=int, default=0, help="generate N events instead")
     publish.add_argument("--seed", type=int, default=1, help="seed for --generate")
+    publish.add_argument(
+        "--client",
+        metavar="ID",
+        help="as this Kafka publisher: into its own ingress topic, judged against its grant "
+        "(default: the shared ingress topic)",
+    )
     publish.set_defaults(func=cmd_publish)
 
     replay = commands.add_parser(

@@ -4,8 +4,10 @@
         await bus.publish(event)                      # validated, then acks=all
 
     async with KafkaPublisher(KafkaSettings(bootstrap_servers="kafka-1:9093",
-                                            security_protocol="SASL_SSL", ...)) as bus:
-        ...                                           # a secured cluster (README)
+                                            security_protocol="SASL_SSL",
+                                            sasl_username="brp-publisher", ...),
+                              client_id="brp") as bus:
+        ...                                           # a Kafka publisher on a secured cluster
 
     async with HttpPublisher("http://localhost:8080", token=TOKEN) as bus:
         ids = await bus.publish([event1, event2])     # 202 after the bus has them in Kafka
@@ -54,7 +56,12 @@ def _check(events: Sequence[CloudEvent]) -> None:
 
 
 class KafkaPublisher:
-    """Publishes binary-mode CloudEvents into `gemeentebus.ingress` (idempotent, acks=all).
+    """Publishes binary-mode CloudEvents into an ingress topic (idempotent, acks=all).
+
+    With `client_id`, into that Kafka publisher's own `gemeentebus.ingress.<client id>`:
+    the bus judges every record there against that client's publish grant (and on a secured
+    cluster only its principal, the `kafka.sasl_username` given here, may write it). Without,
+    into the shared `gemeentebus.ingress`, which only trusted writers may use.
 
     Records are keyed by a keyed hash only this publisher knows (BSN for person events, the
     zaak for zaak events), so one person's events keep their order and no BSN is in a key.
@@ -66,15 +73,22 @@ class KafkaPublisher:
         self,
         kafka: KafkaSettings | str,
         *,
+        client_id: str | None = None,
         topic_prefix: str | None = None,
         ordering_secret: bytes | None = None,
         **producer_options: Any,
     ) -> None:
         if isinstance(kafka, str):
             kafka = KafkaSettings(bootstrap_servers=kafka)
-        self._topic = Topics(topic_prefix or kafka.topic_prefix).ingress
+        topics = Topics(topic_prefix or kafka.topic_prefix)
+        self._topic = topics.ingress if client_id is None else topics.publisher_ingress(client_id)
         self._secret = ordering_secret or os.urandom(32)
         self._producer = make_producer(kafka, "publisher", **producer_options)
+
+    @property
+    def topic(self) -> str:
+        """The ingress topic this publisher writes into."""
+        return self._topic
 
     async def __aenter__(self) -> Self:
         await self._producer.start()

@@ -1,9 +1,15 @@
 """The gate every published event passes, whether it came over HTTP or through Kafka.
 
-`Gate.admit` checks an event against the whole contract (Avro structure, SPEC §1 rules, the
-publisher's grant) and fills in what the bus derives (routing attributes, subject, partition
-key); `Gate.accept` turns it into the record for its events topic, `Gate.reject` into the
-byte-for-byte record for `gemeentebus.invalid`. Pure: no Kafka client here.
+`Gate.admit` checks an event against the whole contract (Avro structure, SPEC §1 rules) and
+fills in what the bus derives (routing attributes, subject, partition key); `Gate.accept`
+turns it into the record for its events topic, `Gate.reject` into the byte-for-byte record
+for `gemeentebus.invalid`. Pure: no Kafka client here.
+
+The publisher's grant (`streams.auth.authorize_publish`) is checked before all else: by the
+HTTP API for a request (a 403), and by `Gate.from_record` for a record from a Kafka
+publisher's own ingress topic, whose refusal is a dead letter with the same code
+(`type_not_granted`, `source_not_granted`). A record of the shared ingress topic is judged
+without a grant: only trusted principals may write there (`gemeentebus acls apply`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Final
 
+from streams.auth import Client, Forbidden, authorize_publish
 from streams.contract import attributes, codec, values
 from streams.contract.avrodata import write_data
 from streams.contract.envelope import CloudEvent
@@ -74,6 +81,25 @@ class Rejected:
     def event_type(self) -> str | None:
         """The `ce_type` the input claimed, if readable (for metrics)."""
         return header_text(self.record.headers, "ce_type")
+
+
+def _refusal(publisher: Client, record: KafkaRecord) -> FieldError | None:
+    """Why `publisher` may not publish this record (its claimed `ce_type` and `ce_source`,
+    as the HTTP API checks the claimed type and source), or None. Without a type, decoding
+    says what is wrong; a duplicated header is rejected by decoding too, so the claim
+    checked here is the event that would be routed."""
+    event_type = header_text(record.headers, "ce_type")
+    if event_type is None:
+        return None
+    try:
+        authorize_publish(publisher, event_type, header_text(record.headers, "ce_source"))
+    except Forbidden as exc:
+        # Not `exc.message`: it repeats the claimed value, and a dead letter's detail
+        # carries no input (the input is in the record itself, byte for byte).
+        what = {"source_not_granted": "source"}.get(exc.code, "type")
+        message = f"client {publisher.id} may not publish this {what} (its publish grant)"
+        return FieldError(what, exc.code, message)
+    return None
 
 
 class Gate:
@@ -152,8 +178,18 @@ class Gate:
             record=record,
         )
 
-    def from_record(self, record: KafkaRecord) -> Accepted | Rejected:
-        """Judge one record read from `gemeentebus.ingress`; never raises for bad input."""
+    def from_record(
+        self, record: KafkaRecord, *, publisher: Client | None = None
+    ) -> Accepted | Rejected:
+        """Judge one ingress record; never raises for bad input.
+
+        `publisher`: the Kafka publisher whose own ingress topic the record was read from; a
+        type or source outside its grant rejects the record before anything else is read.
+        None for the shared ingress topic (no grant applies)."""
+        if publisher is not None:
+            refusal = _refusal(publisher, record)
+            if refusal is not None:
+                return self.reject(record, [refusal])
         try:
             event, value = codec.from_kafka_with_value(record)
             return self._accept(event, value, None, None)

@@ -60,8 +60,17 @@ class Topics:
 
     @property
     def ingress(self) -> str:
-        """What publishers write, before validation."""
+        """What trusted writers publish, before validation (no grant is checked on it)."""
         return f"{self.prefix}.ingress"
+
+    def publisher_ingress(self, client_id: str) -> str:
+        """What one Kafka publisher writes, before validation: judged against its grant."""
+        return f"{self.ingress}.{client_id}"
+
+    def publisher_of(self, topic: str) -> str | None:
+        """The client id whose own ingress topic `topic` is, or None."""
+        head = f"{self.ingress}."
+        return topic[len(head) :] if topic.startswith(head) and len(topic) > len(head) else None
 
     @property
     def invalid(self) -> str:
@@ -121,11 +130,17 @@ def _retention(days: int, *, compact: bool = False) -> dict[str, str]:
     return config
 
 
-def bus_topics(settings: KafkaSettings, event_types: Iterable[str]) -> list[TopicSpec]:
-    """Every topic the bus needs before any subscription exists."""
+def bus_topics(
+    settings: KafkaSettings, event_types: Iterable[str], publishers: Iterable[str] = ()
+) -> list[TopicSpec]:
+    """Every topic the bus needs before any subscription exists; `publishers` are the client
+    ids of the Kafka publishers (`Settings.kafka_publishers`), each with an ingress topic of
+    its own, partitioned and kept like the shared one."""
     t, p, keep = Topics(settings.topic_prefix), settings.partitions, settings.events_retention_days
+    ingress = _retention(settings.ingress_retention_days)
     specs = [
-        TopicSpec(t.ingress, p, _retention(settings.ingress_retention_days)),
+        TopicSpec(t.ingress, p, ingress),
+        *(TopicSpec(t.publisher_ingress(c), p, dict(ingress)) for c in sorted(set(publishers))),
         TopicSpec(t.invalid, p, _retention(settings.invalid_retention_days)),
         TopicSpec(t.subscriptions, 1, {"cleanup.policy": "compact"}),
         TopicSpec(t.replays, 1, {"cleanup.policy": "compact"}),
@@ -282,8 +297,9 @@ def durability_problems(settings: Settings, states: Iterable[TopicState]) -> lis
     """What in the topics' replication and retention can lose acknowledged records.
 
     - one replica (one broker lost, its records lost), unless `kafka.allow_single_replica`;
-    - ingress and deliver topics that drop records before the retry window plus
-      `RETENTION_MARGIN_S` have passed: a stall that long becomes silent loss.
+    - ingress topics (the shared one and each publisher's) and deliver topics that drop
+      records before the retry window plus `RETENTION_MARGIN_S` have passed: a stall that
+      long becomes silent loss.
     """
     t = Topics(settings.kafka.topic_prefix)
     needed_ms = int((settings.delivery.retry_window_s + RETENTION_MARGIN_S) * 1000)
@@ -295,8 +311,10 @@ def durability_problems(settings: Settings, states: Iterable[TopicState]) -> lis
                 f"topic {state.name} has {state.replicas} replica: one broker lost loses its "
                 "records (set kafka.allow_single_replica: true only on a one-node broker)"
             )
-        holds_input = state.name == t.ingress or (
-            state.name.startswith(deliver) and not state.name.endswith(".dlq")
+        holds_input = (
+            state.name == t.ingress
+            or t.publisher_of(state.name) is not None
+            or (state.name.startswith(deliver) and not state.name.endswith(".dlq"))
         )
         if holds_input and 0 <= state.retention_ms < needed_ms:
             problems.append(

@@ -1,10 +1,20 @@
-"""The stream worker: `gemeentebus.ingress` → `gemeentebus.events.<type>` and the
+"""The stream worker: `gemeentebus.ingress` and every Kafka publisher's
+`gemeentebus.ingress.<client id>` → `gemeentebus.events.<type>` and the
 `gemeentebus.deliver.<id>` topics of every matching subscription | `.invalid`.
 
 One pass per record: read it (`read_record`), judge it (the gate), and for an accepted
 event, route it (`streams.routing.router`): its events-topic record goes out first, its delivery
 records right behind it, all confirmed together. One hop from ingress to every subscriber,
 one write of the event itself.
+
+Who published a record is told by the topic it was read from. Each Kafka publisher
+(`ClientConfig.kafka_publisher`) writes into its own ingress topic, which the broker lets
+only its principal write (`gemeentebus acls apply`); a record there is judged against that
+client's publish grant first (`streams.auth.authorize_publish`, the check of the HTTP API)
+and one outside it is a dead letter (`type_not_granted`, `source_not_granted`) that reaches
+no events topic and no subscriber. The shared `gemeentebus.ingress` is the channel of
+trusted writers (the operators' `gemeentebus publish`, a bus without Kafka publishers): no
+grant is checked there, and on a secured cluster no publisher may write it.
 
 At-least-once, by construction:
 - records are read in batches without auto-ack (`EventBatches`: whatever has arrived, no
@@ -23,8 +33,9 @@ At-least-once, by construction:
   after `BROKEN_AFTER_S`. A permanent error (authorization, an invalid topic) or a bug in the
   loop stops the worker for good (`WorkerFailed`, health broken with the reason): nothing
   after the last acked batch is acked, so no record is skipped;
-- concurrency is 1: order per key is the order of the ingress partition. Scale out with
-  partitions and worker processes.
+- concurrency is 1: order per key is the order of the ingress partition (of each ingress
+  topic: a publisher keys its records, so one person's events from one publisher keep
+  their order). Scale out with partitions and worker processes.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ from typing import Any, Final
 import faust
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
+from streams.auth import Client, kafka_publishers
 from streams.config import Settings
 from streams.contract.record import KafkaRecord, Unreadable, read_record
 from streams.contract.rules import dutch_today
@@ -88,12 +100,15 @@ TRUNCATED_BYTES: Final = 1024
 _MAX_REFUSALS: Final = 2
 
 
-def outcome_for(gate: Gate, record: KafkaRecord | Unreadable) -> Accepted | Rejected:
-    """Judge one ingress record; any unexpected failure becomes a dead letter, not a crash."""
+def outcome_for(
+    gate: Gate, record: KafkaRecord | Unreadable, publisher: Client | None = None
+) -> Accepted | Rejected:
+    """Judge one ingress record (from `publisher`'s own ingress topic, or the shared one:
+    None); any unexpected failure becomes a dead letter, not a crash."""
     if isinstance(record, Unreadable):
         return gate.reject(record, [record.error])
     try:
-        return gate.from_record(record)
+        return gate.from_record(record, publisher=publisher)
     except Exception as exc:  # noqa: BLE001 - the agent must never lose a record to a bug
         # The type only: an exception's text may quote the input, and the input may be a BSN.
         log.error(
@@ -136,8 +151,12 @@ def plan_batch(
     refused: Mapping[int, int],
     *,
     today: date,
+    publishers: Sequence[Client | None] = (),
 ) -> Plan:
     """Judge and route each record on its own: one record's failure is its own dead letter.
+
+    `publishers[i]` is the Kafka publisher whose ingress topic record `i` came from (None,
+    or no entry: the shared ingress topic); its grant judges the record first.
 
     `refused[i]` counts how often the broker refused an output of record `i` for its size:
     an accepted event is then dead-lettered as `too_large`; a dead letter that was refused
@@ -149,7 +168,8 @@ def plan_batch(
     outputs: list[Output] = []
     sources: list[int] = []
     for index, record in enumerate(records):
-        outcome = outcome_for(gate, record)
+        publisher = publishers[index] if index < len(publishers) else None
+        outcome = outcome_for(gate, record, publisher)
         routed: list[Output] = []
         if refused.get(index, 0) > 0:
             times = refused[index]
@@ -215,8 +235,13 @@ class Validator:
         # reads the partition next, and a failed worker's are never acked (no stop hangs).
         self.app = make_app(settings, "validator", stream_wait_empty=False)
         self.producer: Producer = make_producer(settings, "validator")
+        # The topic a record comes from says who published it: each Kafka publisher's own.
+        self.publishers: dict[str, Client] = {
+            self.topics.publisher_ingress(id_): client
+            for id_, client in kafka_publishers(settings).items()
+        }
         self.source = self.app.topic(
-            self.topics.ingress, key_serializer="raw", value_serializer="raw"
+            self.topics.ingress, *self.publishers, key_serializer="raw", value_serializer="raw"
         )
         self.app.agent(self.source, name="validate", concurrency=1)(self._agent)
         self.health = health or Health()
@@ -267,7 +292,9 @@ class Validator:
         try:
             async for batch in batches:
                 started = time.perf_counter()
-                plan = await self._write([self.read(event.message) for event in batch])
+                records = [self.read(event.message) for event in batch]
+                publishers = [self.publishers.get(event.message.topic) for event in batch]
+                plan = await self._write(records, publishers)
                 await batches.ack(batch)
                 self.processed += len(batch)
                 self.delivered += len(plan.outputs) - len(plan.outcomes)
@@ -323,7 +350,9 @@ class Validator:
                 continue
         return lag
 
-    async def _write(self, records: Sequence[KafkaRecord | Unreadable]) -> Plan:
+    async def _write(
+        self, records: Sequence[KafkaRecord | Unreadable], publishers: Sequence[Client | None]
+    ) -> Plan:
         """Judge, route and produce one batch until the broker confirmed all of it; retried
         while the errors are temporary, `WorkerFailed` when one is permanent."""
         refused: dict[int, int] = {}
@@ -334,7 +363,14 @@ class Validator:
             try:
                 # every subscription written before these records were read takes part
                 await self.store.sync()
-                plan = plan_batch(self.gate, self.router, records, refused, today=dutch_today())
+                plan = plan_batch(
+                    self.gate,
+                    self.router,
+                    records,
+                    refused,
+                    today=dutch_today(),
+                    publishers=publishers,
+                )
                 errors = await send_each(self.producer, plan.outputs)
             except (KafkaError, KafkaUnavailable) as exc:
                 error: BaseException = exc
@@ -360,6 +396,7 @@ class Validator:
                     if first_failure is not None:
                         log.info("produce works again after %d failed attempts", attempt)
                         self.progress.mended()
+                    _log_refusals(plan, publishers)
                     return plan
                 where, error = failed[0]
                 topic = plan.outputs[where][0]
@@ -385,6 +422,26 @@ class Validator:
                 delay,
             )
             await asyncio.sleep(delay)
+
+
+_REFUSALS: Final = frozenset({"not_a_publisher", "type_not_granted", "source_not_granted"})
+
+
+def _log_refusals(plan: Plan, publishers: Sequence[Client | None]) -> None:
+    """A warning per publisher and code for records outside a grant (the security log):
+    the client id, the code and a count, never a record's content."""
+    counts: dict[tuple[str, str], int] = {}
+    for index, outcome in enumerate(plan.outcomes):
+        publisher = publishers[index] if index < len(publishers) else None
+        if publisher is not None and isinstance(outcome, Rejected) and outcome.code in _REFUSALS:
+            counts[publisher.id, outcome.code] = counts.get((publisher.id, outcome.code), 0) + 1
+    for (client_id, code), count in sorted(counts.items()):
+        log.warning(
+            "Kafka publisher %s: records outside its publish grant dead-lettered: %d (%s)",
+            client_id,
+            count,
+            code,
+        )
 
 
 async def produce(producer: Producer, outcomes: Iterable[Accepted | Rejected]) -> None:

@@ -204,3 +204,33 @@ def test_subscriber_and_operator_checks(authenticator: Authenticator) -> None:
         authenticator.authorize_subscribe(beheer, "nl.brp.persoon-verhuisd")
     with pytest.raises(Forbidden):
         authenticator.require_operator(gemeente)
+
+
+def test_kafka_publishers_are_known_by_their_principal_not_over_http() -> None:
+    settings = Settings(
+        mode="test",
+        clients=(
+            ClientConfig(
+                id="brp",
+                kafka_principal="User:brp-publisher",
+                publish={"types": ["nl.brp.persoon-verhuisd"], "sources": ["urn:x"]},  # type: ignore[arg-type]
+            ),
+            ClientConfig(id="beheer", token_sha256=_sha("beheer-token"), operator=True),
+        ),
+    )
+    publishers = auth_module.kafka_publishers(settings)
+    assert list(publishers) == ["brp"]
+    brp = publishers["brp"]
+    assert brp.via == "kafka"
+    # the one publish check, for HTTP and Kafka alike
+    auth_module.authorize_publish(brp, "nl.brp.persoon-verhuisd", "urn:x")
+    with pytest.raises(Forbidden) as caught:
+        auth_module.authorize_publish(brp, "nl.brp.persoon-overleden", "urn:x")
+    assert caught.value.code == "type_not_granted"
+    with pytest.raises(Forbidden) as caught:
+        auth_module.authorize_publish(brp, "nl.brp.persoon-verhuisd", "urn:y")
+    assert caught.value.code == "source_not_granted"
+    # no HTTP credential: no token and no JWT finds it
+    authenticator = Authenticator(settings, environ={})
+    with pytest.raises(Unauthorized):
+        authenticator.authenticate("Bearer User:brp-publisher")

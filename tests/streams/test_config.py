@@ -22,7 +22,9 @@ def test_the_example_configuration_loads() -> None:
         "gemeente-0363",
         "beheer",
         "open-zaak",
+        "brp-verhuizingen",
     }
+    assert [c.id for c in settings.kafka_publishers()] == ["brp-verhuizingen"]
     assert settings.kafka.events_retention_days == 400
 
 
@@ -142,3 +144,74 @@ def test_production_refuses_a_transport_without_tls_unless_allowed() -> None:
     assert KafkaSettings(allow_plaintext=True).plaintext_problem() is None
     assert KafkaSettings(security_protocol="SSL").plaintext_problem() is None
     assert KafkaSettings(security_protocol="SASL_SSL", **sasl).plaintext_problem() is None
+
+
+BRP_SOURCE = "urn:nld:oin:00000001823288444000:systeem:BRP-component"
+
+
+def test_a_kafka_publisher_needs_only_its_principal() -> None:
+    settings = load_settings(
+        clients=[
+            {
+                "id": "brp",
+                "kafka_principal": "User:brp-publisher",
+                "publish": {"types": ["nl.brp.persoon-verhuisd"], "sources": [BRP_SOURCE]},
+            },
+            {"id": "gemeente-0363", "kafka_principal": "User:gemeente-0363"},  # no grant
+            {"id": "beheer", "token_sha256": "0" * 64, "operator": True},
+            {"id": "open-zaak", "jwt_secret_env": "X", "publish": {"types": ["*"]}},  # HTTP
+        ]
+    )
+    [brp] = settings.kafka_publishers()  # a principal and a publish grant, nothing else
+    assert (brp.id, brp.kafka_principal, brp.token_sha256) == ("brp", "User:brp-publisher", None)
+    with pytest.raises(ConfigurationError, match="needs token_sha256, jwt_secret_env or kafka_"):
+        load_settings(clients=[{"id": "nobody", "publish": {"types": ["*"]}}])
+
+
+@pytest.mark.parametrize(
+    "principal", ["brp-publisher", "User:", "Group:brp", "User:brp publisher", "User:*", "User:a;b"]
+)
+def test_a_kafka_principal_is_user_and_a_name(principal: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings(clients=[{"id": "brp", "kafka_principal": principal}])
+    assert str(refused.value) == (
+        "invalid configuration: clients.0.kafka_principal: must be User:<name> as the broker "
+        "names it (e.g. User:brp-publisher; at most 255 characters, no space, '*' or ';')"
+    )
+
+
+def test_a_certificate_principal_is_a_name_too() -> None:
+    [client] = load_settings(
+        clients=[{"id": "brp", "kafka_principal": "User:CN=brp,OU=BRP,O=RvIG"}]
+    ).clients
+    assert client.kafka_principal == "User:CN=brp,OU=BRP,O=RvIG"
+
+
+def test_one_principal_belongs_to_one_client() -> None:
+    """Sharing it would let one principal write both ingress topics: the wider grant wins."""
+    grant = {"types": ["nl.brp.*"], "sources": ["*"]}
+    with pytest.raises(ConfigurationError, match="kafka_principal User:brp is given to more"):
+        load_settings(
+            clients=[
+                {"id": "brp-a", "kafka_principal": "User:brp", "publish": grant},
+                {"id": "brp-b", "kafka_principal": "User:brp", "publish": grant},
+            ]
+        )
+
+
+def test_two_publishers_whose_topics_kafka_cannot_tell_apart_are_refused() -> None:
+    grant = {"types": ["nl.brp.*"], "sources": ["*"]}
+    with pytest.raises(ConfigurationError, match=r"brp\.a and brp_a would get ingress topics"):
+        load_settings(
+            clients=[
+                {"id": "brp_a", "kafka_principal": "User:a", "publish": grant},
+                {"id": "brp.a", "kafka_principal": "User:b", "publish": grant},
+            ]
+        )
+    # only publishers get a topic: an HTTP client may have such an id
+    load_settings(
+        clients=[
+            {"id": "brp_a", "kafka_principal": "User:a", "publish": grant},
+            {"id": "brp.a", "token_sha256": "0" * 64, "publish": grant},
+        ]
+    )

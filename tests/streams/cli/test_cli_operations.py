@@ -97,3 +97,34 @@ async def test_publish_replay_reconcile_dlq(settings: Settings, read_topic) -> N
     report = json.loads(reconcile.stdout)
     assert report["published"]["count"] == status["written"]
     assert report["delivered"]["count"] == 0
+
+
+async def test_topics_create_and_publish_as_a_kafka_publisher(
+    settings: Settings, read_topic, tmp_path
+) -> None:
+    """`topics create` makes the publisher's own ingress topic; `publish --client` writes there."""
+    config = tmp_path / "gemeentebus.yaml"
+    config.write_text(
+        "clients:\n"
+        "  - id: brp\n"
+        '    kafka_principal: "User:brp-publisher"\n'
+        '    publish: {types: ["nl.brp.*"], sources: ["*"]}\n'
+        "  - id: beheer\n"
+        f'    token_sha256: "{"0" * 64}"\n'
+        "    operator: true\n"
+    )
+    created = _cli(settings, "topics", "create", "--config", str(config))
+    assert created.returncode == 0, created.stderr
+    own = Topics(settings.kafka.topic_prefix).publisher_ingress("brp")
+    assert f"created {own}" in created.stdout
+    published = await asyncio.to_thread(
+        _cli, settings, "publish", "--generate", "7", "--client", "brp", "--config", str(config)
+    )
+    assert published.returncode == 0, published.stderr
+    assert published.stdout.strip() == f"7 events in {own}"
+    assert len(await read_topic(own, count=7)) == 7
+    refused = _cli(
+        settings, "publish", "--generate", "1", "--client", "beheer", "--config", str(config)
+    )
+    assert refused.returncode == 2
+    assert "client beheer is no Kafka publisher" in refused.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from connectors.kafka_local import LocalKafka, free_port_range
-from streams.config import Settings, load_settings
+from streams.config import ClientConfig, Settings, load_settings
 from streams.exceptions import ConfigurationError
 from streams.kafka.clients import make_admin
 from streams.kafka.topics import (
@@ -24,6 +24,7 @@ from streams.kafka.topics import (
     describe_topics,
     durability_problems,
     existing_topics,
+    partitions,
     subscription_topics,
 )
 from streams.runner import prepare_topics
@@ -128,6 +129,39 @@ async def test_a_lost_subscription_set_is_refused_not_recreated(
         await admin.close()
     with pytest.raises(ConfigurationError, match="the subscription set was lost"):
         await prepare_topics(settings)
+
+
+async def test_each_kafka_publisher_gets_an_ingress_topic_of_its_own(settings: Settings) -> None:
+    """Partitioned and kept like the shared ingress topic, and checked like it."""
+    grant = {"types": ["nl.brp.persoon-verhuisd"], "sources": ["*"]}
+    clients = [
+        ClientConfig(id="brp", kafka_principal="User:brp-publisher", publish=grant),  # type: ignore[arg-type]
+        ClientConfig(id="zaken.app", kafka_principal="User:zaken", publish=grant),  # type: ignore[arg-type]
+        ClientConfig(id="http-only", token_sha256="0" * 64, publish=grant),  # type: ignore[arg-type]
+        ClientConfig(id="reader", kafka_principal="User:reader"),  # no publish grant
+    ]
+    settings = _with(settings, ingress_retention_days=9).model_copy(
+        update={"clients": tuple(clients)}
+    )
+    t = Topics(settings.kafka.topic_prefix)
+    await prepare_topics(settings)
+    present = await existing_topics(settings.kafka)
+    assert sorted(n for n in present if n.startswith(f"{t.ingress}.")) == [
+        t.publisher_ingress("brp"),
+        t.publisher_ingress("zaken.app"),
+    ]
+    states = await _described(settings, [t.ingress, t.publisher_ingress("brp")])
+    assert states[t.publisher_ingress("brp")].retention_ms == 9 * _DAY_MS
+    parts = await partitions(settings.kafka, [t.ingress, t.publisher_ingress("brp")])
+    assert [p.partition for p in parts if p.topic == t.publisher_ingress("brp")] == [0, 1, 2]
+    assert len(parts) == 2 * settings.kafka.partitions
+
+    # their retention is checked like the shared one's
+    kept_a_day = TopicState(t.publisher_ingress("brp"), 1, 1, _DAY_MS)
+    assert durability_problems(settings, [kept_a_day]) == [
+        f"topic {t.publisher_ingress('brp')} keeps records 1.0 days, less than the retry window "
+        "plus a margin (2.0 days): raise its retention.ms"
+    ]
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ def test_an_unexpected_error_dead_letters_the_record(
 ) -> None:
     gate = Gate(Topics("t"), b"key")
 
-    def broken(record: KafkaRecord) -> object:
+    def broken(record: KafkaRecord, **options: object) -> object:
         raise RuntimeError("999993653 in a message that must not reach a log")
 
     monkeypatch.setattr(gate, "from_record", broken)
