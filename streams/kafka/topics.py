@@ -29,6 +29,7 @@ from streams.kafka.transport import check_access
 
 __all__ = [
     "RETENTION_MARGIN_S",
+    "Groups",
     "TopicSpec",
     "TopicState",
     "Topics",
@@ -62,6 +63,10 @@ class Topics:
     def ingress(self) -> str:
         """What publishers write, before validation."""
         return f"{self.prefix}.ingress"
+
+    def publisher_ingress(self, client_id: str) -> str:
+        """What one Kafka publisher writes (its principal alone may), before validation."""
+        return f"{self.ingress}.{client_id}"
 
     @property
     def invalid(self) -> str:
@@ -103,6 +108,35 @@ class Topics:
     def dlq(self, subscription_id: str) -> str:
         """What could not be delivered to one subscription after the retry window."""
         return f"{self.deliver(subscription_id)}.dlq"
+
+
+@dataclass(frozen=True, slots=True)
+class Groups:
+    """The consumer groups of the bus under one prefix (the ACLs of `streams.kafka.acls`
+    name them; every group id the bus uses is made here, or by `make_app` as `app`)."""
+
+    prefix: str = "gemeentebus"
+
+    def app(self, name: str) -> str:
+        """A Faust app's group: its id (`streams.kafka.clients.make_app`)."""
+        return f"{self.prefix}.{name}"
+
+    @property
+    def validator(self) -> str:
+        """The validating worker's group (`streams.routing.worker.Validator`)."""
+        return self.app("validator")
+
+    def deliver(self, subscription_id: str) -> str:
+        """The courier of one HTTP subscription (`connectors.courier`)."""
+        return f"{self.prefix}.deliver.{subscription_id}"
+
+    def dlq_redrive(self, subscription_id: str) -> str:
+        """What a redrive of one subscription's dead letters took (`streams.delivery.dlq`)."""
+        return f"{self.prefix}.dlq-redrive.{subscription_id}"
+
+    def subscriber(self, client_id: str) -> str:
+        """The prefix of a KAFKA subscriber's own groups: `<prefix>.sub.<client id>.<any>`."""
+        return f"{self.prefix}.sub.{client_id}."
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,301 @@
+"""Least privilege on a secured cluster: after `acls apply`, each principal reads and writes
+only what `streams.kafka.acls` grants it. One secure node (`LocalKafka(secure=True)`, the
+StandardAuthorizer denying what no ACL allows) for this module, with a SCRAM user per role
+of the bus and per test client."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    TopicAuthorizationFailedError,
+)
+from aiokafka.structs import ConsumerRecord
+
+from connectors.kafka_local import LocalKafka, free_port_range
+from streams.config import ClientConfig, Settings, load_settings
+from streams.contract.rules import dutch_today
+from streams.contract.schemas import registry
+from streams.demo.generators import EventFactory
+from streams.ingress.client import KafkaPublisher
+from streams.kafka.acls import Acl, AclAdmin, Operation, PatternType, Permission, ResourceType
+from streams.kafka.clients import make_consumer, make_producer
+from streams.kafka.topics import Groups, Topics, TopicSpec, bus_topics, create_topics
+from streams.operations.acls import apply_acls
+from streams.routing.store import SubscriptionStore
+from streams.routing.subscriptions import Subscription
+from streams.runner import running_bus
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+ROLES = ("api", "worker", "delivery", "operator")
+CLIENTS = ("sub-a", "sub-b", "pub-k")
+STRANGER = "stranger"  # a user of the cluster that no ACL names
+VERHUISD = "nl.brp.persoon-verhuisd"
+WAIT_S = 30.0  # every refusal and every read is awaited at most this long
+
+
+@pytest.fixture(scope="module")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    kafka = LocalKafka(
+        data_dir=tmp_path_factory.mktemp("acl-kafka"),
+        cache_dir=load_settings().local_kafka.cache_dir,
+        port=free_port_range(2),
+        heap_mb=256,
+        start_timeout_s=120.0,
+        secure=True,
+        users=(*(f"gemeentebus-{r}" for r in ROLES), *CLIENTS, STRANGER),
+    )
+    try:
+        kafka.up(progress=lambda line: None)
+        yield kafka
+    finally:
+        kafka.down()
+
+
+def token(client_id: str) -> str:
+    return f"token-of-{client_id}"
+
+
+def _client(client_id: str, **grant: object) -> ClientConfig:
+    digest = hashlib.sha256(token(client_id).encode()).hexdigest()
+    return ClientConfig.model_validate(
+        {"id": client_id, "token_sha256": digest, "kafka_principal": f"User:{client_id}", **grant}
+    )
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """One namespace on the secure node: its settings as each user, its subscriptions."""
+
+    kafka: LocalKafka
+    prefix: str
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.prefix)
+
+    def settings(self, user: str = "admin") -> Settings:
+        kafka = self.kafka.kafka_settings(
+            user,
+            topic_prefix=self.prefix,
+            partitions=1,
+            replication_factor=1,
+            min_insync_replicas=1,
+            allow_single_replica=True,
+            request_timeout_s=10.0,
+        )
+        subscribe = {"subscribe": {"types": [VERHUISD], "purpose": "test"}}
+        clients = (
+            _client("sub-a", **subscribe),
+            _client("sub-b", **subscribe),
+            _client("pub-k", publish={"types": ["nl.brp.*"], "sources": ["*"]}),
+        )
+        return Settings(
+            mode="test",
+            kafka=kafka,
+            clients=clients,
+            security={"pseudonym_key": "test-pseudonym-key"},  # type: ignore[arg-type]
+            http={"port": 0},  # type: ignore[arg-type]
+        )
+
+    def role(self, role: str) -> Settings:
+        return self.settings(f"gemeentebus-{role}")
+
+
+def _kafka_subscription(sub_id: str, owner: str) -> Subscription:
+    return Subscription(
+        id=sub_id, sink="kafka", protocol="KAFKA", types=(VERHUISD,), owner=owner, purpose="test"
+    )
+
+
+@pytest.fixture(scope="module")
+async def cluster(secure_kafka: LocalKafka) -> AsyncIterator[Cluster]:
+    """A fresh namespace: the bus's topics, a KAFKA subscription each for sub-a and sub-b,
+    and the ACLs `acls apply` makes for them."""
+    cluster = Cluster(secure_kafka, f"a{uuid.uuid4().hex[:10]}")
+    admin = cluster.settings()
+    await create_topics(admin.kafka, bus_topics(admin.kafka, registry().types()))
+    store = SubscriptionStore(admin, name="test-store")
+    await store.start()
+    try:
+        await store.ready()
+        await store.put(_kafka_subscription("sub-a-1", "sub-a"))
+        await store.put(_kafka_subscription("sub-b-1", "sub-b"))
+    finally:
+        await store.stop()
+    await apply_acls(admin)
+    yield cluster
+
+
+async def _read(settings: Settings, topic: str, *, group: str, count: int) -> list[ConsumerRecord]:
+    """`count` records of `topic` read in consumer group `group` (from the earliest)."""
+    consumer = make_consumer(settings, "test-reader", topic, group=group)
+    records: list[ConsumerRecord] = []
+    try:
+        async with asyncio.timeout(WAIT_S):
+            await consumer.start()  # a topic it may not describe: refused here
+            while len(records) < count:
+                for part in (await consumer.getmany(timeout_ms=500)).values():
+                    records += part
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def _write(settings: Settings, topic: str, value: bytes = b"x") -> None:
+    producer = make_producer(settings, "test-writer", request_timeout_ms=10000)
+    try:
+        async with asyncio.timeout(WAIT_S):
+            await producer.start()
+            await producer.send_and_wait(topic, value, key=b"k")
+    finally:
+        await producer.stop()
+
+
+async def test_a_subscriber_reads_its_own_deliver_topic_only(cluster: Cluster) -> None:
+    t, admin, sub_a = cluster.topics, cluster.settings(), cluster.settings("sub-a")
+    await _write(admin, t.deliver("sub-a-1"), b"for a")
+    await _write(admin, t.deliver("sub-b-1"), b"for b")
+    own = Groups(cluster.prefix).subscriber("sub-a") + "reader"
+    (record,) = await _read(sub_a, t.deliver("sub-a-1"), group=own, count=1)
+    assert record.value == b"for a"
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _read(sub_a, t.deliver("sub-b-1"), group=own, count=1)
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _read(sub_a, t.events(VERHUISD), group=own, count=1)
+
+
+async def _find(settings: Settings, topic: str, group: str, event_id: str) -> ConsumerRecord:
+    """The record of `topic` that carries the event `event_id` (its id, as JSON or header)."""
+    consumer = make_consumer(settings, "test-finder", topic, group=group)
+    try:
+        async with asyncio.timeout(WAIT_S):
+            await consumer.start()
+            while True:
+                for part in (await consumer.getmany(timeout_ms=500)).values():
+                    for record in part:
+                        if event_id.encode() in (record.value or b"") + b"".join(
+                            v or b"" for _, v in record.headers
+                        ):
+                            return record
+    finally:
+        await consumer.stop()
+
+
+def _own_group(cluster: Cluster, client_id: str) -> str:
+    return f"{Groups(cluster.prefix).subscriber(client_id)}{uuid.uuid4().hex[:6]}"
+
+
+async def test_a_subscriber_reads_only_in_its_own_groups(cluster: Cluster) -> None:
+    t, sub_a = cluster.topics, cluster.settings("sub-a")
+    await _write(cluster.settings(), t.deliver("sub-a-1"), b"group check")
+    assert await _read(sub_a, t.deliver("sub-a-1"), group=_own_group(cluster, "sub-a"), count=1)
+    for group in (f"{cluster.prefix}.reader", _own_group(cluster, "sub-b"), "sub-a.reader"):
+        with pytest.raises(GroupAuthorizationFailedError):
+            await _read(sub_a, t.deliver("sub-a-1"), group=group, count=1)
+
+
+async def test_the_worker_cannot_write_the_subscription_set(cluster: Cluster) -> None:
+    t, worker = cluster.topics, cluster.role("worker")
+    await _write(worker, t.invalid, b"the worker writes here")  # its producer works
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _write(worker, t.subscriptions, b'{"id": "injected"}')
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _write(worker, t.ingress)  # it reads ingress, never writes it
+
+
+async def test_a_principal_without_acls_reads_and_writes_nothing(cluster: Cluster) -> None:
+    t, stranger = cluster.topics, cluster.settings(STRANGER)
+    await _write(cluster.settings(), t.events(VERHUISD), b"an event")
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _read(stranger, t.events(VERHUISD), group=f"{cluster.prefix}.x", count=1)
+    with pytest.raises(ClusterAuthorizationFailedError):  # no WRITE anywhere: no producer id
+        await _write(stranger, t.ingress)
+
+
+async def test_a_kafka_publisher_writes_its_own_ingress_topic_only(cluster: Cluster) -> None:
+    t, publisher = cluster.topics, cluster.settings("pub-k")
+    await create_topics(cluster.settings().kafka, [TopicSpec(t.publisher_ingress("pub-k"), 1)])
+    await _write(publisher, t.publisher_ingress("pub-k"))
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _write(publisher, t.ingress)
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _write(publisher, t.publisher_ingress("sub-a"))
+
+
+async def test_the_worker_role_routes_under_its_acls(cluster: Cluster) -> None:
+    """`run --role worker` as the worker principal: ingress → events and deliver topics."""
+    t = cluster.topics
+    event = EventFactory(21, today=dutch_today()).verhuisd()
+    async with running_bus(cluster.role("worker"), "worker"):
+        async with KafkaPublisher(cluster.role("operator").kafka) as publisher:
+            await publisher.publish(event)
+        admin = cluster.settings()
+        stored = await _find(admin, t.events(event.type), f"{cluster.prefix}.check", event.id)
+        assert dict(stored.headers)["ce_id"] == event.id.encode()
+        own = _own_group(cluster, "sub-a")
+        delivered = await _find(cluster.settings("sub-a"), t.deliver("sub-a-1"), own, event.id)
+    assert json.loads(delivered.value)["id"] == event.id
+
+
+async def _subscriptions(
+    settings: Settings, *, put: Subscription | None = None, delete: str = ""
+) -> None:
+    store = SubscriptionStore(settings, name="test-store")
+    await store.start()
+    try:
+        await store.ready()
+        if put is not None:
+            await store.put(put)
+        if delete:
+            await store.delete(delete)
+    finally:
+        await store.stop()
+
+
+async def test_apply_is_idempotent_and_removes_a_deleted_subscriptions_acl(
+    cluster: Cluster,
+) -> None:
+    t, admin, sub_b = cluster.topics, cluster.settings(), cluster.settings("sub-b")
+    again = await apply_acls(admin)
+    assert not again.changes and again.keep
+    # Not the bus's: another principal's ACL on its topics, a DENY for one of its principals.
+    others = {
+        Acl("User:monitoring", ResourceType.TOPIC, t.events_prefix, PatternType.PREFIXED,
+            Operation.READ),
+        Acl("User:gemeentebus-worker", ResourceType.TOPIC, t.audit, PatternType.LITERAL,
+            Operation.WRITE, Permission.DENY),
+    }  # fmt: skip
+    async with AclAdmin(admin.kafka) as acls:
+        await acls.create(others)
+        await acls.settled(present=others, absent=())
+
+    await _subscriptions(admin, put=_kafka_subscription("sub-b-2", "sub-b"))
+    added = await apply_acls(admin)
+    read_b2 = Acl("User:sub-b", ResourceType.TOPIC, t.deliver("sub-b-2"), PatternType.LITERAL,
+                  Operation.READ)  # fmt: skip
+    assert (added.create, added.delete) == ((read_b2,), ())
+    await _write(admin, t.deliver("sub-b-2"), b"for b, second")
+    assert await _read(sub_b, t.deliver("sub-b-2"), group=_own_group(cluster, "sub-b"), count=1)
+
+    await _subscriptions(admin, delete="sub-b-2")
+    removed = await apply_acls(admin)
+    assert (removed.create, removed.delete) == ((), (read_b2,))
+    assert others <= set(removed.foreign)
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _read(sub_b, t.deliver("sub-b-2"), group=_own_group(cluster, "sub-b"), count=1)
+    # its other subscription, its group prefix and the others' ACLs are still there
+    await _write(admin, t.deliver("sub-b-1"), b"for b, first")
+    assert await _read(sub_b, t.deliver("sub-b-1"), group=_own_group(cluster, "sub-b"), count=1)
+    async with AclAdmin(admin.kafka) as acls:
+        assert others <= await acls.describe()
+    assert not (await apply_acls(admin)).changes
