@@ -18,6 +18,7 @@ from aiokafka.errors import (
     InvalidReplicationFactorError,
     KafkaError,
     TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
     for_code,
 )
@@ -215,6 +216,13 @@ async def create_topics(settings: KafkaSettings, specs: Sequence[TopicSpec]) -> 
                     f"{settings.replication_factor}: {rest[0] if rest else 'too few brokers'} "
                     "(on a one-node broker set kafka.replication_factor: 1, "
                     "kafka.min_insync_replicas: 1 and kafka.allow_single_replica: true)"
+                )
+            elif code == TopicAuthorizationFailedError.errno:
+                raise ConfigurationError(
+                    f"kafka.sasl_username {settings.sasl_username!r} may not create topic "
+                    f"{topic}, nor see it: create the bus's topics as the operator "
+                    "(`gemeentebus topics create`) and grant each role its own "
+                    "(`gemeentebus acls apply`, as a super user)"
                 )
             elif code != TopicAlreadyExistsError.errno:  # another process was first: fine
                 raise for_code(code)(f"topic {topic}")

@@ -8,13 +8,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import re
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
@@ -30,6 +36,7 @@ from streams.contract.rules import dutch_today
 from streams.contract.schemas import registry
 from streams.delivery.dlq import list_dead_letters, redrive
 from streams.demo.generators import EventFactory
+from streams.exceptions import ConfigurationError
 from streams.ingress.client import KafkaPublisher
 from streams.ingress.gate import Accepted, Gate
 from streams.kafka.acls import Acl, AclAdmin, Operation, PatternType, Permission, ResourceType
@@ -425,3 +432,38 @@ async def test_the_operator_role_works_under_its_acls(cluster: Cluster) -> None:
     await apply_acls(admin)
     records = await _read(sub_a, t.deliver("sub-a-op"), group=own, count=2)
     assert len(records) == 2  # redriven and replayed
+
+
+async def test_a_role_without_its_acls_is_told_what_to_run(cluster: Cluster) -> None:
+    """Before `acls apply` (here: another namespace, which no ACL names) a role sees none of
+    the bus's topics and may create none: one line says what to do."""
+    lost = Cluster(cluster.kafka, f"n{uuid.uuid4().hex[:10]}").role("worker")
+    specs = bus_topics(lost.kafka, registry().types())
+    with pytest.raises(ConfigurationError, match=r"^kafka.sasl_username 'gemeentebus-worker' may "
+                       r"not create topic .*gemeentebus acls apply"):  # fmt: skip
+        await create_topics(lost.kafka, specs)
+
+
+def test_the_command_line_applies_and_lists(cluster: Cluster, tmp_path: Path) -> None:
+    """`gemeentebus acls apply --dry-run` and `acls list`, as an operator types them, with the
+    same configuration: nothing left to change after the module's apply."""
+    admin = cluster.settings()
+    config = tmp_path / "gemeentebus.yaml"
+    clients = [c.model_dump(mode="json", exclude_none=True) for c in admin.clients]
+    config.write_text(yaml.safe_dump({"mode": "test", "clients": clients}))
+    kafka = {**cluster.kafka.client_settings(), "topic_prefix": cluster.prefix}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GEMEENTEBUS_", "KAFKA_"))}
+    env |= {f"GEMEENTEBUS_KAFKA__{k.upper()}": str(v) for k, v in kafka.items()}
+
+    def gemeentebus(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "streams.cli", "--config", str(config), *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+
+    asyncio.run(apply_acls(admin))  # whatever earlier tests changed
+    dry = gemeentebus("acls", "apply", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines()[-1].startswith("0 to create, 0 to delete, ")
+    listed = gemeentebus("acls", "list")
+    assert listed.returncode == 0, listed.stderr
+    own = re.escape(cluster.topics.deliver("sub-a-1"))
+    assert re.search(rf"^User:sub-a +READ topic {own} +in place$", listed.stdout, re.MULTILINE)
