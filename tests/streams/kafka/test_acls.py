@@ -27,7 +27,7 @@ from aiokafka.errors import (
     GroupAuthorizationFailedError,
     TopicAuthorizationFailedError,
 )
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from connectors.kafka_local import LocalKafka, free_port_range
 from streams.config import ClientConfig, Settings, load_settings
@@ -36,7 +36,8 @@ from streams.contract.rules import dutch_today
 from streams.contract.schemas import registry
 from streams.delivery.dlq import list_dead_letters, redrive
 from streams.demo.generators import EventFactory
-from streams.exceptions import ConfigurationError
+from streams.exceptions import ConfigurationError, WorkerFailed
+from streams.health import Health
 from streams.ingress.client import KafkaPublisher
 from streams.ingress.gate import Accepted, Gate
 from streams.kafka.acls import Acl, AclAdmin, Operation, PatternType, Permission, ResourceType
@@ -49,6 +50,7 @@ from streams.operations.replay import replay_to_end
 from streams.operations.replay_request import ReplayRequest
 from streams.routing.store import SubscriptionStore
 from streams.routing.subscriptions import Subscription
+from streams.routing.worker import Validator
 from streams.runner import running_bus
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -56,7 +58,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 ROLES = ("api", "worker", "delivery", "operator")
 CLIENTS = ("sub-a", "sub-b", "pub-k")
 STRANGER = "stranger"  # a user of the cluster that no ACL names
-VERHUISD = "nl.brp.persoon-verhuisd"
+VERHUISD, OVERLEDEN = "nl.brp.persoon-verhuisd", "nl.brp.persoon-overleden"
 WAIT_S = 30.0  # every refusal and every read is awaited at most this long
 
 
@@ -467,3 +469,66 @@ def test_the_command_line_applies_and_lists(cluster: Cluster, tmp_path: Path) ->
     assert listed.returncode == 0, listed.stderr
     own = re.escape(cluster.topics.deliver("sub-a-1"))
     assert re.search(rf"^User:sub-a +READ topic {own} +in place$", listed.stdout, re.MULTILINE)
+
+
+async def _committed(settings: Settings, group: str, topic: str) -> int:
+    """The offset `group` committed on partition 0 of `topic` (0: none)."""
+    consumer = make_consumer(settings, "test-offsets", group=group)
+    try:
+        await consumer.start()
+        offset = await consumer.committed(TopicPartition(topic, 0))
+    finally:
+        await consumer.stop()
+    return int(offset or 0)
+
+
+async def test_a_worker_refused_one_events_topic_stops_visibly_and_skips_nothing(
+    secure_kafka: LocalKafka,
+) -> None:
+    """Issue 13: an authorization error is permanent. The worker, denied WRITE on one events
+    topic, stops with `WorkerFailed` (not ready, saying why) at the first event for it, and
+    acknowledges nothing past it: granted again, a new worker routes that event and the
+    one after it."""
+    ns = Cluster(secure_kafka, f"w{uuid.uuid4().hex[:10]}")
+    t, admin, worker_settings = ns.topics, ns.settings(), ns.role("worker")
+    await create_topics(admin.kafka, bus_topics(admin.kafka, registry().types()))
+    await apply_acls(admin)
+    deny = Acl("User:gemeentebus-worker", ResourceType.TOPIC, t.events(OVERLEDEN),
+               PatternType.LITERAL, Operation.WRITE, Permission.DENY)  # fmt: skip
+    async with AclAdmin(admin.kafka) as acls:
+        await acls.create([deny])
+        await acls.settled(present=[deny], absent=())
+    factory = EventFactory(31, today=dutch_today())
+    first, refused, after = factory.verhuisd(), factory.overleden(), factory.verhuisd()
+    publisher = ns.role("operator").kafka
+
+    health = Health()
+    worker = Validator(worker_settings, health=health)
+    await worker.start()
+    try:
+        async with KafkaPublisher(publisher) as bus:
+            await bus.publish(first)
+        await _find(admin, t.events(VERHUISD), f"{ns.prefix}.check", first.id)  # routed, acked
+        async with KafkaPublisher(publisher) as bus:
+            await bus.publish(refused, after)
+        async with asyncio.timeout(WAIT_S):
+            with pytest.raises(WorkerFailed, match="TopicAuthorizationFailedError"):
+                await worker.wait()
+        ready, problems = health.ready()
+        assert not ready
+        assert any("TopicAuthorizationFailedError" in p for p in problems["worker"])
+    finally:
+        await worker.stop()
+    # nothing acked past the last confirmed batch: `first` (offset 0) at most
+    assert await _committed(admin, Groups(ns.prefix).validator, t.ingress) <= 1
+
+    async with AclAdmin(admin.kafka) as acls:
+        await acls.delete([deny])
+        await acls.settled(present=(), absent=[deny])
+    worker = Validator(worker_settings)
+    await worker.start()
+    try:  # the refused event and the one after it were left for the next worker
+        await _find(admin, t.events(OVERLEDEN), f"{ns.prefix}.check-2", refused.id)
+        await _find(admin, t.events(VERHUISD), f"{ns.prefix}.check-3", after.id)
+    finally:
+        await worker.stop()
