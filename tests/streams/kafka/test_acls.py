@@ -532,3 +532,11 @@ async def test_a_worker_refused_one_events_topic_stops_visibly_and_skips_nothing
         await _find(admin, t.events(VERHUISD), f"{ns.prefix}.check-3", after.id)
     finally:
         await worker.stop()
+
+
+async def test_only_a_super_user_may_apply(cluster: Cluster) -> None:
+    """`acls apply` as the operator: it reads the subscription set, and is refused the ACLs
+    (ALTER on the cluster is no role's) with one line saying who may."""
+    with pytest.raises(ConfigurationError, match=r"^kafka.sasl_username 'gemeentebus-operator' "
+                       r"may not describe the cluster's ACLs: .*a super user"):  # fmt: skip
+        await apply_acls(cluster.role("operator"))
