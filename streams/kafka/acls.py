@@ -17,8 +17,8 @@ DESCRIBE (Kafka's rule), so no grant below repeats it.
 Per-subscription topics are granted to the roles by prefix: `<prefix>.deliver.` covers
 every deliver topic *and* its `.dlq` (Kafka's prefixes cannot tell `deliver.<id>` from
 `deliver.<id>.dlq` apart), so the worker could write a DLQ and the delivery role a deliver
-topic; neither can read or write the subscription set unless the table says so (the worker
-cannot write it). Subscribers get literal names, so none sees another's.
+topic. Everything else is named literally: the worker reads the subscription set and cannot
+write it, and each subscriber's deliver topics are its own, so none sees another's.
 
 `desired_acls` computes the whole set; `plan` compares it with the cluster's: what to
 create, and which ACLs the bus made before that are no longer wanted (an ALLOW of a
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 from types import TracebackType
@@ -62,6 +62,7 @@ __all__ = [
     "Acl",
     "AclAdmin",
     "AclPlan",
+    "Desired",
     "Grant",
     "KafkaSubscription",
     "Operation",
@@ -272,7 +273,7 @@ def desired_acls(settings: Settings, subscriptions: Iterable[KafkaSubscription])
     return Desired(frozenset(acls), tuple(notes))
 
 
-def under_prefix(acl: Acl, prefix: str) -> bool:
+def _under_prefix(acl: Acl, prefix: str) -> bool:
     """Whether the ACL is about a topic or group of the bus's namespace."""
     kinds = (ResourceType.TOPIC, ResourceType.GROUP)
     return acl.resource in kinds and acl.name.startswith(f"{prefix}.")
@@ -304,9 +305,9 @@ def plan(settings: Settings, desired: Desired, existing: Collection[Acl]) -> Acl
     ours = {
         a
         for a in present
-        if a.permission == Permission.ALLOW and a.principal in managed and under_prefix(a, prefix)
+        if a.permission == Permission.ALLOW and a.principal in managed and _under_prefix(a, prefix)
     }
-    foreign = {a for a in present if under_prefix(a, prefix)} - ours
+    foreign = {a for a in present if _under_prefix(a, prefix)} - ours
     return AclPlan(
         create=tuple(sorted(desired.acls - present)),
         delete=tuple(sorted(ours - desired.acls)),
@@ -464,11 +465,3 @@ class AclAdmin:
                     f"{self.settings.request_timeout_s:.0f}s (kafka.request_timeout_s)"
                 )
             await asyncio.sleep(0.2)
-
-
-def by_principal(acls: Iterable[Acl]) -> Mapping[str, list[Acl]]:
-    """`acls` grouped by principal, each group sorted."""
-    out: dict[str, list[Acl]] = {}
-    for acl in sorted(acls):
-        out.setdefault(acl.principal, []).append(acl)
-    return out
