@@ -50,7 +50,7 @@ from streams.contract.record import read_record
 from streams.exceptions import FieldError
 from streams.health import Health, Progress
 from streams.kafka.clients import Producer, make_consumer
-from streams.kafka.topics import Topics
+from streams.kafka.topics import Groups, Topics
 from streams.retry import KAFKA_READ, LANE_BUG
 from streams.routing.subscriptions import Subscription
 
@@ -113,7 +113,7 @@ class Courier:
         self._consumer = make_consumer(
             settings,
             f"deliver-{subscription.id}",
-            group=f"{settings.kafka.topic_prefix}.deliver.{subscription.id}",
+            group=Groups(settings.kafka.topic_prefix).deliver(subscription.id),
             fetch_max_wait_ms=_POLL_MS,
             max_poll_records=500,
             metadata_max_age_ms=30_000,  # also notices partitions added later

@@ -2,8 +2,9 @@
 
 A private certificate authority, one broker certificate signed by it (names `localhost` and
 `127.0.0.1`, for serving TLS and for the brokers' own mTLS on the controller listener) and
-a random password per SCRAM user, made once with the `cryptography` package and kept in
-the broker's state folder: the folder is 0700, keys and passwords 0600. Only the CA
+a random password per SCRAM user (`admin`, `broker`, and the `users` asked for: the bus's
+roles, test principals), made once with the `cryptography` package and kept in the
+broker's state folder: the folder is 0700, keys and passwords 0600. Only the CA
 certificate is for clients to have (`kafka.ssl_cafile`).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from streams.exceptions import ConfigurationError
 
-__all__ = ["ADMIN", "BROKER_CN", "BROKER_USER", "USERS", "LocalCredentials"]
+__all__ = ["ADMIN", "BROKER_CN", "BROKER_USER", "USERS", "LocalCredentials", "scram_user"]
 
 ADMIN: Final = "admin"  # the clients' super user (operator, and the bus until roles exist)
 BROKER_USER: Final = "broker"  # the brokers among themselves, over SASL_SSL
@@ -32,6 +34,20 @@ USERS: Final = (ADMIN, BROKER_USER)
 BROKER_CN: Final = "gemeentebus-local-broker"  # the brokers' principal on the controller port
 
 _CLIENT_AUTH: Final = ExtendedKeyUsageOID.CLIENT_AUTH
+# What StorageTool's `--add-scram 'SCRAM-SHA-512=[name=...,password=...]'` parses safely.
+_USER_NAME: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def scram_user(principal: str) -> str:
+    """The SCRAM user name of a principal `User:<name>` (what the broker calls it)."""
+    name = principal.removeprefix("User:")
+    if name == principal or not _USER_NAME.match(name):
+        raise ConfigurationError(
+            f"{principal} is no SCRAM user of the local broker (User:<letters, digits, . _ ->)"
+        )
+    return name
+
+
 _CA_DAYS: Final = 3650
 _LEAF_DAYS: Final = 825
 
@@ -140,9 +156,21 @@ def _make_broker(
 
 @dataclass(frozen=True, slots=True)
 class LocalCredentials:
-    """The CA, the broker certificate and the SCRAM passwords in `folder`."""
+    """The CA, the broker certificate and the SCRAM passwords in `folder`, for `admin`,
+    `broker` and each of `users`."""
 
     folder: Path
+    users: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for user in self.users:
+            if not _USER_NAME.match(user):
+                raise ConfigurationError(f"Kafka user name {user!r}: letters, digits, . _ - only")
+
+    @property
+    def all_users(self) -> tuple[str, ...]:
+        """Every SCRAM user of the broker, `admin` and `broker` first."""
+        return (*USERS, *(u for u in dict.fromkeys(self.users) if u not in USERS))
 
     @property
     def ca_file(self) -> Path:
@@ -176,13 +204,25 @@ class LocalCredentials:
 
     @property
     def complete(self) -> bool:
+        """The CA, the broker certificate and the passwords of `admin` and `broker` are made."""
         files = [self.ca_file, self._ca_key, self.broker_chain, self.broker_key]
         return all(p.is_file() for p in [*files, *(self.password_file(u) for u in USERS)])
 
-    def ensure(self) -> None:
-        """Make the CA, the broker certificate and the passwords, unless already made."""
+    def _new_password(self, user: str) -> None:
+        _write_private(self.password_file(user), (secrets.token_urlsafe(24) + "\n").encode())
+
+    def missing_users(self) -> list[str]:
+        """The users of `all_users` without a password yet."""
+        return [u for u in self.all_users if not self.password_file(u).is_file()]
+
+    def ensure(self) -> list[str]:
+        """Make the CA, the broker certificate and the passwords, unless already made; return
+        the users given a password now."""
         if self.complete:
-            return
+            made = self.missing_users()
+            for user in made:
+                self._new_password(user)
+            return made
         if self.folder.exists() and any(self.folder.iterdir()):
             raise ConfigurationError(
                 f"the credentials in {self.folder} are incomplete: remove the secure broker's "
@@ -196,6 +236,7 @@ class LocalCredentials:
         _write_private(self._ca_key, _pem_key(ca_key))
         _write_private(self.broker_key, _pem_key(broker_key))
         self.broker_chain.write_bytes(_pem_cert(broker) + _pem_cert(ca))
-        for user in USERS:
-            _write_private(self.password_file(user), (secrets.token_urlsafe(24) + "\n").encode())
+        for user in self.all_users:
+            self._new_password(user)
         self.ca_file.write_bytes(_pem_cert(ca))
+        return list(self.all_users)

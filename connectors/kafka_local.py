@@ -6,7 +6,8 @@ folder once, starts the nodes in the background and returns when the cluster ans
 metadata request with every node. `down()` sends SIGTERM and waits.
 
 `secure=True` gives the shape of a production cluster: clients connect over SASL_SSL
-(SCRAM-SHA-512; the users and their passwords are made at format time), the brokers
+(SCRAM-SHA-512; the users, `admin` and `broker` and the `users` asked for, get their
+passwords and are added when a node is formatted), the brokers
 replicate over the same listener as the SCRAM user `broker`, and the controller listener
 takes TLS with client certificates only (the brokers' own); the `StandardAuthorizer`
 denies whatever no ACL allows, and only `User:admin` and the brokers are super users.
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from connectors.kafka_credentials import ADMIN, BROKER_CN, BROKER_USER, USERS, LocalCredentials
+from connectors.kafka_credentials import ADMIN, BROKER_CN, BROKER_USER, LocalCredentials
 from streams.config import KafkaSettings
 from streams.exceptions import ConfigurationError, KafkaUnavailable
 from streams.kafka.clients import make_admin
@@ -194,6 +195,8 @@ class LocalKafka:
     heap_mb: int = 512
     start_timeout_s: float = 90.0
     secure: bool = False
+    # SCRAM users beside `admin` and `broker` (secure only): the bus's roles, test principals.
+    users: tuple[str, ...] = ()
 
     @property
     def bootstrap_servers(self) -> str:
@@ -202,7 +205,7 @@ class LocalKafka:
     @property
     def credentials(self) -> LocalCredentials:
         """The CA, broker certificate and passwords of a secure cluster (made by `up`)."""
-        return LocalCredentials(self.data_dir / "credentials")
+        return LocalCredentials(self.data_dir / "credentials", users=self.users)
 
     def client_settings(self, user: str = ADMIN) -> dict[str, str]:
         """The `kafka.*` settings a client of this cluster needs (as `user` when secure)."""
@@ -260,7 +263,7 @@ class LocalKafka:
         libs = fetch_jars(self.cache_dir, progress=progress)
         self._check_ports()
         if self.secure:
-            self.credentials.ensure()
+            self._ensure_credentials()
         cluster_id = self._cluster_id(java, libs)
         for i in self._ids():
             if self._pid(i) is None:
@@ -284,6 +287,22 @@ class LocalKafka:
                     os.kill(pid, signal.SIGKILL)
         for i in self._ids():
             self._pidfile(i).unlink(missing_ok=True)
+
+    def _ensure_credentials(self) -> None:
+        """The credentials of every user; a user new to a node formatted without it is
+        refused (SCRAM users are added at format time)."""
+        creds = self.credentials
+        formatted = [
+            i for i in self._ids() if (self._node_dir(i) / "data" / "meta.properties").is_file()
+        ]
+        missing = creds.missing_users() if creds.complete else []
+        if formatted and missing:
+            raise ConfigurationError(
+                f"the secure broker in {self.data_dir} was made without the Kafka user(s) "
+                f"{', '.join(missing)}: remove that folder to make it anew with them (its "
+                "data goes with it)"
+            )
+        creds.ensure()
 
     def _check_ports(self) -> None:
         for i in self._ids():
@@ -368,7 +387,7 @@ class LocalKafka:
             fmt = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)]
             if self.nodes == 1:
                 fmt.append("--standalone")
-            for user in USERS if self.secure else ():
+            for user in self.credentials.all_users if self.secure else ():
                 password = self.credentials.password(user)
                 fmt += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
             self._java(java, libs, *fmt)

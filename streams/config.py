@@ -38,6 +38,7 @@ __all__ = [
     "DeliverySettings",
     "HealthSettings",
     "HttpSettings",
+    "KafkaPrincipals",
     "KafkaSettings",
     "LocalKafkaSettings",
     "PublishGrant",
@@ -72,6 +73,24 @@ def _xdg(var: str, fallback: str) -> Path:
 
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+# A Kafka principal as the broker's authorizer names it; never the wildcard `User:*`.
+PRINCIPAL = r"^User:[^\s*;]{1,255}$"
+
+
+class KafkaPrincipals(BaseModel):
+    """The Kafka principal each role of the bus runs as (a SCRAM user `gemeentebus-worker`
+    is `User:gemeentebus-worker`): what `gemeentebus acls apply` grants each role
+    (`streams.kafka.acls`). A process of one role logs in as that role's principal; one
+    principal for several roles (`run --role all`) gets the union of their ACLs."""
+
+    model_config = _FROZEN
+
+    api: str = Field(default="User:gemeentebus-api", pattern=PRINCIPAL)
+    worker: str = Field(default="User:gemeentebus-worker", pattern=PRINCIPAL)
+    delivery: str = Field(default="User:gemeentebus-delivery", pattern=PRINCIPAL)
+    operator: str = Field(default="User:gemeentebus-operator", pattern=PRINCIPAL)
+
+
 SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
 
 
@@ -119,6 +138,7 @@ class KafkaSettings(BaseModel):
     ssl_check_hostname: bool = True
     # Production refuses PLAINTEXT and SASL_PLAINTEXT unless this says so.
     allow_plaintext: bool = False
+    principals: KafkaPrincipals = KafkaPrincipals()
 
     @model_validator(mode="after")
     def _isr_within_replicas(self) -> KafkaSettings:
@@ -416,6 +436,9 @@ class ClientConfig(BaseModel):
     publish: PublishGrant | None = None
     subscribe: SubscribeGrant | None = None
     operator: bool = False
+    # The client's own Kafka principal (`User:gemeente-0363`): a KAFKA subscriber reads its
+    # deliver topics with it, a Kafka publisher writes its own ingress topic with it.
+    kafka_principal: str | None = Field(default=None, pattern=PRINCIPAL)
 
     @field_validator("kafka_principal")
     @classmethod
@@ -488,6 +511,18 @@ class Settings(BaseSettings):
     def kafka_publishers(self) -> tuple[ClientConfig, ...]:
         """The clients that publish into their own ingress topic, in configuration order."""
         return tuple(c for c in self.clients if c.kafka_publisher)
+
+    @model_validator(mode="after")
+    def _client_principals_are_no_roles(self) -> Settings:
+        roles = self.kafka.principals.model_dump()
+        for client in self.clients:
+            role = next((r for r, p in roles.items() if p == client.kafka_principal), None)
+            if role is not None:
+                raise ValueError(
+                    f"client {client.id!r}: kafka_principal {client.kafka_principal} is "
+                    f"kafka.principals.{role}: a client never runs as a role of the bus"
+                )
+        return self
 
     @classmethod
     def settings_customise_sources(

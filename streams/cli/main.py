@@ -11,12 +11,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
+from connectors.kafka_credentials import scram_user
 from connectors.kafka_local import LocalKafka
+from streams.cli.acls import add_acl_commands
 from streams.cli.operations import add_operation_commands
 from streams.cli.secrets import add_secrets_commands
 from streams.cli.subscriptions import add_subscription_commands
 from streams.config import ENV, Settings, load_settings
 from streams.exceptions import GemeentebusError
+from streams.kafka.acls import ROLES
 
 __all__ = ["main", "parse", "settings_for"]
 
@@ -25,7 +28,12 @@ CONFIG_HELP = "YAML configuration file (default: gemeentebus.yaml when present)"
 
 
 def _local_kafka(
-    settings: Settings, nodes: int, port: int | None = None, *, secure: bool = False
+    settings: Settings,
+    nodes: int,
+    port: int | None = None,
+    *,
+    secure: bool = False,
+    users: tuple[str, ...] = (),
 ) -> LocalKafka:
     local = settings.local_kafka
     return LocalKafka(
@@ -36,7 +44,14 @@ def _local_kafka(
         heap_mb=local.heap_mb if nodes == 1 else max(256, local.heap_mb * 3 // 4),
         start_timeout_s=local.start_timeout_s,
         secure=secure,
+        users=users,
     )
+
+
+def _role_users(settings: Settings) -> dict[str, str]:
+    """The SCRAM user of each role's principal (`kafka.principals`), for the local broker."""
+    principals = settings.kafka.principals
+    return {role: scram_user(getattr(principals, role)) for role in ROLES}
 
 
 def _clusters(args: argparse.Namespace, settings: Settings) -> list[LocalKafka]:
@@ -46,7 +61,9 @@ def _clusters(args: argparse.Namespace, settings: Settings) -> list[LocalKafka]:
 
 
 def cmd_kafka_up(args: argparse.Namespace, settings: Settings) -> int:
-    kafka = _local_kafka(settings, args.nodes or 1, args.port, secure=args.secure)
+    roles = _role_users(settings) if args.secure else {}
+    users = tuple(roles.values())
+    kafka = _local_kafka(settings, args.nodes or 1, args.port, secure=args.secure, users=users)
     bootstrap = kafka.up(progress=lambda line: print(line, file=sys.stderr))
     if not args.secure:
         print(bootstrap)
@@ -55,6 +72,13 @@ def cmd_kafka_up(args: argparse.Namespace, settings: Settings) -> int:
           "--secure)\" puts them in your shell")  # fmt: skip
     for key, value in kafka.client_settings().items():
         print(f"export {ENV['prefix']}KAFKA__{key.upper()}={shlex.quote(value)}")
+    print("# each role as its own user: the same, with these two (run `gemeentebus topics "
+          "create` and `gemeentebus acls apply` as admin first)")  # fmt: skip
+    for role, user in roles.items():
+        creds = kafka.client_settings(user)
+        env = (f"{ENV['prefix']}KAFKA__{key.upper()}={shlex.quote(creds[key])}"
+               for key in ("sasl_username", "sasl_password_file"))  # fmt: skip
+        print(f"#   {role}: {' '.join(env)}")
     return 0
 
 
@@ -259,6 +283,7 @@ def _parser() -> argparse.ArgumentParser:
     add_subscription_commands(commands, parents=takes_config)
     add_operation_commands(commands, parents=takes_config)
     add_secrets_commands(commands, parents=takes_config)
+    add_acl_commands(commands, parents=takes_config)
 
     chaos = commands.add_parser(
         "chaos",

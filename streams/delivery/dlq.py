@@ -41,7 +41,7 @@ from streams.contract.headers import (
 from streams.delivery.log import delivery_attempt, event_ref, log_attempt
 from streams.exceptions import KafkaUnavailable
 from streams.kafka.clients import make_consumer, make_producer
-from streams.kafka.topics import Topics, partitions
+from streams.kafka.topics import Groups, Topics, partitions
 from streams.routing.store import SubscriptionStore
 
 __all__ = [
@@ -119,7 +119,7 @@ def _consumer(settings: Settings, group: str | None) -> AIOKafkaConsumer:
 
 
 def _redrive_group(settings: Settings, subscription_id: str) -> str:
-    return f"{settings.kafka.topic_prefix}.dlq-redrive.{subscription_id}"
+    return Groups(settings.kafka.topic_prefix).dlq_redrive(subscription_id)
 
 
 async def _partitions(settings: Settings, topic: str) -> list[TopicPartition]:

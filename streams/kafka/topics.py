@@ -18,6 +18,7 @@ from aiokafka.errors import (
     InvalidReplicationFactorError,
     KafkaError,
     TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
     for_code,
 )
@@ -29,6 +30,7 @@ from streams.kafka.transport import check_access
 
 __all__ = [
     "RETENTION_MARGIN_S",
+    "Groups",
     "TopicSpec",
     "TopicState",
     "Topics",
@@ -64,7 +66,8 @@ class Topics:
         return f"{self.prefix}.ingress"
 
     def publisher_ingress(self, client_id: str) -> str:
-        """What one Kafka publisher writes, before validation: judged against its grant."""
+        """What one Kafka publisher writes (its principal alone may), before validation: judged
+        against its grant."""
         return f"{self.ingress}.{client_id}"
 
     def publisher_of(self, topic: str) -> str | None:
@@ -112,6 +115,35 @@ class Topics:
     def dlq(self, subscription_id: str) -> str:
         """What could not be delivered to one subscription after the retry window."""
         return f"{self.deliver(subscription_id)}.dlq"
+
+
+@dataclass(frozen=True, slots=True)
+class Groups:
+    """The consumer groups of the bus under one prefix (the ACLs of `streams.kafka.acls`
+    name them; every group id the bus uses is made here, or by `make_app` as `app`)."""
+
+    prefix: str = "gemeentebus"
+
+    def app(self, name: str) -> str:
+        """A Faust app's group: its id (`streams.kafka.clients.make_app`)."""
+        return f"{self.prefix}.{name}"
+
+    @property
+    def validator(self) -> str:
+        """The validating worker's group (`streams.routing.worker.Validator`)."""
+        return self.app("validator")
+
+    def deliver(self, subscription_id: str) -> str:
+        """The courier of one HTTP subscription (`connectors.courier`)."""
+        return f"{self.prefix}.deliver.{subscription_id}"
+
+    def dlq_redrive(self, subscription_id: str) -> str:
+        """What a redrive of one subscription's dead letters took (`streams.delivery.dlq`)."""
+        return f"{self.prefix}.dlq-redrive.{subscription_id}"
+
+    def subscriber(self, client_id: str) -> str:
+        """The prefix of a KAFKA subscriber's own groups: `<prefix>.sub.<client id>.<any>`."""
+        return f"{self.prefix}.sub.{client_id}."
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +228,13 @@ async def create_topics(settings: KafkaSettings, specs: Sequence[TopicSpec]) -> 
                     f"{settings.replication_factor}: {rest[0] if rest else 'too few brokers'} "
                     "(on a one-node broker set kafka.replication_factor: 1, "
                     "kafka.min_insync_replicas: 1 and kafka.allow_single_replica: true)"
+                )
+            elif code == TopicAuthorizationFailedError.errno:
+                raise ConfigurationError(
+                    f"kafka.sasl_username {settings.sasl_username!r} may not create topic "
+                    f"{topic}, nor see it: create the bus's topics as the operator "
+                    "(`gemeentebus topics create`) and grant each role its own "
+                    "(`gemeentebus acls apply`, as a super user)"
                 )
             elif code != TopicAlreadyExistsError.errno:  # another process was first: fine
                 raise for_code(code)(f"topic {topic}")

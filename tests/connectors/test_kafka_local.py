@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shlex
 import socket
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from connectors.kafka_local import free_port_range
-from streams.config import KafkaSettings
+from connectors.kafka_local import LocalKafka, free_port_range
+from streams.config import KafkaSettings, load_settings
+from streams.exceptions import ConfigurationError
 from streams.kafka.topics import TopicSpec, create_topics
 
 pytestmark = pytest.mark.kafka
@@ -152,6 +154,36 @@ def _exported(stdout: str) -> dict[str, str]:
     return found
 
 
+def _role_lines(stdout: str) -> dict[str, dict[str, str]]:
+    """Each role's settings from the `#   <role>: K=V K=V` comments of `kafka up --secure`."""
+    found = {}
+    for line in stdout.splitlines():
+        if line.startswith("#   ") and ": " in line:
+            role, _, assignments = line.removeprefix("#   ").partition(": ")
+            found[role] = dict(a.partition("=")[::2] for a in shlex.split(assignments))
+    return found
+
+
+def test_a_secure_broker_made_without_a_user_asked_for_is_refused(tmp_path: Path) -> None:
+    """SCRAM users are added when a node is formatted: a user new to a formatted node would
+    never exist, so `up` refuses and names the folder, before making anything."""
+    kafka = LocalKafka(
+        data_dir=tmp_path,
+        cache_dir=load_settings().local_kafka.cache_dir,
+        port=free_port_range(2),
+        secure=True,
+    )
+    kafka.credentials.ensure()
+    (tmp_path / "node-1" / "data").mkdir(parents=True)
+    (tmp_path / "node-1" / "data" / "meta.properties").write_text("version=1\n")  # formatted
+    later = dataclasses.replace(kafka, users=("gemeentebus-api",))
+    with pytest.raises(ConfigurationError, match=r"made without the Kafka user\(s\) "
+                       r"gemeentebus-api: remove that folder"):  # fmt: skip
+        later.up(progress=lambda line: None)
+    assert not later.credentials.password_file("gemeentebus-api").exists()
+    assert not later.status()[0].running
+
+
 def test_three_secure_nodes_print_their_client_settings(tmp_path: Path) -> None:
     port = free_port_range(6)
     up = _cli("kafka", "up", "--nodes", "3", "--secure", "--port", str(port), data_dir=tmp_path)
@@ -176,6 +208,24 @@ def test_three_secure_nodes_print_their_client_settings(tmp_path: Path) -> None:
         )
         assert create.returncode == 0, create.stderr
         assert "created secure3.ingress" in create.stdout
+        # a user per role, printed with its password's file, and the roles' ACLs
+        roles = _role_lines(up.stdout)
+        assert set(roles) == {"api", "worker", "delivery", "operator"}
+        for role, values in roles.items():
+            assert values["GEMEENTEBUS_KAFKA__SASL_USERNAME"] == f"gemeentebus-{role}"
+            role_password = Path(values["GEMEENTEBUS_KAFKA__SASL_PASSWORD_FILE"])
+            assert role_password.stat().st_mode & 0o077 == 0
+        acls = subprocess.run(
+            [sys.executable, "-m", "streams.cli", "acls", "apply"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env, "GEMEENTEBUS_KAFKA__TOPIC_PREFIX": "secure3"},
+            timeout=120,
+            check=False,
+            cwd=tmp_path,
+        )
+        assert acls.returncode == 0, acls.stderr
+        assert "created  User:gemeentebus-worker READ topic secure3.ingress" in acls.stdout
         status = _cli("kafka", "status", "--secure", "--port", str(port), data_dir=tmp_path)
         assert status.stdout.count("3-node secure cluster") == 3
         assert status.stdout.count("running (pid") == 3
