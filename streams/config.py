@@ -413,7 +413,7 @@ class SubscribeGrant(BaseModel):
 
 # A Kafka principal as `StandardAuthorizer` names a user (a SASL name, a certificate's
 # distinguished name): `User:<name>`, never the wildcard `User:*`.
-_PRINCIPAL = re.compile(r"User:[^\s*;]{1,255}")
+_PRINCIPAL = re.compile(PRINCIPAL)
 
 
 class ClientConfig(BaseModel):
@@ -432,13 +432,12 @@ class ClientConfig(BaseModel):
     id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
     token_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     jwt_secret_env: str | None = None
+    # The client's own Kafka principal (`User:gemeente-0363`): a KAFKA subscriber reads its
+    # deliver topics with it, a Kafka publisher writes its own ingress topic with it.
     kafka_principal: str | None = None
     publish: PublishGrant | None = None
     subscribe: SubscribeGrant | None = None
     operator: bool = False
-    # The client's own Kafka principal (`User:gemeente-0363`): a KAFKA subscriber reads its
-    # deliver topics with it, a Kafka publisher writes its own ingress topic with it.
-    kafka_principal: str | None = Field(default=None, pattern=PRINCIPAL)
 
     @field_validator("kafka_principal")
     @classmethod
