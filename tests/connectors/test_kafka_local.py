@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from keys import SECRETS_KEY
 
 from connectors.kafka_local import LocalKafka, free_port_range
 from streams.config import KafkaSettings, load_settings
@@ -215,11 +216,16 @@ def test_three_secure_nodes_print_their_client_settings(tmp_path: Path) -> None:
             assert values["GEMEENTEBUS_KAFKA__SASL_USERNAME"] == f"gemeentebus-{role}"
             role_password = Path(values["GEMEENTEBUS_KAFKA__SASL_PASSWORD_FILE"])
             assert role_password.stat().st_mode & 0o077 == 0
-        acls = subprocess.run(
+        acls = subprocess.run(  # it reads the subscription set: the secrets key too
             [sys.executable, "-m", "streams.cli", "acls", "apply"],
             capture_output=True,
             text=True,
-            env={**os.environ, **env, "GEMEENTEBUS_KAFKA__TOPIC_PREFIX": "secure3"},
+            env={
+                **os.environ,
+                **env,
+                "GEMEENTEBUS_KAFKA__TOPIC_PREFIX": "secure3",
+                "GEMEENTEBUS_SECURITY__SECRETS_KEY": SECRETS_KEY,
+            },
             timeout=120,
             check=False,
             cwd=tmp_path,

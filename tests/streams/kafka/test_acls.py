@@ -28,6 +28,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 from aiokafka.structs import ConsumerRecord, TopicPartition
+from keys import SECRETS_KEY
 
 from connectors.kafka_local import LocalKafka, free_port_range
 from streams.config import ClientConfig, Settings, load_settings
@@ -456,6 +457,7 @@ def test_the_command_line_applies_and_lists(cluster: Cluster, tmp_path: Path) ->
     kafka = {**cluster.kafka.client_settings(), "topic_prefix": cluster.prefix}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GEMEENTEBUS_", "KAFKA_"))}
     env |= {f"GEMEENTEBUS_KAFKA__{k.upper()}": str(v) for k, v in kafka.items()}
+    env["GEMEENTEBUS_SECURITY__SECRETS_KEY"] = SECRETS_KEY  # it reads the subscription set
 
     def gemeentebus(*args: str) -> subprocess.CompletedProcess[str]:
         command = [sys.executable, "-m", "streams.cli", "--config", str(config), *args]
