@@ -542,3 +542,27 @@ async def test_only_a_super_user_may_apply(cluster: Cluster) -> None:
     with pytest.raises(ConfigurationError, match=r"^kafka.sasl_username 'gemeentebus-operator' "
                        r"may not describe the cluster's ACLs: .*a super user"):  # fmt: skip
         await apply_acls(cluster.role("operator"))
+
+
+# -- kcat (librdkafka), another Kafka client than the bus's own ----------------------------
+
+
+def test_kcat_without_credentials_reads_no_event(cluster: Cluster) -> None:
+    """`kcat` over TLS, trusting the cluster's CA but without a SASL user, gets no record of
+    an events topic: the listener speaks SASL_SSL only (and the authorizer would deny it)."""
+    t = cluster.topics
+    marker = f"kcat-{uuid.uuid4().hex}"
+    asyncio.run(_write(cluster.settings(), t.events(OVERLEDEN), marker.encode()))
+    assert [r.value for r in asyncio.run(_read(cluster.settings(), t.events(OVERLEDEN),
+            group=f"{cluster.prefix}.kcat-check", count=1))] == [marker.encode()]  # fmt: skip
+    kafka = cluster.kafka
+    command = ["kcat", "-b", kafka.bootstrap_servers, "-X", "security.protocol=SSL",
+               "-X", f"ssl.ca.location={kafka.credentials.ca_file}", "-m", "10",
+               "-C", "-t", t.events(OVERLEDEN), "-o", "beginning", "-e", "-q"]  # fmt: skip
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        pytest.fail("kcat is not installed: apt-get install kcat (see the README)")
+    assert done.returncode != 0
+    assert marker not in done.stdout + done.stderr
+    assert "Failed to query metadata" in done.stderr  # refused, not a usage error
