@@ -56,10 +56,10 @@ SECURE_ENV = "GEMEENTEBUS_TEST_SECURE_KAFKA"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect (say so, not skip) the tests about a secured session broker without one."""
-    if os.environ.get(SECURE_ENV) == "1":
-        return
-    chosen = [item for item in items if item.get_closest_marker("secure_session") is None]
+    """Deselect (say so, not skip) the tests about a secured session broker without one, and
+    those that need a plaintext one with a secured one."""
+    unfit = "plaintext_session" if os.environ.get(SECURE_ENV) == "1" else "secure_session"
+    chosen = [item for item in items if item.get_closest_marker(unfit) is None]
     if len(chosen) < len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in chosen])
         items[:] = chosen

@@ -43,3 +43,14 @@ def transport_env(settings: Settings) -> dict[str, str]:
     }
     env |= {f"GEMEENTEBUS_KAFKA__{k}": str(v) for k, v in values.items() if v is not None}
     return env
+
+
+def transport_config(settings: Settings) -> dict[str, object]:
+    """`settings`' way to the cluster as the `kafka:` section of a configuration file."""
+    out: dict[str, object] = {}
+    for name, value in settings.kafka.transport().items():
+        if value is None:
+            continue
+        secret = getattr(value, "get_secret_value", None)
+        out[name] = secret() if secret else value if isinstance(value, bool) else str(value)
+    return out

@@ -249,7 +249,16 @@ async def test_ready_of_a_worker_follows_its_broker_frozen_and_back(
     )
     bootstrap = await asyncio.to_thread(kafka.up, progress=lambda line: None)
     try:
-        own = settings.kafka.model_copy(update={"bootstrap_servers": bootstrap})
+        own = settings.kafka.model_copy(  # its own broker: plaintext, whatever the session's
+            update={
+                "bootstrap_servers": bootstrap,
+                "security_protocol": "PLAINTEXT",
+                "sasl_username": None,
+                "sasl_password": None,
+                "sasl_password_file": None,
+                "ssl_cafile": None,
+            }
+        )
         bus = spawn(
             settings.model_copy(update={"kafka": own}),
             "--role",

@@ -10,6 +10,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from kafka_reading import transport_env
 from keys import PSEUDONYM_KEY, SECRETS_KEY
 
 from streams.config import Settings
@@ -25,7 +26,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        **transport_env(settings),
         "GEMEENTEBUS_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
         "GEMEENTEBUS_KAFKA__PARTITIONS": str(settings.kafka.partitions),
         "GEMEENTEBUS_KAFKA__REPLICATION_FACTOR": "1",  # one broker, said explicitly

@@ -63,9 +63,7 @@ async def test_who_received_data_about_this_person(settings: Settings) -> None:
     try:
         async with running_bus(settings) as bus, aiohttp.ClientSession() as http:
             created = await _subscribe(http, bus.url, receiver)
-            async with KafkaPublisher(
-                settings.kafka.bootstrap_servers, topic_prefix=settings.kafka.topic_prefix
-            ) as publisher:
+            async with KafkaPublisher(settings.kafka) as publisher:
                 await publisher.publish(*events)
             async with asyncio.timeout(60):
                 while receiver.total < len(events):  # noqa: ASYNC110 - polled by design
@@ -137,9 +135,7 @@ async def test_operator_lists_and_redrives_dead_letters(settings: Settings) -> N
     try:
         async with running_bus(settings) as bus, aiohttp.ClientSession() as http:
             created = await _subscribe(http, bus.url, receiver)
-            async with KafkaPublisher(
-                settings.kafka.bootstrap_servers, topic_prefix=settings.kafka.topic_prefix
-            ) as publisher:
+            async with KafkaPublisher(settings.kafka) as publisher:
                 await publisher.publish(*events)
             dlq = f"{bus.url}/subscriptions/{created['id']}/dlq"
             async with asyncio.timeout(60):

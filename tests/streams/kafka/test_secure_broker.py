@@ -139,6 +139,7 @@ async def test_a_plaintext_client_is_refused(secure_kafka: LocalKafka) -> None:
         await check_access(tls_only)
 
 
+@pytest.mark.plaintext_session  # the session broker's port is the plaintext one
 async def test_a_tls_client_on_a_plaintext_port_is_told_so(kafka_bootstrap: str) -> None:
     tls = KafkaSettings(bootstrap_servers=kafka_bootstrap, security_protocol="SSL")
     with pytest.raises(ConfigurationError, match=r"is SSL, but .* does not speak TLS"):

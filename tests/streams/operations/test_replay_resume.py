@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from kafka_reading import transport_env
 from keys import PSEUDONYM_KEY, SECRETS_KEY
 from test_replay import publish, replayed, subscription
 
@@ -43,7 +44,7 @@ async def api_process(settings: Settings, log: Path) -> AsyncIterator[tuple[Any,
     """`gemeentebus run --role api` with slow replays and a 2 s lease; yields (process, URL)."""
     env = {
         **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        **transport_env(settings),
         "GEMEENTEBUS_MODE": "test",
         "GEMEENTEBUS_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
         "GEMEENTEBUS_KAFKA__PARTITIONS": str(settings.kafka.partitions),

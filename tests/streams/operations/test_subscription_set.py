@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kafka_reading import transport_config
 from keys import SECRETS_KEY
 
 from streams.config import Settings
@@ -46,7 +47,7 @@ def config(settings: Settings, tmp_path: Path) -> Path:
         for owner in ("gemeente-0363", "gemeente-0344")
     ]
     kafka = {
-        "bootstrap_servers": settings.kafka.bootstrap_servers,
+        **transport_config(settings),
         "topic_prefix": settings.kafka.topic_prefix,
         "partitions": settings.kafka.partitions,
         "replication_factor": 1,  # one broker, said explicitly
