@@ -29,9 +29,10 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from keys import SECRETS_KEY
+from secure_node import secure_node
 
-from connectors.kafka_local import LocalKafka, free_port_range
-from streams.config import ClientConfig, Settings, load_settings
+from connectors.kafka_local import LocalKafka
+from streams.config import ClientConfig, Settings
 from streams.contract import codec
 from streams.contract.rules import dutch_today
 from streams.contract.schemas import registry
@@ -65,20 +66,11 @@ WAIT_S = 30.0  # every refusal and every read is awaited at most this long
 
 @pytest.fixture(scope="module")
 def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
-    kafka = LocalKafka(
-        data_dir=tmp_path_factory.mktemp("acl-kafka"),
-        cache_dir=load_settings().local_kafka.cache_dir,
-        port=free_port_range(2),
-        heap_mb=256,
-        start_timeout_s=120.0,
-        secure=True,
-        users=(*(f"gemeentebus-{r}" for r in ROLES), *CLIENTS, STRANGER),
-    )
-    try:
-        kafka.up(progress=lambda line: None)
+    with secure_node(
+        tmp_path_factory.mktemp("acl-kafka"),
+        (*(f"gemeentebus-{r}" for r in ROLES), *CLIENTS, STRANGER),
+    ) as kafka:
         yield kafka
-    finally:
-        kafka.down()
 
 
 def token(client_id: str) -> str:

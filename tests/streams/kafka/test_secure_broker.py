@@ -16,9 +16,10 @@ import pytest
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import ConsumerRecord
 from keys import SECRETS_KEY
+from secure_node import secure_node
 
 from connectors.kafka_local import LocalKafka, free_port_range
-from streams.config import KafkaSettings, Settings, load_settings
+from streams.config import KafkaSettings, Settings
 from streams.contract.rules import dutch_today
 from streams.demo.generators import EventFactory
 from streams.exceptions import ConfigurationError, KafkaUnavailable
@@ -33,19 +34,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
-    kafka = LocalKafka(
-        data_dir=tmp_path_factory.mktemp("secure-kafka"),
-        cache_dir=load_settings().local_kafka.cache_dir,
-        port=free_port_range(2),
-        heap_mb=256,
-        start_timeout_s=120.0,
-        secure=True,
-    )
-    try:
-        kafka.up(progress=lambda line: None)
+    with secure_node(tmp_path_factory.mktemp("secure-kafka")) as kafka:
         yield kafka
-    finally:
-        kafka.down()
 
 
 def _settings(kafka: LocalKafka, **kafka_values: object) -> KafkaSettings:
