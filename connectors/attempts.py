@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Final
 
+from connectors.endpoints import Endpoint, Endpoints, Turn
 from connectors.holding import Held
 from connectors.webhook import SubscriberGone, WebhookFailed, WebhookSender
 from connectors.writes import Trouble, Write, Writer, dead_letter_write, log_write
@@ -69,6 +70,7 @@ class Attempts:
         stopping: asyncio.Event,
         gone: Gone,
         trouble: Trouble,
+        endpoints: Endpoints | None = None,
     ) -> None:
         self.subscription = subscription
         self.topics = Topics(settings.kafka.topic_prefix)
@@ -82,6 +84,8 @@ class Attempts:
         self._sender = WebhookSender(subscription, settings.delivery, connections=CONCURRENCY)
         self._old_senders: list[WebhookSender] = []
         self._requests = asyncio.Semaphore(CONCURRENCY)
+        self._endpoints = endpoints or Endpoints(settings.delivery)
+        self._endpoint: Endpoint = self._endpoints.get(subscription.sink)
 
     def update(self, subscription: Subscription) -> None:
         """Use a changed subscription (sink, credential, secret) from the next attempt on."""
@@ -89,6 +93,7 @@ class Attempts:
         self._old_senders.append(self._sender)
         self.subscription = subscription
         self._sender = WebhookSender(subscription, self._delivery, connections=CONCURRENCY)
+        self._endpoint = self._endpoints.get(subscription.sink)
 
     async def close(self) -> None:
         """Close every HTTP session (call once no attempt is in flight)."""
@@ -102,15 +107,33 @@ class Attempts:
             await self._dead_letter(record, 0, problem.code, f"{problem.path}: {problem.message}")
             return True
         assert record.value is not None  # a readable record has one
-        attempt = 0
-        while not self._stopping.is_set():
+        token = object()  # this record, to its endpoint
+        try:
+            return await self._attempt(record, record.value, token)
+        finally:
+            self._endpoint.released(token)
+
+    async def _attempt(self, record: Held, value: bytes, token: object) -> bool:
+        attempt, not_before = 0, 0.0
+        until = record.since + self._delivery.retry_window_s
+        failure: WebhookFailed | None = None
+        endpoint = self._endpoint
+        while True:
+            turn = await endpoint.turn(
+                token, not_before=not_before, until=until, stopping=self._stopping
+            )
+            if turn is Turn.STOPPED:
+                return False
+            if turn is Turn.EXPIRED and failure is not None:  # tried before: no more tries
+                await self._dead_letter(record, attempt, failure.code, str(failure), failure.status)
+                return True
             attempt += 1
             async with self._requests:
                 if self._stopping.is_set():
                     return False
                 try:
                     status = await self._sender.send(
-                        record.value, source=record.ref.source, event_id=record.ref.id
+                        value, source=record.ref.source, event_id=record.ref.id
                     )
                 except SubscriberGone as exc:
                     self._gone(record, attempt, exc)
@@ -128,8 +151,13 @@ class Attempts:
                         f"internal error: {type(exc).__name__}", code="internal_error"
                     )
                 else:
+                    endpoint.succeeded(token)
                     self.log(record, "delivered", attempt, status=status)
                     return True
+            if failure.retriable:
+                endpoint.failed(token, failure.retry_after)
+            else:
+                endpoint.released(token)
             elapsed = time.monotonic() - record.since
             wait = self._policy.wait(failure, attempt=attempt, elapsed_s=elapsed)
             if wait is None:
@@ -137,15 +165,15 @@ class Attempts:
                 return True
             self.log(record, "retry", attempt, status=failure.status, error=failure.code)
             log.info(
-                "subscription %s, event %s: attempt %d failed (%s); next in %.2fs",
+                "subscription %s, event %s: attempt %d failed (%s); next in %s",
                 self.subscription.id,
                 record.ref.id,
                 attempt,
                 failure.code,
-                wait,
+                "the endpoint's next probe" if endpoint.failing else f"{wait:.2f}s",
             )
-            await pause(self._stopping, wait)  # the last attempt falls at the window's end
-        return False
+            # the last attempt falls at the window's end; a failing endpoint paces it instead
+            not_before = time.monotonic() + wait
 
     async def _dead_letter(
         self, record: Held, attempt: int, error: str, detail: str, status: int | None = None

@@ -1,7 +1,9 @@
 """The courier: one HTTP subscription's deliver topic, pushed to its webhook.
 
-Each `Courier` has its own consumer (group `<prefix>.deliver.<id>`, manual commits) and its
-own HTTP session: a slow or dead subscriber holds up only its own courier. The `Dispatcher`
+Each `Courier` has its own lanes, attempts and HTTP session, and takes its records from the
+process's `Reader` (`connectors.reader`: one consumer in the delivery group for every
+subscription), which pauses only the partitions of a courier that cannot hold more: a slow
+or dead subscriber holds up only its own courier. The `Dispatcher`
 (`connectors.dispatcher`) runs one per active HTTP subscription.
 
 Order, within one courier: records are split into lanes by (partition, key)
@@ -31,17 +33,17 @@ reactivating the subscription resumes there).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
-from typing import Any, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from connectors.attempts import Attempts, pause
+from connectors.endpoints import Endpoints
 from connectors.holding import Held, Holding, Lane, held, poison, window_start
 from connectors.offsets import Offer, Watermark
 from connectors.webhook import SubscriberGone
@@ -49,34 +51,24 @@ from streams.config import Settings
 from streams.contract.record import read_record
 from streams.exceptions import FieldError
 from streams.health import Health, Progress
-from streams.kafka.clients import Producer, make_consumer
-from streams.kafka.topics import Groups, Topics
-from streams.retry import KAFKA_READ, LANE_BUG
+from streams.kafka.clients import Producer
+from streams.kafka.topics import Topics
+from streams.retry import LANE_BUG
 from streams.routing.subscriptions import Subscription
+
+if TYPE_CHECKING:
+    from connectors.reader import Reader
 
 __all__ = ["STOP_DEADLINE_S", "Courier"]
 
 log = logging.getLogger(__name__)
 
-_POLL_MS = 100
-_COMMIT_EVERY_S = 0.5
 STOP_DEADLINE_S: Final = 10.0  # how long `stop` takes at most
-_CLOSE_RESERVE_S: Final = 1.0  # of a stop's deadline, kept for the commit and closing
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, courier: Courier) -> None:
-        self._courier = courier
-
-    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self._courier._revoked(list(revoked))
-
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        return None
+_CLOSE_RESERVE_S: Final = 1.0  # of a stop's deadline, kept for the final commit
 
 
 class Courier:
-    """Delivers one HTTP subscription's deliver topic to its webhook."""
+    """Delivers one HTTP subscription's deliver topic to its webhook, as `reader` reads it."""
 
     def __init__(
         self,
@@ -85,14 +77,18 @@ class Courier:
         producer: Producer,
         counts: Counter[str],
         *,
+        reader: Reader,
+        endpoints: Endpoints | None = None,
         health: Health | None = None,
         on_gone: Callable[[Courier], None] | None = None,
     ) -> None:
         self.settings = settings
         self.subscription = subscription
         self.topics = Topics(settings.kafka.topic_prefix)
+        self.topic = self.topics.deliver(subscription.id)
         self.counts = counts  # outcome -> how many (attempts for `retry`)
         self._delivery = settings.delivery
+        self._reader = reader
         self._on_gone = on_gone
         self._health = health
         self._part_name = f"courier {subscription.id}"
@@ -109,52 +105,31 @@ class Courier:
             stopping=self._stopping,
             gone=self._gone,
             trouble=self._trouble,
-        )
-        self._consumer = make_consumer(
-            settings,
-            f"deliver-{subscription.id}",
-            group=Groups(settings.kafka.topic_prefix).deliver(subscription.id),
-            fetch_max_wait_ms=_POLL_MS,
-            max_poll_records=500,
-            metadata_max_age_ms=30_000,  # also notices partitions added later
+            endpoints=endpoints,
         )
         self._holding = Holding(f"courier {subscription.id}")
         self._lane_tasks: dict[Lane, asyncio.Task[None]] = {}
         self._settling: set[asyncio.Task[None]] = set()  # records waiting for their writes
         self._stop_by = 0.0  # loop time by which `stop` is to be done
         self._stop_task: asyncio.Task[None] | None = None
-        self._task: asyncio.Task[None] | None = None
         self._started = time.monotonic()  # no record's retry window begins before this
         self.retired = False
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Join the group and start delivering."""
-        await self._consumer.start()
-        await self._topic_known()
-        self._consumer.subscribe(
-            [self.topics.deliver(self.subscription.id)], listener=_Rebalance(self)
-        )
-        self._task = asyncio.create_task(self._run(), name=f"courier-{self.subscription.id}")
+        """Take the records of the subscription's deliver topic from the reader."""
+        self._reader.attach(self)
 
-    async def _topic_known(self) -> None:
-        # A topic created a moment ago (a new subscription) may not be in the broker's
-        # metadata yet; a group joined then gets no partitions until the next refresh.
-        topic = self.topics.deliver(self.subscription.id)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.settings.kafka.request_timeout_s):
-                while True:
-                    if topic in await self._consumer.topics():
-                        return
-                    await asyncio.sleep(0.1)
-        log.warning("topic %s is not known to the broker yet", topic)
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     async def stop(self, deadline_s: float = STOP_DEADLINE_S) -> None:
-        """Stop reading, let attempts and writes in flight finish, commit what is finished,
-        close: all within `deadline_s`, whatever the subscriber or the broker do. What did
-        not finish stays uncommitted, to be delivered again. A second call with a shorter
-        deadline hurries the first."""
+        """Stop taking records, let attempts and writes in flight finish, commit what is
+        finished: all within `deadline_s`, whatever the subscriber or the broker do. What
+        did not finish stays uncommitted, to be delivered again. A second call with a
+        shorter deadline hurries the first."""
         loop = asyncio.get_running_loop()
         by = loop.time() + deadline_s
         self._stop_by = by if self._stop_task is None else min(self._stop_by, by)
@@ -166,23 +141,17 @@ class Courier:
     async def _stop(self) -> None:
         loop = asyncio.get_running_loop()
         reserve = min(_CLOSE_RESERVE_S, max(0.0, self._stop_by - loop.time()) / 4)
-        if self._task is not None:
-            await self._cancel_late({self._task}, reserve)
         await self._cancel_late(set(self._lane_tasks.values()), reserve)
         await self._cancel_late(set(self._settling), reserve)
         await self._cancel_late(set(self._attempts.writes), reserve)
         try:
-            async with asyncio.timeout(max(0.05, (self._stop_by - loop.time()) / 2)):
-                await self._commit()
+            async with asyncio.timeout(max(0.05, self._stop_by - loop.time())):
+                self.committed(await self._reader.commit(self.to_commit()))
         except (KafkaError, TimeoutError) as exc:
             log.warning(
                 "courier %s: final commit failed (%s)", self.subscription.id, type(exc).__name__
             )
-        try:
-            async with asyncio.timeout(max(0.05, self._stop_by - loop.time())):
-                await self._consumer.stop()
-        except TimeoutError:
-            log.warning("courier %s: the consumer did not close in time", self.subscription.id)
+        self._reader.detach(self)
         await self._attempts.close()
         if self._health is not None:
             self._health.drop("delivery", self._part_name)
@@ -216,7 +185,12 @@ class Courier:
     @property
     def paused(self) -> frozenset[int]:
         """The partitions not being read now (back-pressure)."""
-        return frozenset(tp.partition for tp in self._consumer.paused())
+        return self._reader.paused(self.topic)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing held, spilled or uncommitted: nothing to pause, seek or commit."""
+        return self._holding.quiet
 
     def _trouble(self, cause: str, reason: str | None) -> None:
         if reason is None:
@@ -229,65 +203,32 @@ class Courier:
             else:
                 self._progress.mended()
 
-    # -- reading ------------------------------------------------------------------------
+    # -- what the reader asks -----------------------------------------------------------
 
-    async def _run(self) -> None:
-        last_commit = time.monotonic()
-        while not self._stopping.is_set():
-            try:
-                self._back_pressure()
-                # getmany keeps the group membership alive even while paused
-                batches = await self._consumer.getmany(timeout_ms=_POLL_MS)
-                for tp, records in batches.items():
-                    for message in records:
-                        self._take(tp.partition, message)  # never raises
-                if self._progress is not None:
-                    self._progress.waiting(self._lag())
-                if time.monotonic() - last_commit >= _COMMIT_EVERY_S:
-                    await self._commit()
-                    last_commit = time.monotonic()
-            except KafkaError as exc:
-                log.warning(
-                    "courier %s: Kafka error (%s); retrying",
-                    self.subscription.id,
-                    type(exc).__name__,
-                )
-                if not KAFKA_READ.retriable(exc):  # e.g. not authorised: retried, and visible
-                    reason = f"Kafka refuses reading or committing ({type(exc).__name__})"
-                    self._trouble("reading", reason)
-                await pause(self._stopping, KAFKA_READ.delay(1))
-            except Exception:  # a bug here must not kill the courier: visible, retried
-                log.exception("courier %s: reading failed; retrying", self.subscription.id)
-                self._trouble("reading", "reading failed with an internal error (see the log)")
-                await pause(self._stopping, KAFKA_READ.delay(1))
-            else:
-                self._trouble("reading", None)
+    def back_pressure(
+        self, assigned: list[TopicPartition]
+    ) -> tuple[dict[TopicPartition, int], set[TopicPartition]]:
+        """Of `assigned` (partitions of this topic): where to seek now (spilled records read
+        again, `Holding.to_seek`), and which must wait (`Holding.to_pause`)."""
+        return self._holding.to_seek(assigned), self._holding.to_pause(assigned)
 
-    def _back_pressure(self) -> None:
-        """Seek where spilled records are to be read again (`Holding.to_seek`), pause the
-        partitions that must wait (`Holding.to_pause`), resume the others."""
-        assigned = self._consumer.assignment()
-        for tp, offset in self._holding.to_seek(assigned).items():
-            self._consumer.seek(tp, offset)
-        wanted = self._holding.to_pause(assigned)
-        paused = self._consumer.paused()
-        if wanted - paused:
-            self._consumer.pause(*(wanted - paused))
-        if paused - wanted:
-            self._consumer.resume(*(paused - wanted))
+    def report(self) -> None:
+        """Tell the health part how many records wait."""
+        if self._progress is not None:
+            self._progress.waiting(self._lag())
 
     def _lag(self) -> int:
         """Records waiting for this courier: held unfinished, spilled, plus known unread (from
         the high watermark of the last fetch)."""
         lag = self.pending + self._holding.spilled
-        for tp in self._consumer.assignment():
-            mark = self._holding.watermarks.get(tp.partition)
-            high = self._consumer.highwater(tp)
-            if high is not None and mark is not None and mark.next_offset is not None:
+        for partition, mark in self._holding.watermarks.items():
+            high = self._reader.highwater(TopicPartition(self.topic, partition))
+            if high is not None and mark.next_offset is not None:
                 lag += max(0, high - mark.next_offset)
         return lag
 
-    def _take(self, partition: int, message: Any) -> None:
+    def take(self, partition: int, message: Any) -> None:
+        """Hold a record just read (or leave it in Kafka, `Holding.offer`); never raises."""
         read = read_record(
             message.key, message.headers, message.value, max_bytes=self._delivery.max_body_bytes
         )
@@ -317,23 +258,30 @@ class Courier:
         if lane not in self._lane_tasks:
             self._lane_tasks[lane] = asyncio.create_task(self._lane(lane, queue))
 
-    async def _commit(self) -> None:
-        offsets = self._holding.to_commit(self.topics.deliver(self.subscription.id))
-        if offsets:
-            await self._consumer.commit(offsets)
-            self._holding.committed(offsets)
+    def to_commit(self) -> dict[TopicPartition, int]:
+        """Per partition read, the lowest unfinished offset, where it moved since the last
+        commit."""
+        return self._holding.to_commit(self.topic)
 
-    async def _revoked(self, revoked: list[TopicPartition]) -> None:
-        # another group member takes these over: commit what is finished, drop the rest
-        # (lanes of those partitions stop; the new owner delivers them again)
-        with contextlib.suppress(KafkaError):
-            await self._commit()
-        gone = {tp.partition for tp in revoked}
+    def committed(self, offsets: dict[TopicPartition, int]) -> None:
+        """Note those of `offsets` that are this topic's as committed."""
+        self._holding.committed({tp: o for tp, o in offsets.items() if tp.topic == self.topic})
+
+    def restart_offset(self, partition: int) -> int | None:
+        """Where reading `partition` must start again for nothing unfinished to be missed
+        (None: nothing read from it)."""
+        mark = self._holding.watermarks.get(partition)
+        return None if mark is None else mark.committable
+
+    def revoked(self, partitions: set[int]) -> None:
+        """Another group member takes `partitions` over (their finished offsets were
+        committed): their lanes stop, what they held is dropped; the new owner delivers
+        the unfinished records again."""
         for lane, task in list(self._lane_tasks.items()):
-            if lane[0] in gone:
+            if lane[0] in partitions:
                 task.cancel()
                 self._lane_tasks.pop(lane, None)
-        self._holding.drop(gone)
+        self._holding.drop(partitions)
 
     # -- delivering ---------------------------------------------------------------------
 

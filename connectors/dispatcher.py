@@ -1,8 +1,10 @@
 """The dispatcher: every HTTP subscription's deliver topic, pushed to its webhook.
 
-One `Courier` per active HTTP subscription, each with its own consumer (group
-`<prefix>.deliver.<id>`, manual commits) and its own HTTP session: a slow or dead subscriber
-holds up only its own courier. KAFKA subscriptions read their deliver topic themselves.
+One `Courier` per active HTTP subscription, each with its own lanes, attempts and HTTP
+session, all fed by the process's one `Reader` (`connectors.reader`: one consumer in the
+group `<prefix>.delivery`, whose partitions the group spreads over every delivery process):
+a slow or dead subscriber holds up only its own courier, and an idle one costs its
+partitions in a fetch request. KAFKA subscriptions read their deliver topic themselves.
 
 How a courier orders, commits, retries and dead-letters: see `connectors.courier`.
 
@@ -27,6 +29,8 @@ from collections import Counter
 from aiokafka.errors import KafkaError
 
 from connectors.courier import STOP_DEADLINE_S, Courier
+from connectors.endpoints import Endpoints
+from connectors.reader import Reader
 from streams.config import Settings
 from streams.exceptions import KafkaUnavailable
 from streams.health import Health
@@ -56,6 +60,8 @@ class Dispatcher:
         self.health = health
         self.counts: dict[str, Counter[str]] = {}
         self._producer = make_producer(settings, "dispatcher")
+        self._reader = Reader(settings, health=health)
+        self.endpoints = Endpoints(settings.delivery)  # shared by every courier's attempts
         self._couriers: dict[str, Courier] = {}
         self._leaving: set[Courier] = set()  # stopping, not yet stopped
         self._gone: dict[str, Subscription] = {}  # answered 410, as it was then; not restarted
@@ -87,6 +93,7 @@ class Dispatcher:
         specs = [s for s in bus_topics(self.settings.kafka, ()) if s.name == topics.deliveries]
         await create_topics(self.settings.kafka, specs)
         await self._producer.start()
+        await self._reader.start()
         await self.store.ready()
         self.store.changes.append(self._on_change)
         await self._reconcile()
@@ -111,8 +118,10 @@ class Dispatcher:
             await asyncio.wait(retiring)
         couriers = [*self._couriers.values(), *self._leaving]
         self._couriers = {}
-        closing = max(0.0, end - time.monotonic()) * 0.8  # the rest: the producer
+        await self._reader.halt()  # no more records: the couriers finish what they hold
+        closing = max(0.0, end - time.monotonic()) * 0.7  # the rest: reader and producer
         await asyncio.gather(*(c.stop(closing) for c in couriers))
+        await self._reader.close(max(0.05, end - time.monotonic()) / 2)
         try:
             async with asyncio.timeout(max(0.05, end - time.monotonic())):
                 await self._producer.stop()
@@ -224,6 +233,8 @@ class Dispatcher:
                 subscription,
                 self._producer,
                 self.counts.setdefault(sub_id, Counter()),
+                reader=self._reader,
+                endpoints=self.endpoints,
                 health=self.health,
                 on_gone=self._on_gone,
             )

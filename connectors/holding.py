@@ -156,6 +156,19 @@ class Holding:
         """Records left in Kafka behind a full lane, to be read again."""
         return sum(w.spilled_count for w in self.watermarks.values())
 
+    @property
+    def quiet(self) -> bool:
+        """Nothing held, spilled or to seek, and every offset read committed: nothing for
+        back-pressure or a commit to do."""
+        return all(
+            not mark.pending
+            and not mark.spilled_count
+            and mark.until is None
+            and not mark.seek_wanted
+            and mark.committable == self._committed.get(partition)
+            for partition, mark in self.watermarks.items()
+        )
+
     def offer(self, partition: int, offset: int, key: bytes | None) -> Offer:
         """Whether to hold the record of lane (`partition`, `key`) at `offset` just fetched
         (`Offer.HOLD`: then `add` it), to leave it in Kafka for now, or to skip it."""

@@ -140,6 +140,11 @@ class Watermark:
         self._respilled_keys = set()
         return self.spilled[0]
 
+    @property
+    def seek_wanted(self) -> bool:
+        """A seek is waiting for `take_seek`."""
+        return self._seek is not None
+
     def take_seek(self) -> int | None:
         """Where the courier is to seek after a re-read ended early (once)."""
         seek, self._seek = self._seek, None

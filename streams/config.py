@@ -355,6 +355,9 @@ class DeliverySettings(BaseModel):
     retry_window_s: float = Field(default=24 * 3600.0, gt=0)
     initial_backoff_s: float = Field(default=1.0, gt=0)
     max_backoff_s: float = Field(default=600.0, gt=0)
+    # while an endpoint fails, one probe at a time, at most this far apart
+    # (`connectors.endpoints`): it is found answering again within this of recovering
+    probe_max_interval_s: float = Field(default=2.0, gt=0)
     # the largest event a courier POSTs; a larger deliver-topic record is dead-lettered
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 

@@ -190,13 +190,16 @@ def role_grants(prefix: str) -> dict[str, tuple[Grant, ...]]:
             _topic(t.invalid, W),
             _group(g.validator, R),
         ),
-        # deliver.<id> → webhooks, a courier (group) per subscription; .dlq, the delivery
+        # deliver.<id> → webhooks, one group for all subscriptions; .dlq, the delivery
         # log; a 410 retires its subscription (a write to the subscription set).
         "delivery": (
             seen,
             _topic(deliver, R, W, prefixed=True),
             _topic(t.deliveries, W),
             _topic(t.subscriptions, R, W),
+            _group(g.delivery, R),
+            # where each subscription's own courier group of earlier versions left off,
+            # read once when the delivery group first takes a partition (`connectors.reader`)
             _group(g.deliver(""), R, prefixed=True),
         ),
         # The command line: topics create, subscriptions, publish, replay, reconcile,

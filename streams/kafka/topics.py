@@ -133,8 +133,16 @@ class Groups:
         """The validating worker's group (`streams.routing.worker.Validator`)."""
         return self.app("validator")
 
+    @property
+    def delivery(self) -> str:
+        """Every delivery process's reader: the deliver topics of all HTTP subscriptions,
+        their partitions spread over the processes (`connectors.reader`)."""
+        return f"{self.prefix}.delivery"
+
     def deliver(self, subscription_id: str) -> str:
-        """The courier of one HTTP subscription (`connectors.courier`)."""
+        """Before the shared group: one HTTP subscription's own courier group. Read only for
+        the committed offsets a subscription's partitions start from the first time the
+        delivery group takes them (`connectors.reader`)."""
         return f"{self.prefix}.deliver.{subscription_id}"
 
     def dlq_redrive(self, subscription_id: str) -> str:

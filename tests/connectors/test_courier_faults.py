@@ -107,15 +107,15 @@ async def refuse_writes(settings: Settings, topic: str, max_bytes: int = 100) ->
 
 
 async def committed(settings: Settings, sub_id: str) -> int:
-    """The sum of the committed offsets of a subscription's courier."""
+    """The sum of the offsets the delivery group committed in a subscription's topic."""
     admin = make_admin(settings.kafka)
     await admin.start()
     try:
-        group = f"{settings.kafka.topic_prefix}.deliver.{sub_id}"
-        offsets = await admin.list_consumer_group_offsets(group)
+        offsets = await admin.list_consumer_group_offsets(f"{settings.kafka.topic_prefix}.delivery")
     finally:
         await admin.close()
-    return sum(max(0, o.offset) for o in offsets.values())
+    topic = f"{settings.kafka.topic_prefix}.deliver.{sub_id}"
+    return sum(max(0, o.offset) for tp, o in offsets.items() if tp.topic == topic)
 
 
 async def until_async(condition: Callable[[], Awaitable[bool]], within: float = 45.0) -> None:
@@ -277,13 +277,13 @@ async def test_a_permanent_kafka_error_while_reading_is_retried_and_visible(
     await store.put(subscription("refused", receiver.url))
     health = Health()
     dispatcher = await start_dispatcher(settings, store, fast(), health)
-    part = health.part("delivery", "courier refused")
+    part = health.part("delivery", "reader")
     original = AIOKafkaConsumer.getmany
-    courier_group = f"{settings.kafka.topic_prefix}.deliver.refused"
+    delivery_group = f"{settings.kafka.topic_prefix}.delivery"
     refusing = True
 
     async def getmany(self: AIOKafkaConsumer, *args: Any, **kwargs: Any) -> Any:
-        if refusing and self._group_id == courier_group:  # the courier's reads only
+        if refusing and self._group_id == delivery_group:  # the delivery reader's only
             raise TopicAuthorizationFailedError("not authorised (injected)")
         return await original(self, *args, **kwargs)
 
@@ -317,7 +317,7 @@ async def test_records_that_waited_unread_behind_the_pending_cap_have_used_their
     def small_fetches(*args: Any, **kwargs: Any) -> AIOKafkaConsumer:
         return make_consumer(*args, **{**kwargs, "max_poll_records": 5})
 
-    monkeypatch.setattr("connectors.courier.make_consumer", small_fetches)  # reads by 5
+    monkeypatch.setattr("connectors.reader.make_consumer", small_fetches)  # reads by 5
     receiver = await Receiver(down).start()
     receivers.append(receiver)
     await store.put(subscription("backlog", receiver.url))

@@ -1,0 +1,380 @@
+"""The delivery reader: one consumer for the deliver topics of every HTTP subscription.
+
+The way a Kafka Connect sink task reads: a delivery process has one consumer in the group
+`<prefix>.delivery` (`Groups.delivery`), subscribed to the deliver topics of the active HTTP
+subscriptions it knows. The group spreads their partitions over every delivery process
+(round robin, so one-partition topics spread too); a process that stops or dies gives its
+partitions to the others, one that joins takes its share, and none restarts. What a
+subscription costs while idle is its partitions in one fetch request, not a consumer, a
+group and a fetch loop of its own.
+
+Each record goes to its subscription's `Courier` (`connectors.courier`), which holds it in
+a lane and delivers; the reader does for all couriers what a courier's own consumer did:
+
+- back-pressure: it pauses the partitions a courier cannot hold more of
+  (`Holding.to_pause`) and seeks where a courier reads spilled records again
+  (`Holding.to_seek`); the other subscriptions' partitions keep being read;
+- commits: every `_COMMIT_EVERY_S`, per partition the courier's lowest unfinished offset,
+  in one request for all couriers;
+- a rebalance: before partitions go, each courier's finished offsets of them are committed
+  and its lanes of them stop; the new owner reads on from the commit (at least once, never
+  two processes delivering one partition at a time);
+- a partition whose subscription has no courier here (stopping, stopped, or not started
+  yet: the process's view of the subscription set is a moment behind the group's) is paused
+  and its position set back to the first record not taken, or to the stopped courier's
+  lowest unfinished offset, so a courier started for it later misses nothing.
+
+A topic added to or removed from the subscription waits at most `_RESUBSCRIBE_S` (so many
+subscriptions added at once are one rebalance, not one each). The first time the group
+takes a partition it has no committed offset for, it starts where the subscription's own
+courier group of earlier versions (`Groups.deliver`) committed, if it did, else at the
+partition's start; that offset is committed in the group at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any, Final, Protocol
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from connectors.attempts import pause
+from streams.config import Settings
+from streams.health import Health, Progress
+from streams.kafka.clients import make_admin, make_consumer
+from streams.kafka.topics import Groups
+from streams.retry import KAFKA_READ
+
+__all__ = ["Reader", "Taker"]
+
+log = logging.getLogger(__name__)
+
+_POLL_MS: Final = 100  # how long one getmany waits for records at most
+_FETCH_WAIT_MS: Final = 500  # how long the broker holds a fetch with nothing new (not latency)
+_MAX_POLL: Final = 500  # a courier holds at most its cap plus one fetch
+_COMMIT_EVERY_S: Final = 0.5
+_PROGRESS_EVERY_S: Final = 1.0
+_RESUBSCRIBE_S: Final = 1.0  # topic changes within this are one rebalance
+
+
+class Taker(Protocol):
+    """What the reader asks of a subscription's courier (`connectors.courier.Courier`)."""
+
+    topic: str
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def idle(self) -> bool: ...
+
+    def take(self, partition: int, message: Any) -> None: ...
+
+    def back_pressure(
+        self, assigned: list[TopicPartition]
+    ) -> tuple[dict[TopicPartition, int], set[TopicPartition]]: ...
+
+    def to_commit(self) -> dict[TopicPartition, int]: ...
+
+    def committed(self, offsets: dict[TopicPartition, int]) -> None: ...
+
+    def restart_offset(self, partition: int) -> int | None: ...
+
+    def revoked(self, partitions: set[int]) -> None: ...
+
+    def report(self) -> None: ...
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, reader: Reader) -> None:
+        self._reader = reader
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._reader._revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._reader._assigned(set(assigned))
+
+
+class Reader:
+    """Reads the deliver topics of the couriers `attach`ed, in the delivery group."""
+
+    def __init__(self, settings: Settings, *, health: Health | None = None) -> None:
+        self.settings = settings
+        self._groups = Groups(settings.kafka.topic_prefix)
+        self._consumer = make_consumer(
+            settings,
+            "delivery",
+            group=self._groups.delivery,
+            fetch_max_wait_ms=_FETCH_WAIT_MS,
+            max_poll_records=_MAX_POLL,
+            metadata_max_age_ms=30_000,  # also notices partitions added later
+        )
+        self._couriers: dict[str, Taker] = {}  # deliver topic -> its courier
+        self._subscribed: frozenset[str] = frozenset()
+        self._subscribed_at = 0.0
+        self._changed = asyncio.Event()
+        self._unheld: dict[TopicPartition, int] = {}  # no courier takes it: seek here, paused
+        self._started_from: set[TopicPartition] = set()  # committed offsets known in the group
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._health = health
+        self._progress: Progress | None = (
+            health.part("delivery", "reader") if health is not None else None
+        )
+        self._troubles: dict[str, str] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name="delivery-reader")
+
+    async def halt(self) -> None:
+        """Stop fetching (couriers may still commit through `commit`)."""
+        self._stopping.set()
+        if self._task is not None:
+            self._task.cancel()  # a fetch or a wait for metadata: nothing to finish
+            await asyncio.wait({self._task})
+
+    async def close(self, deadline_s: float) -> None:
+        """Leave the group and close (after `halt` and the couriers' stops)."""
+        await self.halt()
+        try:
+            async with asyncio.timeout(max(0.05, deadline_s)):
+                await self._consumer.stop()
+        except TimeoutError:
+            log.warning("the delivery reader's consumer did not close in time")
+        if self._health is not None:
+            self._health.drop("delivery", "reader")
+
+    def attach(self, courier: Taker) -> None:
+        """Deliver the records of `courier`'s topic to it, from the next fetch on."""
+        topic = courier.topic
+        self._couriers[topic] = courier
+        for tp in [tp for tp in self._unheld if tp.topic == topic]:
+            self._consumer.seek(tp, self._unheld.pop(tp))  # paused until back-pressure says
+        self._changed.set()
+
+    def detach(self, courier: Taker) -> None:
+        """`courier` has stopped: its topic is left to the others after the next
+        resubscription; meanwhile its partitions wait, set back to its first unfinished
+        record."""
+        topic = courier.topic
+        if self._couriers.get(topic) is courier:
+            del self._couriers[topic]
+        for tp in self.assigned(topic):
+            offset = courier.restart_offset(tp.partition)
+            if offset is not None:
+                self._unheld[tp] = min(offset, self._unheld.get(tp, offset))
+        self._changed.set()
+
+    # -- what couriers ask --------------------------------------------------------------
+
+    def assigned(self, topic: str) -> list[TopicPartition]:
+        """The partitions of `topic` this process reads now."""
+        return [tp for tp in self._consumer.assignment() if tp.topic == topic]
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        value: int | None = self._consumer.highwater(tp)
+        return value
+
+    def paused(self, topic: str) -> frozenset[int]:
+        """The partitions of `topic` not being read now."""
+        return frozenset(tp.partition for tp in self._consumer.paused() if tp.topic == topic)
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """Commit those of `offsets` whose partitions are still assigned here; those
+        committed."""
+        assigned = self._consumer.assignment()
+        mine = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        if mine:
+            await self._consumer.commit(mine)
+        return mine
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        last_commit = last_progress = time.monotonic()
+        while not self._stopping.is_set():
+            try:
+                await self._follow_topics()
+                if not self._subscribed:
+                    await self._wait_for_topics()
+                    continue
+                self._back_pressure()
+                batches = await self._consumer.getmany(timeout_ms=_POLL_MS)
+                for tp, records in batches.items():
+                    self._hand_out(tp, records)
+                now = time.monotonic()
+                if now - last_commit >= _COMMIT_EVERY_S:
+                    await self._commit_all()
+                    last_commit = now
+                if now - last_progress >= _PROGRESS_EVERY_S:
+                    for courier in self._couriers.values():
+                        courier.report()
+                    last_progress = now
+            except KafkaError as exc:
+                log.warning("delivery reader: Kafka error (%s); retrying", type(exc).__name__)
+                if not KAFKA_READ.retriable(exc):  # e.g. not authorised: retried, and visible
+                    self._trouble(f"Kafka refuses reading or committing ({type(exc).__name__})")
+                await pause(self._stopping, KAFKA_READ.delay(1))
+            except Exception:  # a bug here must not end delivery: visible, retried
+                log.exception("delivery reader: reading failed; retrying")
+                self._trouble("reading failed with an internal error (see the log)")
+                await pause(self._stopping, KAFKA_READ.delay(1))
+            else:
+                self._trouble(None)
+
+    async def _wait_for_topics(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_POLL_MS / 1000 * 5):
+                await self._changed.wait()
+
+    def _trouble(self, reason: str | None) -> None:
+        if self._progress is None:
+            return
+        if reason is None:
+            self._progress.mended()
+        else:
+            self._progress.broken(reason)
+
+    async def _follow_topics(self) -> None:
+        """Subscribe to the couriers' topics when they changed (at most every
+        `_RESUBSCRIBE_S`), once the broker knows them."""
+        if not self._changed.is_set():
+            return
+        wanted = frozenset(t for t, c in self._couriers.items() if not c.stopping)
+        if wanted == self._subscribed:
+            self._changed.clear()
+            return
+        if time.monotonic() - self._subscribed_at < _RESUBSCRIBE_S:
+            return
+        self._changed.clear()
+        await self._known(wanted - self._subscribed)
+        if wanted:
+            self._consumer.subscribe(sorted(wanted), listener=_Rebalance(self))
+        else:
+            self._consumer.unsubscribe()
+        log.info("delivery reader: reading %d deliver topics", len(wanted))
+        self._subscribed, self._subscribed_at = wanted, time.monotonic()
+
+    async def _known(self, topics: frozenset[str]) -> None:
+        # A topic created a moment ago (a new subscription) may not be in the broker's
+        # metadata yet; a group joined then gets no partitions of it until the next refresh.
+        missing = set(topics)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.kafka.request_timeout_s):
+                while missing:
+                    missing -= await self._consumer.topics()
+                    if missing:
+                        await asyncio.sleep(0.1)
+        if missing:
+            log.warning("%d deliver topics are not known to the broker yet", len(missing))
+
+    def _hand_out(self, tp: TopicPartition, records: list[Any]) -> None:
+        courier = self._couriers.get(tp.topic)
+        if courier is None or courier.stopping or tp in self._unheld:
+            if records and tp not in self._unheld:  # leave them in Kafka, for a courier
+                self._unheld[tp] = records[0].offset
+                self._consumer.seek(tp, records[0].offset)
+            return
+        for message in records:
+            courier.take(tp.partition, message)  # never raises
+
+    def _back_pressure(self) -> None:
+        """Seek and pause what the couriers ask (`Holding.to_seek`, `Holding.to_pause`),
+        pause the partitions no courier takes now, resume the others."""
+        by_topic: dict[str, list[TopicPartition]] = {}
+        for tp in self._consumer.assignment():
+            by_topic.setdefault(tp.topic, []).append(tp)
+        wanted: set[TopicPartition] = set(self._unheld)
+        for topic, tps in by_topic.items():
+            courier = self._couriers.get(topic)
+            if courier is None or courier.stopping:
+                wanted.update(tps)
+                continue
+            if courier.idle:
+                continue
+            seeks, waiting = courier.back_pressure(tps)
+            for tp, offset in seeks.items():
+                self._consumer.seek(tp, offset)
+            wanted |= waiting
+        paused = self._consumer.paused()
+        if wanted - paused:
+            self._consumer.pause(*(wanted - paused))
+        if paused - wanted:
+            self._consumer.resume(*(paused - wanted))
+
+    async def _commit_all(self) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        couriers = [c for c in self._couriers.values() if not c.idle]
+        for courier in couriers:
+            offsets.update(courier.to_commit())
+        if offsets:
+            done = await self.commit(offsets)
+            for courier in couriers:
+                courier.committed(done)
+
+    # -- rebalancing --------------------------------------------------------------------
+
+    async def _revoked(self, revoked: set[TopicPartition]) -> None:
+        # another member may take these over: commit what is finished, drop the rest
+        # (lanes of those partitions stop; the new owner delivers them again)
+        with contextlib.suppress(KafkaError):
+            await self._commit_all()
+        topics = {tp.topic for tp in revoked}
+        for topic in topics:
+            courier = self._couriers.get(topic)
+            if courier is not None:
+                courier.revoked({tp.partition for tp in revoked if tp.topic == topic})
+        for tp in revoked:
+            self._unheld.pop(tp, None)
+            self._started_from.discard(tp)
+
+    async def _assigned(self, assigned: set[TopicPartition]) -> None:
+        """Start the partitions the group has no committed offset for where the
+        subscription's earlier own group left them, else at their start; commit that."""
+        new = assigned - self._started_from
+        if not new:
+            return
+        try:
+            starts = await self._starts(new)
+            if starts:
+                await self._consumer.commit(starts)
+                for tp, offset in starts.items():
+                    self._consumer.seek(tp, offset)
+            self._started_from |= new
+        except KafkaError as exc:  # read from the partition's start: duplicates, no loss
+            log.warning(
+                "delivery reader: finding where %d new partitions start failed (%s)",
+                len(new),
+                type(exc).__name__,
+            )
+
+    async def _starts(self, tps: set[TopicPartition]) -> dict[TopicPartition, int]:
+        admin = make_admin(self.settings, "delivery-starts")
+        await admin.start()
+        try:
+            have = await admin.list_consumer_group_offsets(
+                self._groups.delivery, partitions=sorted(tps)
+            )
+            fresh = {tp for tp in tps if tp not in have or have[tp].offset < 0}
+            starts: dict[TopicPartition, int] = {}
+            for topic in {tp.topic for tp in fresh}:
+                legacy = self._groups.deliver(topic.removeprefix(f"{self._groups.prefix}.deliver."))
+                old = await admin.list_consumer_group_offsets(
+                    legacy, partitions=sorted(tp for tp in fresh if tp.topic == topic)
+                )
+                starts.update({tp: o.offset for tp, o in old.items() if o.offset >= 0})
+        finally:
+            await admin.close()
+        rest = fresh - set(starts)
+        if rest:
+            starts.update(await self._consumer.beginning_offsets(sorted(rest)))
+        return starts
