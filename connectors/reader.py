@@ -121,6 +121,7 @@ class Reader:
         self._changed = asyncio.Event()
         self._unheld: dict[TopicPartition, int] = {}  # no courier takes it: seek here, paused
         self._started_from: set[TopicPartition] = set()  # committed offsets known in the group
+        self._starting: set[TopicPartition] = set()  # assigned, start not settled yet
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._health = health
@@ -207,6 +208,8 @@ class Reader:
                 if not self._subscribed:
                     await self._wait_for_topics()
                     continue
+                if self._starting:
+                    await self._settle_starts()
                 self._back_pressure()
                 batches = await self._consumer.getmany(timeout_ms=_POLL_MS)
                 for tp, records in batches.items():
@@ -278,6 +281,8 @@ class Reader:
             log.warning("%d deliver topics are not known to the broker yet", len(missing))
 
     def _hand_out(self, tp: TopicPartition, records: list[Any]) -> None:
+        if tp in self._starting:
+            return  # fetched before its start was settled: `_settle_starts` seeks
         courier = self._couriers.get(tp.topic)
         if courier is None or courier.stopping or tp in self._unheld:
             if records and tp not in self._unheld:  # leave them in Kafka, for a courier
@@ -293,7 +298,7 @@ class Reader:
         by_topic: dict[str, list[TopicPartition]] = {}
         for tp in self._consumer.assignment():
             by_topic.setdefault(tp.topic, []).append(tp)
-        wanted: set[TopicPartition] = set(self._unheld)
+        wanted: set[TopicPartition] = set(self._unheld) | self._starting
         for topic, tps in by_topic.items():
             courier = self._couriers.get(topic)
             if courier is None or courier.stopping:
@@ -336,35 +341,49 @@ class Reader:
         for tp in revoked:
             self._unheld.pop(tp, None)
             self._started_from.discard(tp)
+            self._starting.discard(tp)
 
     async def _assigned(self, assigned: set[TopicPartition]) -> None:
+        # fetching may begin before this runs: records of a partition whose start is not
+        # settled yet are handed to no courier (`_hand_out`) until `_settle_starts`
+        self._starting |= assigned - self._started_from
+
+    async def _settle_starts(self) -> None:
         """Start the partitions the group has no committed offset for where the
         subscription's earlier own group left them, else at their start; commit that."""
-        new = assigned - self._started_from
+        assigned = self._consumer.assignment()
+        new = {tp for tp in self._starting if tp in assigned}
+        self._starting.clear()
         if not new:
             return
         try:
-            starts = await self._starts(new)
+            committed, starts = await self._starts(new)
+            assigned = self._consumer.assignment()
+            starts = {tp: o for tp, o in starts.items() if tp in assigned}
             if starts:
                 await self._consumer.commit(starts)
-                for tp, offset in starts.items():
+            # every one, also where the group had committed: records fetched before the start
+            # was settled were handed to no courier, and the position moved past them
+            for tp, offset in {**committed, **starts}.items():
+                if tp in assigned:
                     self._consumer.seek(tp, offset)
             self._started_from |= new
-        except KafkaError as exc:  # read from the partition's start: duplicates, no loss
-            log.warning(
-                "delivery reader: finding where %d new partitions start failed (%s)",
-                len(new),
-                type(exc).__name__,
-            )
+        except KafkaError:
+            self._starting |= new  # tried again on the next round
+            raise
 
-    async def _starts(self, tps: set[TopicPartition]) -> dict[TopicPartition, int]:
+    async def _starts(
+        self, tps: set[TopicPartition]
+    ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+        """Of `tps`: the offsets the group committed, and where the others start."""
         admin = make_admin(self.settings, "delivery-starts")
         await admin.start()
         try:
             have = await admin.list_consumer_group_offsets(
                 self._groups.delivery, partitions=sorted(tps)
             )
-            fresh = {tp for tp in tps if tp not in have or have[tp].offset < 0}
+            committed = {tp: o.offset for tp, o in have.items() if tp in tps and o.offset >= 0}
+            fresh = tps - set(committed)
             starts: dict[TopicPartition, int] = {}
             for topic in {tp.topic for tp in fresh}:
                 legacy = self._groups.deliver(topic.removeprefix(f"{self._groups.prefix}.deliver."))
@@ -377,4 +396,4 @@ class Reader:
         rest = fresh - set(starts)
         if rest:
             starts.update(await self._consumer.beginning_offsets(sorted(rest)))
-        return starts
+        return committed, starts

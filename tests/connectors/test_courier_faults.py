@@ -115,6 +115,7 @@ async def committed(settings: Settings, sub_id: str) -> int:
     finally:
         await admin.close()
     topic = f"{settings.kafka.topic_prefix}.deliver.{sub_id}"
+    print("COMMITTED", {tp.partition: o.offset for tp, o in offsets.items() if tp.topic == topic})
     return sum(max(0, o.offset) for tp, o in offsets.items() if tp.topic == topic)
 
 
