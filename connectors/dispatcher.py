@@ -8,14 +8,17 @@ partitions in a fetch request. KAFKA subscriptions read their deliver topic them
 
 How a courier orders, commits, retries and dead-letters: see `connectors.courier`.
 
-A `410 Gone` stops the subscription's courier at once; the dispatcher then writes the
-subscription as `retired`, retrying the write (`streams.retry.RETIRE` backoff, logged, the
-courier's health part broken meanwhile) until it lands. Until the store shows the retirement
-the dispatcher starts no courier for that subscription again, unless the subscription is
-changed meanwhile (an operator's edit wins: then it is neither retired nor skipped). A
-retirement refused permanently (an ACL, the record refused) is given up on, loudly: the
-subscription stays active in the store and undelivered here until the process restarts
-(which tries again on the next 410) or the operator retires or changes it.
+A `410 Gone` stops the subscription's courier at once; the dispatcher then retires the
+subscription: a record in the retirements topic naming the version of the subscription that
+answered (`SubscriptionStore.retire`, `streams.routing.retirements`; the delivery role may
+not write the subscription set itself), retrying the write (`streams.retry.RETIRE` backoff,
+logged, the courier's health part broken meanwhile) until it lands. Until the store shows the
+retirement the dispatcher starts no courier for that subscription again, unless the
+subscription is changed meanwhile (an operator's edit wins: then it is neither retired nor
+skipped, and a retirement of the version before it no longer applies). A retirement refused
+permanently (an ACL) is given up on, loudly: the subscription stays active in the store and
+undelivered here until the process restarts (which tries again on the next 410) or the
+operator retires or changes it.
 """
 
 from __future__ import annotations
@@ -160,16 +163,16 @@ class Dispatcher:
         task.add_done_callback(self._retiring.discard)
 
     async def _retire(self, gone: Subscription) -> None:
-        """Write `gone` as retired, retrying until it lands (or is moot)."""
+        """Retire `gone` (the version that answered 410), retrying until it lands (or is moot)."""
         part = f"courier {gone.id}"
         attempt, first = 0, time.monotonic()
         while True:
-            current = self.store.get(gone.id)
-            if current is None or not current.active or current != gone:
+            current, version = self.store.get(gone.id), self.store.version(gone.id)
+            if current is None or version is None or not current.active or current != gone:
                 break  # retired already, deleted, or changed by an operator: not ours to do
             try:
                 async with asyncio.timeout(self.settings.kafka.request_timeout_s):
-                    await self.store.put(current.retired())
+                    await self.store.retire(gone.id, version)
                 break
             except (KafkaError, KafkaUnavailable, TimeoutError) as exc:
                 attempt += 1

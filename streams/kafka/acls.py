@@ -18,7 +18,8 @@ Per-subscription topics are granted to the roles by prefix: `<prefix>.deliver.` 
 every deliver topic *and* its `.dlq` (Kafka's prefixes cannot tell `deliver.<id>` from
 `deliver.<id>.dlq` apart), so the worker could write a DLQ and the delivery role a deliver
 topic. Everything else is named literally: the worker reads the subscription set and cannot
-write it, and each subscriber's deliver topics are its own, so none sees another's.
+write it, the delivery role writes only the retirements (a `410 Gone`, never a subscription
+record), and each subscriber's deliver topics are its own, so none sees another's.
 
 `desired_acls` computes the whole set; `plan` compares it with the cluster's: what to
 create, and which ACLs the bus made before that are no longer wanted (an ALLOW of a
@@ -170,6 +171,7 @@ def role_grants(prefix: str) -> dict[str, tuple[Grant, ...]]:
         "api": (
             seen,
             _topic(t.subscriptions, R, W),
+            _topic(t.retirements, R),
             _topic(events, R, W, prefixed=True),
             _topic(deliver, R, W, C, prefixed=True),
             _topic(t.invalid, W),
@@ -185,18 +187,21 @@ def role_grants(prefix: str) -> dict[str, tuple[Grant, ...]]:
             _topic(t.ingress, R),
             _topic(t.publisher_ingress(""), R, prefixed=True),
             _topic(t.subscriptions, R),
+            _topic(t.retirements, R),
             _topic(events, W, prefixed=True),
             _topic(deliver, W, prefixed=True),
             _topic(t.invalid, W),
             _group(g.validator, R),
         ),
         # deliver.<id> → webhooks, one group for all subscriptions; .dlq, the delivery
-        # log; a 410 retires its subscription (a write to the subscription set).
+        # log; a 410 retires its subscription: a record in retirements, the subscription
+        # set itself is read, never written.
         "delivery": (
             seen,
             _topic(deliver, R, W, prefixed=True),
             _topic(t.deliveries, W),
-            _topic(t.subscriptions, R, W),
+            _topic(t.subscriptions, R),
+            _topic(t.retirements, R, W),
             _group(g.delivery, R),
             # where each subscription's own courier group of earlier versions left off,
             # read once when the delivery group first takes a partition (`connectors.reader`)
@@ -209,6 +214,7 @@ def role_grants(prefix: str) -> dict[str, tuple[Grant, ...]]:
             _topic(every, C, prefixed=True),
             _topic(t.ingress, W),
             _topic(t.subscriptions, R, W),
+            _topic(t.retirements, R),
             _topic(events, R, prefixed=True),
             _topic(deliver, R, W, prefixed=True),
             _topic(t.deliveries, R, W),

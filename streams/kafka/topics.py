@@ -86,6 +86,12 @@ class Topics:
         return f"{self.prefix}.subscriptions"
 
     @property
+    def retirements(self) -> str:
+        """Internal: which version of a subscription a `410 Gone` retired (compacted, key =
+        subscription id; the delivery role writes it, `streams.routing.retirements`)."""
+        return f"{self.prefix}.retirements"
+
+    @property
     def deliveries(self) -> str:
         """Internal: the delivery log, one record per attempt."""
         return f"{self.prefix}.deliveries"
@@ -183,6 +189,7 @@ def bus_topics(
         *(TopicSpec(t.publisher_ingress(c), p, dict(ingress)) for c in sorted(set(publishers))),
         TopicSpec(t.invalid, p, _retention(settings.invalid_retention_days)),
         TopicSpec(t.subscriptions, 1, {"cleanup.policy": "compact"}),
+        TopicSpec(t.retirements, 1, {"cleanup.policy": "compact"}),
         TopicSpec(t.replays, 1, {"cleanup.policy": "compact"}),
         # The delivery log answers "who received what about this person" (Logboek
         # Dataverwerkingen): kept as long as the events themselves.

@@ -17,6 +17,12 @@ Secrets are sealed (`streams.routing.sealing`): `put` seals the access token and
 secret of a subscription record, `apply` opens them and refuses (`SealRefused`, changing
 nothing) a record whose secret does not open.
 
+A subscription whose webhook answered `410 Gone` is retired by a record of another topic
+(`streams.routing.retirements`, written by the delivery role): `retire` folds one in. The
+set then hands the subscription out as `retired` for as long as its record is the version
+the retirement names (`versions`, made from the record's place in the topic and its value);
+a retirement changes nothing but that status.
+
 `Records.apply` folds one record into the set: the subscription a reader hands out is its
 record plus its volgindicaties, kept in one mapping per subscription that a volgindicatie
 record changes in place, so following one more person costs the same for ten followed
@@ -33,6 +39,7 @@ from typing import Final
 
 from pydantic import TypeAdapter
 
+from streams.routing.retirements import Retirement, version_of
 from streams.routing.sealing import Keyring, open_record, seal_record
 from streams.routing.subscriptions import Subscription
 
@@ -67,15 +74,20 @@ class Records:
         self._accept_clear = accept_clear  # clear-text secrets let through: `secrets rotate`
         self.subscriptions: dict[str, Subscription] = {}  # with their volgindicaties
         self.sealed_with: dict[str, frozenset[str]] = {}  # the key ids of each record's secrets
+        self.versions: dict[str, str] = {}  # the version of each subscription's record
+        self._retirements: dict[str, str] = {}  # id -> the version a 410 retired
         self._records: dict[str, Subscription] = {}  # as their own records hold them
         self._followed: dict[str, dict[str, date | None]] = {}  # from volgindicatie records
 
     # -- reading ----------------------------------------------------------------------------
 
-    def apply(self, key: bytes | None, value: bytes | None) -> Applied:
-        """Fold one record in; `SealRefused` for a secret that does not open, `ValueError` (or a
-        pydantic `ValidationError`, a subclass) or `UnicodeDecodeError` for a record that is
-        neither kind: both change nothing."""
+    def apply(
+        self, key: bytes | None, value: bytes | None, *, place: tuple[int, int] | None = None
+    ) -> Applied:
+        """Fold one record in (`place`: its partition and offset, which make its version);
+        `SealRefused` for a secret that does not open, `ValueError` (or a pydantic
+        `ValidationError`, a subclass) or `UnicodeDecodeError` for a record that is neither
+        kind: both change nothing."""
         name = bytes(key or b"").decode("utf-8")
         subscription_id, mark, pseudonym = name.partition(MARK)
         if mark:
@@ -95,13 +107,43 @@ class Records:
             self._records.pop(subscription_id, None)
             self.subscriptions.pop(subscription_id, None)
             self.sealed_with.pop(subscription_id, None)
+            self.versions.pop(subscription_id, None)
             return Applied(subscription_id, None)
         self._records[subscription_id] = subscription
         self.sealed_with[subscription_id] = kids
+        self.versions[subscription_id] = version_of(bytes(value or b""), place)
         followed = {**subscription.volgindicaties, **self._followed.get(subscription_id, {})}
-        merged = subscription.model_copy(update={"volgindicaties": followed})
+        update = {"volgindicaties": followed, "status": self._status(subscription_id)}
+        merged = subscription.model_copy(update=update)
         self.subscriptions[subscription_id] = merged
         return Applied(subscription_id, merged)
+
+    def retire(self, retirement: Retirement) -> Subscription | None:
+        """Fold one retirement in (a `version` of None withdraws it); the subscription as
+        handed out now when its status changed, else None."""
+        subscription_id = retirement.subscription_id
+        if retirement.version is None:
+            self._retirements.pop(subscription_id, None)
+        else:
+            self._retirements[subscription_id] = retirement.version
+        current = self.subscriptions.get(subscription_id)
+        if current is None:  # not (or no longer) there: kept for when its record is read
+            return None
+        status = self._status(subscription_id)
+        if current.status == status:
+            return None
+        # a shallow copy: it shares the live volgindicaties (see the module docstring)
+        presented = current.model_copy(update={"status": status})
+        self.subscriptions[subscription_id] = presented
+        return presented
+
+    def _status(self, subscription_id: str) -> str:
+        """The status handed out: the record's, or `retired` when a 410 retired its version."""
+        own = self._records[subscription_id].status
+        retired = self._retirements.get(subscription_id)
+        if retired is not None and retired == self.versions.get(subscription_id):
+            return "retired"
+        return own
 
     def _volgindicatie(self, subscription_id: str, pseudonym: str, value: bytes | None) -> Applied:
         if not _PSEUDONYM.match(pseudonym):

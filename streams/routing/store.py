@@ -8,7 +8,13 @@ lose none.
 broker; every process runs a reader (a plain consumer without a group, from the beginning,
 then following) that keeps its `SubscriptionIndex` up to date.
 
-Consistency, in offsets of that topic:
+The reader follows the compacted `gemeentebus.retirements` too: `retire` (the delivery
+role's one write, after a `410 Gone`) records there that the current version of a
+subscription is retired, and the store then hands that subscription out as `retired` until
+its record changes (`streams.routing.retirements`). A retirement record that is not one is
+logged with the reason and ignored; it can change nothing but the status.
+
+Consistency, in offsets of those topics:
 - `ready()`: the reader has applied everything that existed when the store started;
 - `sync()`: the reader has applied everything written before the call (the router calls it
   per batch, so an event published after `put` returned is matched against that `put`);
@@ -34,7 +40,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from datetime import date
+from datetime import UTC, date, datetime
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -48,6 +54,7 @@ from streams.ingress.metrics import metrics
 from streams.kafka.clients import make_consumer, make_producer
 from streams.kafka.topics import Topics, bus_topics, create_topics, subscription_topics
 from streams.retry import RetryPolicy
+from streams.routing import retirements
 from streams.routing.matching import SubscriptionIndex
 from streams.routing.records import Records
 from streams.routing.sealing import Keyring, SealRefused
@@ -65,7 +72,7 @@ _TOPICS_TIMEOUT_S = 5.0
 
 
 class _TopicGone(Exception):
-    """The subscription topic is no longer in the cluster's metadata."""
+    """The subscription (or retirements) topic is no longer in the cluster's metadata."""
 
 
 class SubscriptionStore:
@@ -115,21 +122,27 @@ class SubscriptionStore:
 
     # -- lifecycle ----------------------------------------------------------------------
 
+    @property
+    def _read_topics(self) -> tuple[str, str]:
+        return self.topics.subscriptions, self.topics.retirements
+
     async def start(self) -> None:
-        """Create the topic if missing, connect, and start following it from the beginning."""
-        specs = [
-            s for s in bus_topics(self.settings.kafka, ()) if s.name == self.topics.subscriptions
-        ]
+        """Create the topics if missing, connect, and start following them from the beginning."""
+        names = self._read_topics
+        specs = [s for s in bus_topics(self.settings.kafka, ()) if s.name in names]
         await create_topics(self.settings.kafka, specs)
         await self._producer.start()
         await self._consumer.start()
         await self._offsets.start()
         try:
-            parts = await self._partitions_of(self.topics.subscriptions)
+            self._partitions = [
+                TopicPartition(topic, p)
+                for topic in names
+                for p in sorted(await self._partitions_of(topic))
+            ]
         except BaseException:
             await self.stop()
             raise
-        self._partitions = [TopicPartition(self.topics.subscriptions, p) for p in sorted(parts)]
         self._consumer.assign(self._partitions)
         await self._consumer.seek_to_beginning(*self._partitions)
         for tp in self._partitions:
@@ -176,6 +189,10 @@ class SubscriptionStore:
     def keyring(self) -> Keyring:
         """The keys this store seals and opens webhook secrets with."""
         return self._records.keyring
+
+    def version(self, subscription_id: str) -> str | None:
+        """The version of this subscription's record as last read (None: no such one)."""
+        return self._records.versions.get(subscription_id)
 
     def sealed_with(self, subscription_id: str) -> frozenset[str]:
         """The ids of the keys that sealed this subscription's secrets as last read (`CLEAR`
@@ -226,9 +243,16 @@ class SubscriptionStore:
         """Stop following one person; returns once it is visible here."""
         await self._write(self._records.unfollow(subscription_id, pseudonym))
 
-    async def _write(self, records: list[tuple[bytes, bytes | None]]) -> None:
+    async def retire(self, subscription_id: str, version: str) -> None:
+        """Record that this version of the subscription answered `410 Gone` (in the
+        retirements topic); returns once it is applied here. A later change of the
+        subscription makes it active again: then this retirement no longer applies."""
+        retirement = retirements.Retirement(subscription_id, version, datetime.now(UTC))
+        await self._write([retirements.record(retirement)], self.topics.retirements)
+
+    async def _write(self, records: list[tuple[bytes, bytes | None]], topic: str = "") -> None:
         futures = [
-            await self._producer.send(self.topics.subscriptions, value, key=key)
+            await self._producer.send(topic or self.topics.subscriptions, value, key=key)
             for key, value in records
         ]
         targets: dict[TopicPartition, int] = {}
@@ -305,7 +329,9 @@ class SubscriptionStore:
             for record in records:
                 self._apply(record)
                 applied += 1
-        if not batches and self._consumer.partitions_for_topic(self.topics.subscriptions) is None:
+        if not batches and any(
+            self._consumer.partitions_for_topic(t) is None for t in self._read_topics
+        ):
             await self._check_topic()
         async with self._moved:
             for tp in self._partitions:
@@ -321,11 +347,12 @@ class SubscriptionStore:
         self.progress.waiting(lag)
 
     async def _check_topic(self) -> None:
-        """Raise `_TopicGone` when a fresh metadata request lacks the subscription topic."""
+        """Raise `_TopicGone` when a fresh metadata request lacks a topic the reader reads."""
         async with asyncio.timeout(_TOPICS_TIMEOUT_S):
-            present = self.topics.subscriptions in await self._offsets.topics()
-        if not present:
-            raise _TopicGone(self.topics.subscriptions)
+            present = await self._offsets.topics()
+        for topic in self._read_topics:
+            if topic not in present:
+                raise _TopicGone(topic)
 
     async def _resume(self) -> None:
         """Start reading again where the reader was, once its topic is there."""
@@ -345,8 +372,12 @@ class SubscriptionStore:
 
     def _apply(self, record: ConsumerRecord[bytes, bytes]) -> None:
         where = f"partition {record.partition} offset {record.offset}"
+        if record.topic == self.topics.retirements:
+            self._apply_retirement(record, where)
+            return
         try:
-            applied = self._records.apply(record.key, record.value)
+            place = (record.partition, record.offset)
+            applied = self._records.apply(record.key, record.value, place=place)
         except SealRefused as exc:
             # the record is not applied: this id keeps what it had (visible, never silent)
             self.refused[exc.subscription_id] = exc.code
@@ -376,6 +407,21 @@ class SubscriptionStore:
             self.index.remove(subscription_id)
         else:
             self.index.upsert(subscription)
+        self._announce(subscription_id, subscription)
+
+    def _apply_retirement(self, record: ConsumerRecord[bytes, bytes], where: str) -> None:
+        try:
+            retirement = retirements.parse(record.key, record.value)
+        except ValueError as exc:
+            # the reason is ours, never the record's content
+            log.error("ignored a malformed retirement record at %s: %s", where, exc)
+            return
+        subscription = self._records.retire(retirement)
+        if subscription is not None:
+            self.index.upsert(subscription)
+            self._announce(subscription.id, subscription)
+
+    def _announce(self, subscription_id: str, subscription: Subscription | None) -> None:
         for callback in self.changes:
             try:
                 callback(subscription_id, subscription)
@@ -386,7 +432,7 @@ class SubscriptionStore:
 def _reason(exc: BaseException, topic: str) -> str:
     """Why the reader stopped, without any record content."""
     if isinstance(exc, _TopicGone):
-        return f"topic {topic} is gone from the cluster"
+        return f"topic {exc.args[0]} is gone from the cluster"
     if isinstance(exc, TimeoutError):
         return "the cluster did not answer a metadata request"
     return f"reading {topic} failed ({type(exc).__name__})"

@@ -41,7 +41,6 @@ from streams.kafka.clients import make_admin, make_consumer, make_producer
 from streams.kafka.partitioner import murmur2
 from streams.kafka.topics import Topics
 from streams.routing.store import SubscriptionStore
-from streams.routing.subscriptions import Subscription
 
 pytestmark = pytest.mark.kafka
 
@@ -556,19 +555,19 @@ async def test_a_410_whose_retirement_fails_at_first_is_retired_and_never_restar
     receivers.extend([leaving, staying])
     await store.put(subscription("leaving", leaving.url))
     await store.put(subscription("staying", staying.url))
-    put = store.put
+    retire = store.retire
     refused: list[str] = []
 
-    async def flaky_put(sub: Subscription) -> Subscription:
-        if sub.id == "leaving" and not sub.active and len(refused) < 3:
-            refused.append(sub.id)
+    async def flaky_retire(sub_id: str, version: str) -> None:
+        if sub_id == "leaving" and len(refused) < 3:
+            refused.append(sub_id)
             # meanwhile another change makes the dispatcher reconcile: still no restart
             steady = subscription("staying", staying.url)
-            await put(steady.model_copy(update={"purpose": f"purpose {len(refused)}"}))
+            await store.put(steady.model_copy(update={"purpose": f"purpose {len(refused)}"}))
             raise KafkaUnavailable("the broker did not answer (injected)")
-        return await put(sub)
+        await retire(sub_id, version)
 
-    monkeypatch.setattr(store, "put", flaky_put)
+    monkeypatch.setattr(store, "retire", flaky_retire)
     health = Health()
     dispatcher = await start_dispatcher(settings, store, fast(), health)
     try:
@@ -603,14 +602,11 @@ async def test_a_410_whose_retirement_is_refused_for_good_stays_stopped_until_ed
     receivers.extend([leaving, staying])
     await store.put(subscription("leaving", leaving.url))
     await store.put(subscription("staying", staying.url))
-    put = store.put
 
-    async def refusing_put(sub: Subscription) -> Subscription:
-        if sub.id == "leaving" and not sub.active:
-            raise TopicAuthorizationFailedError("no ACL to write the subscription set")
-        return await put(sub)
+    async def refusing_retire(sub_id: str, version: str) -> None:
+        raise TopicAuthorizationFailedError("no ACL to write the retirements")
 
-    monkeypatch.setattr(store, "put", refusing_put)
+    monkeypatch.setattr(store, "retire", refusing_retire)
     health = Health()
     dispatcher = await start_dispatcher(settings, store, fast(), health)
     try:

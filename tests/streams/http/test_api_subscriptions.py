@@ -339,6 +339,37 @@ async def test_a_subscription_survives_a_restart(
         await other.stop()
 
 
+async def test_a_410_retirement_shows_over_http_and_a_put_reactivates(
+    api: TestClient[Any, Any], sink: Sink, store: SubscriptionStore, settings: Settings
+) -> None:
+    """The delivery role (its own store) retires the subscription after a 410; the API shows
+    it retired, and the owner's PUT of it as active makes it active everywhere again."""
+    created = await create(api, body(sink))
+    sub_id, path = created["id"], f"/subscriptions/{created['id']}"
+    delivery = await started(settings, "delivery")
+    try:
+        version = delivery.version(sub_id)
+        assert version is not None
+        await delivery.retire(sub_id, version)
+        async with asyncio.timeout(DEADLINE_S):
+            await store.wait_for(sub_id, lambda s: s is not None and not s.active)
+        got = await (await api.get(path, headers=auth("gemeente"))).json()
+        assert got["status"] == "retired"
+        assert {k: v for k, v in got.items() if k != "status"} == {
+            k: v for k, v in created.items() if k not in ("status", "signingSecret")
+        }
+        put = await api.put(path, json={**got, "status": "active"}, headers=auth("gemeente"))
+        assert put.status == 200, await put.text()
+        assert (await put.json())["status"] == "active"
+        again = await (await api.get(path, headers=auth("gemeente"))).json()
+        assert again["status"] == "active"
+        async with asyncio.timeout(DEADLINE_S):
+            back = await delivery.wait_for(sub_id, lambda s: s is not None and s.active)
+        assert back is not None and sub_id in delivery.index
+    finally:
+        await delivery.stop()
+
+
 async def test_two_api_processes_adding_volgindicaties_at_once_lose_none(
     api: TestClient[Any, Any], sink: Sink, store: SubscriptionStore, settings: Settings
 ) -> None:

@@ -63,6 +63,7 @@ def test_the_worker_reads_ingress_and_writes_events_and_deliver_but_not_the_subs
         ("READ", "TOPIC", "gemeentebus.ingress", "LITERAL"),
         ("READ", "TOPIC", "gemeentebus.ingress.", "PREFIXED"),
         ("READ", "TOPIC", "gemeentebus.subscriptions", "LITERAL"),
+        ("READ", "TOPIC", "gemeentebus.retirements", "LITERAL"),
         ("WRITE", "TOPIC", "gemeentebus.events.", "PREFIXED"),
         ("WRITE", "TOPIC", "gemeentebus.deliver.", "PREFIXED"),
         ("WRITE", "TOPIC", "gemeentebus.invalid", "LITERAL"),
@@ -77,7 +78,7 @@ def test_who_may_write_the_subscription_set_and_the_events() -> None:
     writers = {
         a.principal for a in acls if a.name == "gemeentebus.subscriptions" and a.operation == WRITE
     }
-    assert writers == {API, DELIVERY, OPERATOR}  # delivery: a 410 retires its subscription
+    assert writers == {API, OPERATOR}  # the delivery role records a 410 elsewhere
     event_writers = {
         a.principal for a in acls if a.name == "gemeentebus.events." and a.operation == WRITE
     }
@@ -86,6 +87,16 @@ def test_who_may_write_the_subscription_set_and_the_events() -> None:
     assert readers == {API, OPERATOR}  # replays and reconciliation; no client, no delivery
     creators = {a.principal for a in acls if a.operation == CREATE}
     assert creators == {API, OPERATOR}  # a new subscription's topics; topics create
+
+
+def test_only_the_delivery_role_writes_retirements_and_every_role_reads_them() -> None:
+    acls = desired_acls(_settings(SUBSCRIBER), [KafkaSubscription("s1", SUBSCRIBER["id"])]).acls
+    on_it = [a for a in acls if a.name == "gemeentebus.retirements"]
+    assert {a.pattern for a in on_it} == {LITERAL}
+    assert {a.principal for a in on_it if a.operation == WRITE} == {DELIVERY}
+    assert {a.principal for a in on_it if a.operation == READ} == {API, WORKER, DELIVERY, OPERATOR}
+    assert ("WRITE", "TOPIC", "gemeentebus.subscriptions", "LITERAL") not in _of(acls, DELIVERY)
+    assert ("READ", "TOPIC", "gemeentebus.subscriptions", "LITERAL") in _of(acls, DELIVERY)
 
 
 def test_a_kafka_subscriber_gets_its_own_deliver_topics_and_group_prefix_only() -> None:

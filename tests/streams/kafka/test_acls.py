@@ -138,7 +138,8 @@ async def cluster(secure_kafka: LocalKafka) -> AsyncIterator[Cluster]:
     and the ACLs `acls apply` makes for them."""
     cluster = Cluster(secure_kafka, f"a{uuid.uuid4().hex[:10]}")
     admin = cluster.settings()
-    await create_topics(admin.kafka, bus_topics(admin.kafka, registry().types()))
+    publishers = [c.id for c in admin.kafka_publishers()]  # `run` refuses to start without
+    await create_topics(admin.kafka, bus_topics(admin.kafka, registry().types(), publishers))
     store = SubscriptionStore(admin, name="test-store")
     await store.start()
     try:
@@ -226,6 +227,20 @@ async def test_the_worker_cannot_write_the_subscription_set(cluster: Cluster) ->
         await _write(worker, t.subscriptions, b'{"id": "injected"}')
     with pytest.raises(TopicAuthorizationFailedError):
         await _write(worker, t.ingress)  # it reads ingress, never writes it
+
+
+async def test_the_delivery_role_records_retirements_and_cannot_write_the_subscription_set(
+    cluster: Cluster,
+) -> None:
+    """Issue 15: subscription records come from the api and operator principals only; a 410
+    is recorded in the retirements topic, which the delivery role alone writes."""
+    t, delivery = cluster.topics, cluster.role("delivery")
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _write(delivery, t.subscriptions, b'{"id": "injected"}')
+    await _write(delivery, t.retirements, b"not a retirement: ignored by every reader")
+    for role in ("api", "worker", "operator"):
+        with pytest.raises(TopicAuthorizationFailedError):
+            await _write(cluster.role(role), t.retirements)
 
 
 async def test_a_principal_without_acls_reads_and_writes_nothing(cluster: Cluster) -> None:
@@ -320,16 +335,19 @@ async def test_apply_is_idempotent_and_removes_a_deleted_subscriptions_acl(
 class _Receiver:
     """A webhook endpoint on loopback that keeps every event it was sent (and answers 204)."""
 
-    def __init__(self) -> None:
+    def __init__(self, status: int = 204) -> None:
+        self.status = status  # what it answers
         self.events: list[dict[str, object]] = []
         self.arrived = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.url = ""
 
     async def _hook(self, request: web.Request) -> web.Response:
-        self.events.append(json.loads(await request.read()))
+        status = self.status
+        if 200 <= status < 300:
+            self.events.append(json.loads(await request.read()))
         self.arrived.set()
-        return web.Response(status=204)
+        return web.Response(status=status)
 
     async def __aenter__(self) -> _Receiver:
         app = web.Application()
@@ -384,6 +402,54 @@ async def test_the_api_and_delivery_roles_work_under_their_acls(cluster: Cluster
                     ]
                 await asyncio.sleep(0.2)
     assert logged[0]["outcome"] == "delivered"
+
+
+async def _status_of(http: aiohttp.ClientSession, url: str, client_id: str) -> str:
+    async with http.get(url, headers=_auth(client_id)) as r:
+        assert r.status == 200, await r.text()
+        status: str = (await r.json())["status"]
+        return status
+
+
+async def test_a_410_retires_under_the_delivery_roles_acls_and_a_put_reactivates(
+    cluster: Cluster,
+) -> None:
+    """`run --role api` and `run --role delivery`, each as its own principal: a webhook
+    answering 410 retires its subscription (the delivery principal, without WRITE on the
+    subscription set), the API shows it retired, and the owner's PUT makes it active again:
+    the event the 410 left undelivered then arrives."""
+    event = EventFactory(27, today=dutch_today()).verhuisd()
+    async with (
+        _Receiver(status=410) as receiver,
+        running_bus(cluster.role("api"), "api") as api,
+        running_bus(cluster.role("delivery"), "delivery"),
+        aiohttp.ClientSession() as http,
+    ):
+        body = {"protocol": "HTTP", "sink": receiver.url, "types": [VERHUISD],
+                "callbackCheck": False}  # fmt: skip
+        async with http.post(f"{api.url}/subscriptions", json=body, headers=_auth("sub-a")) as r:
+            assert r.status == 201, await r.text()
+            created = await r.json()
+        url = f"{api.url}/subscriptions/{created['id']}"
+        structured = {**_auth("pub-http"), "Content-Type": codec.STRUCTURED_CONTENT_TYPE}
+        async with http.post(
+            f"{api.url}/events", data=json.dumps(codec.to_json(event)), headers=structured
+        ) as r:
+            assert r.status == 202, await r.text()
+        async with asyncio.timeout(WAIT_S):
+            while await _status_of(http, url, "sub-a") != "retired":  # noqa: ASYNC110 - polled
+                await asyncio.sleep(0.2)
+        assert not receiver.events  # it answered 410, nothing was delivered
+
+        receiver.status = 204  # the subscriber is back; its owner reactivates the subscription
+        active = {k: v for k, v in created.items() if k != "signingSecret"} | {"status": "active"}
+        async with http.put(url, json=active, headers=_auth("sub-a")) as r:
+            assert r.status == 200, await r.text()
+        async with asyncio.timeout(WAIT_S):
+            while not any(e["id"] == event.id for e in receiver.events):
+                receiver.arrived.clear()
+                await receiver.arrived.wait()
+        assert await _status_of(http, url, "sub-a") == "active"
 
 
 async def test_the_operator_role_works_under_its_acls(cluster: Cluster) -> None:

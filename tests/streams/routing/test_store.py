@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -216,3 +217,101 @@ async def test_a_reader_resumes_when_its_topic_is_back_in_time(
 
 def bus_topics_specs(settings: Settings) -> list[TopicSpec]:
     return [s for s in specs(settings.kafka, ()) if s.name.endswith(".subscriptions")]
+
+
+# -- retirements: a 410 recorded by the delivery role in a topic of its own ---------------
+
+
+async def test_a_retirement_of_the_current_version_retires_it_everywhere_until_edited(
+    settings: Settings, bus_topics: Topics
+) -> None:
+    async with running(settings, "api") as api, running(settings, "delivery") as delivery:
+        amsterdam = await api.put(gemeente("0363"))
+        await delivery.sync()
+        version = delivery.version(amsterdam.id)
+        assert version is not None and version == api.version(amsterdam.id)
+        await delivery.retire(amsterdam.id, version)
+        retired = delivery.get(amsterdam.id)  # read-your-writes
+        assert retired is not None and retired.status == "retired"
+        assert amsterdam.id not in delivery.index
+        seen = await eventually(api, amsterdam.id, lambda s: s is not None and not s.active)
+        # the retirement changed the status and nothing else
+        assert seen.record_dict() == {**amsterdam.record_dict(), "status": "retired"}
+
+        await api.put(amsterdam)  # an operator's later write, even of the same content, wins
+        again = api.get(amsterdam.id)
+        assert again is not None and again.active and amsterdam.id in api.index
+        await eventually(delivery, amsterdam.id, lambda s: s is not None and s.active)
+
+    async with running(settings, "restarted") as restarted:
+        back = restarted.get(amsterdam.id)
+        assert back is not None and back.active
+
+
+async def test_a_retirement_of_an_older_version_retires_nothing(
+    settings: Settings, bus_topics: Topics
+) -> None:
+    async with running(settings, "api") as api, running(settings, "delivery") as delivery:
+        amsterdam = await api.put(gemeente("0363"))
+        await delivery.sync()
+        old = delivery.version(amsterdam.id)
+        assert old is not None
+        await api.put(gemeente("0363", purpose="changed"))  # after the 410, before the retire
+        await delivery.retire(amsterdam.id, old)
+        await api.sync()
+        for store in (api, delivery):
+            current = store.get(amsterdam.id)
+            assert current is not None and current.active and current.purpose == "changed"
+    async with running(settings, "restarted") as restarted:
+        kept = restarted.get(amsterdam.id)
+        assert kept is not None and kept.active
+
+
+async def test_a_retirement_survives_a_restart(settings: Settings, bus_topics: Topics) -> None:
+    async with running(settings, "api") as api:
+        amsterdam = await api.put(gemeente("0363"))
+        await api.put(gemeente("0344"))
+        version = api.version(amsterdam.id)
+        assert version is not None
+        await api.retire(amsterdam.id, version)
+    async with running(settings, "restarted") as restarted:
+        statuses = {s.id: s.status for s in restarted}
+        assert statuses == {"gemeente-0363": "retired", "gemeente-0344": "active"}
+        assert [s.id for s in restarted.index] == ["gemeente-0344"]
+
+
+async def test_malformed_retirement_records_are_logged_and_ignored(
+    settings: Settings, bus_topics: Topics, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running(settings, "api") as api:
+        amsterdam = await api.put(gemeente("0363"))
+        version = api.version(amsterdam.id)
+        assert version is not None
+        good = {"id": amsterdam.id, "version": version, "at": "2026-01-02T03:04:05+00:00"}
+        producer = make_producer(settings, "vandal")
+        await producer.start()
+        try:
+            for key, value in [
+                (b"gemeente-0363", b"{not json"),
+                (b"\xff\xfe", json.dumps(good).encode()),
+                # a retirement that would also move the sink and plant a token
+                (b"gemeente-0363", json.dumps({**good, "sink": "https://evil.example/",
+                 "sinkCredential": {"accessToken": "planted"}}).encode()),
+                (b"gemeente-0363", json.dumps({**good, "version": "sha256:xyz"}).encode()),
+                (b"gemeente-0344", json.dumps(good).encode()),  # the key is not its id
+            ]:  # fmt: skip
+                await (await producer.send(bus_topics.retirements, value, key=key))
+        finally:
+            await producer.stop()
+        await api.sync()
+        await api.put(gemeente("0599"))  # the reader still follows
+        current = api.get(amsterdam.id)
+        assert current is not None and current.active
+        assert current.record_dict() == amsterdam.record_dict()
+        assert api.get("gemeente-0599") is not None
+    ignored = [r for r in caplog.records if "malformed retirement record" in r.getMessage()]
+    assert len(ignored) == 5
+    assert all(r.levelname == "ERROR" for r in ignored)
+    text = " ".join(r.getMessage() for r in ignored)
+    assert "evil" not in text and "planted" not in text and "{" not in text
+    assert "its value is not JSON" in text and "its id is not its key" in text
