@@ -189,6 +189,28 @@ async def test_a_subscriber_reads_its_own_deliver_topic_only(cluster: Cluster) -
         await _read(sub_a, t.events(VERHUISD), group=own, count=1)
 
 
+async def test_a_subscribers_topic_grant_is_its_deliver_topic_by_name(cluster: Cluster) -> None:
+    """Literal, not a prefix: `sub-a` reads `deliver.sub-a-1`, not the deliver topic of
+    `sub-a-1x` (another owner's subscription whose id starts with the same characters) and
+    not its own `deliver.sub-a-1.dlq` (dead letters are the operator's to list and redrive)."""
+    t, admin = cluster.topics, cluster.settings()
+    await _subscriptions(admin, put=_kafka_subscription("sub-a-1x", "sub-b"))
+    try:
+        await apply_acls(admin)
+        await _write(admin, t.deliver("sub-a-1x"), b"for b")
+        await _write(admin, t.dlq("sub-a-1"), b"a dead letter of a")
+        (record,) = await _read(cluster.settings("sub-b"), t.deliver("sub-a-1x"),
+                                group=_own_group(cluster, "sub-b"), count=1)  # fmt: skip
+        assert record.value == b"for b"  # the topic is there, and its owner's to read
+        sub_a, own = cluster.settings("sub-a"), _own_group(cluster, "sub-a")
+        for topic in (t.deliver("sub-a-1x"), t.dlq("sub-a-1")):
+            with pytest.raises(TopicAuthorizationFailedError):
+                await _read(sub_a, topic, group=own, count=1)
+    finally:
+        await _subscriptions(admin, delete="sub-a-1x")
+        await apply_acls(admin)
+
+
 async def _find(settings: Settings, topic: str, group: str, event_id: str) -> ConsumerRecord:
     """The record of `topic` that carries the event `event_id` (its id, as JSON or header)."""
     consumer = make_consumer(settings, "test-finder", topic, group=group)
