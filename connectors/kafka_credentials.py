@@ -36,6 +36,7 @@ BROKER_CN: Final = "gemeentebus-local-broker"  # the brokers' principal on the c
 _CLIENT_AUTH: Final = ExtendedKeyUsageOID.CLIENT_AUTH
 # What StorageTool's `--add-scram 'SCRAM-SHA-512=[name=...,password=...]'` parses safely.
 _USER_NAME: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_HOST_NAME: Final = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
 def scram_user(principal: str) -> str:
@@ -109,10 +110,14 @@ def _make_ca(now: datetime.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.C
 
 
 def _make_broker(
-    ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, now: datetime.datetime
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca: x509.Certificate,
+    now: datetime.datetime,
+    hosts: tuple[str, ...] = (),
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
-    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    names: list[x509.GeneralName] = [x509.DNSName(h) for h in ("localhost", *hosts)]
+    names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, BROKER_CN)]))
@@ -157,15 +162,20 @@ def _make_broker(
 @dataclass(frozen=True, slots=True)
 class LocalCredentials:
     """The CA, the broker certificate and the SCRAM passwords in `folder`, for `admin`,
-    `broker` and each of `users`."""
+    `broker` and each of `users`. The certificate names `localhost`, `127.0.0.1` and the
+    `hosts` (such as a compose service's name)."""
 
     folder: Path
     users: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for user in self.users:
             if not _USER_NAME.match(user):
                 raise ConfigurationError(f"Kafka user name {user!r}: letters, digits, . _ - only")
+        for host in self.hosts:
+            if not _HOST_NAME.match(host):
+                raise ConfigurationError(f"broker host name {host!r}: a DNS name")
 
     @property
     def all_users(self) -> tuple[str, ...]:
@@ -232,7 +242,7 @@ class LocalCredentials:
         os.chmod(self.folder, 0o700)
         now = datetime.datetime.now(datetime.UTC)
         ca_key, ca = _make_ca(now)
-        broker_key, broker = _make_broker(ca_key, ca, now)
+        broker_key, broker = _make_broker(ca_key, ca, now, self.hosts)
         _write_private(self._ca_key, _pem_key(ca_key))
         _write_private(self.broker_key, _pem_key(broker_key))
         self.broker_chain.write_bytes(_pem_cert(broker) + _pem_cert(ca))

@@ -334,7 +334,8 @@ class LocalKafka:
             raise ConfigurationError(f"{args[0]} failed: " + " | ".join(tail))
         return result
 
-    def _properties(self, node_id: int) -> str:
+    def server_properties(self, node_id: int = 1) -> str:
+        """The `server.properties` of node `node_id` (secure: after `up` made its credentials)."""
         voters = ",".join(f"localhost:{self._port(i) + 1}" for i in self._ids())
         text = _SINGLE_NODE.format(
             node_id=node_id,
@@ -382,7 +383,7 @@ class LocalKafka:
         props.unlink(missing_ok=True)
         fd = os.open(props, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write(self._properties(node_id))
+            out.write(self.server_properties(node_id))
         if not (node / "data" / "meta.properties").is_file():
             fmt = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)]
             if self.nodes == 1:

@@ -508,6 +508,17 @@ class Settings(BaseSettings):
                 f"Kafka publishers {pair[0]} and {pair[1]} would get ingress topics Kafka "
                 "cannot tell apart ('.' and '_' collide in topic names): rename one"
             )
+        # A KAFKA subscriber's groups are the prefix `sub.<id>.`, which covers `sub.<id>.x.`.
+        readers = {c.id for c in clients if c.kafka_principal}
+        for longer in sorted(readers):
+            parts = longer.split(".")
+            for shorter in (".".join(parts[:k]) for k in range(1, len(parts))):
+                if shorter in readers:
+                    raise ValueError(
+                        f"clients {shorter} and {longer} have Kafka principals, and "
+                        f"{shorter}'s consumer groups (sub.{shorter}.*) would include "
+                        f"{longer}'s (sub.{longer}.*): rename one"
+                    )
         return clients
 
     def kafka_publishers(self) -> tuple[ClientConfig, ...]:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from connectors.kafka_credentials import scram_user
+from connectors.kafka_credentials import LocalCredentials, scram_user
 from connectors.kafka_local import LocalKafka
 from streams.cli.acls import add_acl_commands
 from streams.cli.operations import add_operation_commands
@@ -103,6 +103,18 @@ def cmd_kafka_status(args: argparse.Namespace, settings: Settings) -> int:
             )
             any_running |= node.running
     return 0 if any_running else 3
+
+
+def cmd_kafka_certs(args: argparse.Namespace, settings: Settings) -> int:
+    users = (*_role_users(settings).values(), *args.user)
+    creds = LocalCredentials(args.folder, users=users, hosts=tuple(args.host))
+    made = creds.ensure()
+    print(f"{creds.folder}: the CA ({creds.ca_file.name}), the broker's certificate and key, "
+          "and a password per user:")  # fmt: skip
+    for user in creds.all_users:
+        state = "new" if user in made else "kept"
+        print(f"  {user}: {creds.password_file(user)} ({state})")
+    return 0
 
 
 def cmd_topics_create(args: argparse.Namespace, settings: Settings) -> int:
@@ -224,6 +236,25 @@ def _parser() -> argparse.ArgumentParser:
             "settings; down, status: only the secure cluster)",
         )
         sub.set_defaults(func=func)
+
+    text = "make a CA, a broker certificate and SCRAM passwords (as `kafka up --secure`)"
+    certs = kafka_sub.add_parser(
+        "certs",
+        help=text,
+        description=text + " in a folder, for a broker started elsewhere "
+        "(docker-compose.secure.yml mounts it). Users: admin, broker, each role's "
+        "(kafka.principals) and --user. Made once: run again, it adds only new users' "
+        "passwords.",
+        parents=takes_config,
+    )
+    certs.add_argument("folder", type=Path, help="where (created 0700; keys, passwords 0600)")
+    certs.add_argument(
+        "--host", action="append", default=[], help="another name of the broker (repeatable)"
+    )
+    certs.add_argument(
+        "--user", action="append", default=[], help="another SCRAM user (repeatable)"
+    )
+    certs.set_defaults(func=cmd_kafka_certs)
 
     topics = commands.add_parser("topics", help="the bus's Kafka topics")
     topics_sub = topics.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -3,8 +3,10 @@
 One principal per role (`kafka.principals`: api, worker, delivery, operator), each allowed
 only what its code does (`role_grants`, the table below), and per client:
 - a KAFKA subscriber (`kafka_principal` of the subscription's owner) reads its own
-  `<prefix>.deliver.<id>` topics (literal: no other subscription's, no events topic) with
-  consumer groups under `<prefix>.sub.<client id>.` only;
+  `<prefix>.deliver.<id>` topics (literal: no other subscription's, not `<id>x`'s, not its
+  `.dlq`, no events topic) with consumer groups under `<prefix>.sub.<client id>.` only
+  (`Settings` refuses client ids `a` and `a.b` both with a principal: that prefix of `a`
+  would cover `a.b`'s groups);
 - a Kafka publisher (a publish grant and a `kafka_principal`) writes its own
   `<prefix>.ingress.<client id>` alone.
 

@@ -215,3 +215,24 @@ def test_two_publishers_whose_topics_kafka_cannot_tell_apart_are_refused() -> No
             {"id": "brp.a", "token_sha256": "0" * 64, "publish": grant},
         ]
     )
+
+
+def test_a_client_whose_consumer_groups_would_include_anothers_is_refused() -> None:
+    """A KAFKA subscriber may use the groups `sub.<id>.*`: `a`'s would include `a.b`'s."""
+    with pytest.raises(ConfigurationError, match=r"clients zaken and zaken\.app\.b have"):
+        load_settings(
+            clients=[
+                {"id": "zaken", "kafka_principal": "User:zaken"},
+                {"id": "zaken-x", "kafka_principal": "User:zaken-x"},  # sorts in between
+                {"id": "zaken.app.b", "kafka_principal": "User:zaken-app-b"},
+            ]
+        )
+    # dots alone are fine, and so is an id that merely starts with another's
+    load_settings(
+        clients=[
+            {"id": "zaken.app", "kafka_principal": "User:zaken-app"},
+            {"id": "zaken-app", "kafka_principal": "User:zaken-app-2"},
+            {"id": "zaken.apps", "kafka_principal": "User:zaken-apps"},
+            {"id": "zaken", "token_sha256": "0" * 64},  # no Kafka principal: no groups
+        ]
+    )
