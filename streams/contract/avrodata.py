@@ -8,7 +8,7 @@ Every published schema version is compiled once (`data_binding`) into the checki
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,13 @@ class DataBinding:
     root: Node
     # The writer schema without uuid logical types: fastavro would read them as uuid.UUID.
     reading: Any = field(repr=False)
+    # `root.read_exact()`: what `is_exact` still has to look at in data read with this schema.
+    _read_exact: Callable[[Any], bool] | None = field(default=None, repr=False)
+
+    def is_exact_read(self, data: Mapping[str, Any]) -> bool:
+        """`root.is_exact(data)` for `data` that `read_data` read with this version as both
+        writer and reader schema, looking only at what fastavro does not guarantee."""
+        return self._read_exact is None or self._read_exact(data)
 
 
 _BINDINGS: dict[SchemaVersion, DataBinding] = {}
@@ -61,7 +68,7 @@ def data_binding(version: SchemaVersion) -> DataBinding:
         schema = version.schema
         root = compile_schema(schema, {}, schema.get("__named_schemas", {}))
         reading = parse_schema(_without_uuid(version.raw), named_schemas={})
-        found = _BINDINGS[version] = DataBinding(version, root, reading)
+        found = _BINDINGS[version] = DataBinding(version, root, reading, root.read_exact())
     return found
 
 

@@ -29,6 +29,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ISO_UTC_LENGTHS = frozenset({20, 24, 27})  # ...:SSZ, ...:SS.mmmZ, ...:SS.uuuuuuZ
 
 DataErrors = list[tuple[str, str, str]]  # (path relative to data, code, message)
+_ABSENT: Any = object()
 
 
 # --- time ----------------------------------------------------------------------------------
@@ -74,6 +75,13 @@ class Node:
 
     fast: frozenset[type] = frozenset()  # python types accepted without a closer look
     exact: frozenset[type] = frozenset()  # types `is_exact` accepts without a closer look
+    json_identity = False  # `to_json(v)` is `v` itself for every valid value
+
+    def read_exact(self) -> Callable[[Any], bool] | None:
+        """`is_exact` for a value fastavro has just read with this node's schema: only what the
+        reader does not guarantee is looked at (an int's range: Avro ints are varints; a
+        uuid's form: read as a plain string). None: every value read is exact."""
+        return None
 
     def check(self, value: Any) -> DataErrors | None:
         raise NotImplementedError
@@ -119,6 +127,10 @@ class _Scalar(Node):
         self.exact = frozenset(
             () if self.range else {float} if kind in ("float", "double") else self.types[:1]
         )
+        self.json_identity = kind != "bytes"
+
+    def read_exact(self) -> Callable[[Any], bool] | None:
+        return self.is_exact if self.range else None
 
     def is_exact(self, value: Any) -> bool:
         if self.range:
@@ -178,6 +190,8 @@ class _Enum(Node):
     def is_exact(self, value: Any) -> bool:
         return type(value) is str and value in self.symbols
 
+    json_identity = True
+
 
 class _Date(Node):
     fast = exact = frozenset({date})  # a datetime is a date subclass but no Avro date
@@ -231,6 +245,9 @@ class _Uuid(Node):
     def is_exact(self, value: Any) -> bool:
         return type(value) is str and _UUID.match(value) is not None  # as we read it: no UUID
 
+    def read_exact(self) -> Callable[[Any], bool] | None:
+        return self.is_exact
+
     def to_json(self, value: Any) -> Any:
         return str(value)
 
@@ -256,7 +273,13 @@ class _Array(Node):
         exact, items = self.items.exact, self.items
         return all(type(v) in exact or items.is_exact(v) for v in value)
 
+    def read_exact(self) -> Callable[[Any], bool] | None:
+        check = self.items.read_exact()
+        return None if check is None else lambda value: all(check(v) for v in value)
+
     def to_json(self, value: Any) -> Any:
+        if self.items.json_identity:
+            return list(value)
         return [self.items.to_json(v) for v in value]
 
     def from_json(self, value: Any) -> tuple[Any, DataErrors | None]:
@@ -286,7 +309,13 @@ class _Map(Node):
         values = self.values
         return all(type(k) is str and values.is_exact(v) for k, v in value.items())
 
+    def read_exact(self) -> Callable[[Any], bool] | None:
+        check = self.values.read_exact()
+        return None if check is None else lambda value: all(check(v) for v in value.values())
+
     def to_json(self, value: Any) -> Any:
+        if self.values.json_identity:
+            return dict(value)
         return {k: self.values.to_json(v) for k, v in value.items()}
 
     def from_json(self, value: Any) -> tuple[Any, DataErrors | None]:
@@ -311,6 +340,14 @@ class _Union(Node):
 
     def is_exact(self, value: Any) -> bool:
         return type(value) in self.exact or any(b.is_exact(value) for b in self.branches)
+
+    def read_exact(self) -> Callable[[Any], bool] | None:
+        # which branch was read is not known here: any that needs a look, the whole check
+        return None if all(b.read_exact() is None for b in self.branches) else self.is_exact
+
+    @property
+    def json_identity(self) -> bool:  # type: ignore[override]
+        return all(b.json_identity for b in self.branches)
 
     def _branch(self, value: Any) -> Node | None:
         return next((b for b in self.branches if b.check(value) is None), None)
@@ -345,6 +382,8 @@ class _Record(Node):
             tuple[str, frozenset[type], Callable[[Any], DataErrors | None], bool]
         ] = []
         self.exact_checks: list[tuple[str, frozenset[type], Callable[[Any], bool], bool]] = []
+        self._json: list[tuple[str, Callable[[Any], Any] | None]] | None = None
+        self._reading = False  # computing `read_exact`: a recursive reference checks in full
 
     def set_fields(self, fields: list[tuple[str, Node, bool, Any]]) -> None:
         self.fields, self.names = fields, frozenset(f[0] for f in fields)
@@ -364,6 +403,20 @@ class _Record(Node):
             elif not has_default:
                 return False
         return self.names.issuperset(value)
+
+    def read_exact(self) -> Callable[[Any], bool] | None:
+        if self._reading:
+            return self.is_exact
+        self._reading = True
+        try:
+            found = [(name, node.read_exact()) for name, node, _, _ in self.fields]
+        finally:
+            self._reading = False
+        checks = [(name, check) for name, check in found if check is not None]
+        if not checks:
+            return None
+        # fastavro reads every field of the record: each is there
+        return lambda value: all(check(value[name]) for name, check in checks)
 
     def _shape(self, value: Mapping[str, Any]) -> DataErrors:
         unknown = [(k, "avro_unknown_field", "not a field of the schema") for k in value]
@@ -386,8 +439,16 @@ class _Record(Node):
         return errors
 
     def to_json(self, value: Any) -> Any:
+        fields = self._json
+        if fields is None:  # on first use: every record node is complete by then
+            fields = self._json = [
+                (name, None if node.json_identity else node.to_json)
+                for name, node, _, _ in self.fields
+            ]
         return {
-            name: node.to_json(value[name]) for name, node, _, _ in self.fields if name in value
+            name: item if convert is None else convert(item)
+            for name, convert in fields
+            if (item := value.get(name, _ABSENT)) is not _ABSENT
         }
 
     def from_json(self, value: Any) -> tuple[Any, DataErrors | None]:

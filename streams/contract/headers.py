@@ -77,7 +77,8 @@ def raw_headers(headers: Iterable[Any] | None) -> RawHeaders:
 
 def header(headers: Iterable[Any] | None, name: str) -> bytes | None:
     """The value of the first header called `name`, or None (absent, null, or not bytes)."""
-    for found, value in raw_headers(headers):
+    for item in headers or ():
+        found, value = _pair(item)  # one at a time: the first match ends the search
         if found == name:
             return value
     return None

@@ -22,7 +22,7 @@ from typing import Final
 
 from streams.auth import Client, Forbidden, authorize_publish
 from streams.contract import attributes, codec, values
-from streams.contract.avrodata import write_data
+from streams.contract.avrodata import DataBinding, data_binding, write_data
 from streams.contract.envelope import CloudEvent
 from streams.contract.headers import (
     DETAIL_HEADER,
@@ -33,6 +33,7 @@ from streams.contract.headers import (
 )
 from streams.contract.record import KafkaRecord, Unreadable
 from streams.contract.rules import Verdict, examine
+from streams.contract.schemas import registry
 from streams.exceptions import FieldError, InvalidEvent
 from streams.kafka.topics import Topics
 
@@ -119,7 +120,11 @@ class Gate:
         return self._admit(event, today, now)[0]
 
     def _admit(
-        self, event: CloudEvent, today: date | None, now: datetime | None
+        self,
+        event: CloudEvent,
+        today: date | None,
+        now: datetime | None,
+        read: DataBinding | None = None,
     ) -> tuple[CloudEvent, Verdict]:
         allowed = _ALLOWED_EXTENSIONS.get(event.type, _PUBLISHER_EXTENSIONS)
         errors = [
@@ -132,7 +137,7 @@ class Gate:
             if name not in allowed
             and values.is_extension_name(name)  # a malformed name is validation's error
         ]
-        verdict = examine(event, today=today, now=now)
+        verdict = examine(event, today=today, now=now, read=read)
         errors += verdict.errors
         if errors:
             raise InvalidEvent(errors)
@@ -161,8 +166,10 @@ class Gate:
     def _accept(
         self, event: CloudEvent, value: bytes | None, today: date | None, now: datetime | None
     ) -> Accepted:
-        # `value`: the Avro bytes of `event.data` under the current schema, read from Kafka.
-        admitted, verdict = self._admit(event, today, now)
+        # `value`: the Avro bytes of `event.data` under the current schema, read from Kafka:
+        # `data` is what fastavro read, so checking its exactness needs less (`read`).
+        read = None if value is None else data_binding(registry().current(event.type))
+        admitted, verdict = self._admit(event, today, now, read)
         key = attributes.partition_key(admitted.type, admitted.data, self._key)
         if verdict.exact is None:
             value = None  # not provably exact: `to_kafka` checks and encodes as ever

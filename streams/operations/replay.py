@@ -275,6 +275,7 @@ class Replayer:
         ends = {tp_of(n): o for n, o in status.ends.items()}
         target, pace = self.topics.deliver(subscription.id), _Pace(self.rate)
         pending: list[asyncio.Future[Any]] = []
+        names: dict[tuple[str, int], str] = {}  # a partition's name in `positions`, made once
         reader = consumer(self.settings)
         await reader.start()
         try:
@@ -297,7 +298,9 @@ class Replayer:
                     pending.append(
                         await self._producer.send(target, out.value, key=out.key, headers=headers)
                     )
-                status.positions[f"{record.topic}:{record.partition}"] = record.offset + 1
+                where = (record.topic, record.partition)
+                name = names.get(where) or names.setdefault(where, f"{where[0]}:{where[1]}")
+                status.positions[name] = record.offset + 1
                 if status.scanned % self.checkpoint_every == 0:
                     await self._checkpoint(status, pending)
             status.positions = {n: o for n, o in status.ends.items()}

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE: Final = "application/cloudevents+json; charset=utf-8"
 UNDECODABLE: Final = "router_undecodable"
+# What `json.dumps(..., ensure_ascii=False, separators=(",", ":"))` makes, built once.
+_JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 # (topic, record) in the order they must be sent; a dead letter keeps null header values
 Output = tuple[str, KafkaRecord | Unreadable]
@@ -52,7 +54,7 @@ def delivery_record(event: CloudEvent, key: bytes | None) -> KafkaRecord:
     """The record for a delivery topic: structured mode JSON of `event`, an event the bus
     accepted or read from an events topic (then projected)."""
     body = codec.to_json(event, checked=True)
-    value = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    value = _JSON.encode(body)
     headers = (
         ("content-type", CONTENT_TYPE.encode()),
         ("ce_id", event.id.encode()),
