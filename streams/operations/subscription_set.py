@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from streams.auth import Authenticator, Forbidden
 from streams.config import Settings
-from streams.exceptions import GemeentebusError
+from streams.exceptions import GemeentebusError, TopicsRefused
 from streams.routing.intake import (
     check_purpose,
     client_of,
@@ -35,6 +35,7 @@ from streams.routing.subscriptions import Subscription, new_subscription_id
 __all__ = [
     "Applied",
     "InvalidSubscriptions",
+    "PartlyApplied",
     "add",
     "apply",
     "opened",
@@ -51,6 +52,17 @@ class InvalidSubscriptions(GemeentebusError):
         self.errors = list(errors)
         lines = "\n".join(f"  {e}" for e in self.errors)
         super().__init__(f"{len(self.errors)} errors; nothing applied:\n{lines}")
+
+
+class PartlyApplied(GemeentebusError):
+    """`apply` wrote some subscriptions but not those whose topics the cluster refused:
+    `applied` are the plans that were carried out (with the signing secrets, shown only
+    now), `refused` the cluster's refusal naming each topic and subscription left out."""
+
+    def __init__(self, applied: Sequence[Applied], refused: TopicsRefused) -> None:
+        self.applied = list(applied)
+        self.refused = refused
+        super().__init__(str(refused))
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,12 +166,17 @@ def _plan(
 
 
 async def apply(store: SubscriptionStore, settings: Settings, entries: object) -> list[Applied]:
-    """Validate all entries, then put each that is new or changed (idempotent)."""
+    """Validate all entries, then put those that are new or changed, together (idempotent):
+    the topics of the new ones in a few requests, then every record (`SubscriptionStore.
+    put_many`). `PartlyApplied` when the cluster refused some topics."""
     existing = {s.id: s for s in store}
     plans = prepare(settings, entries, existing)
-    for plan in plans:
-        if plan.action != "unchanged":
-            await store.put(plan.subscription)
+    try:
+        await store.put_many([p.subscription for p in plans if p.action != "unchanged"])
+    except TopicsRefused as exc:
+        missing = set(exc.not_written)
+        done = [p for p in plans if p.subscription.id not in missing]
+        raise PartlyApplied(done, exc) from exc
     return plans
 
 

@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -42,11 +42,18 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from streams.config import Settings
-from streams.exceptions import KafkaUnavailable
+from streams.exceptions import KafkaUnavailable, TopicsRefused
 from streams.health import Health, Progress
 from streams.ingress.metrics import metrics
 from streams.kafka.clients import make_consumer, make_producer
-from streams.kafka.topics import Topics, bus_topics, create_topics, subscription_topics
+from streams.kafka.topics import (
+    Creation,
+    Topics,
+    bus_topics,
+    create_topics,
+    ensure_topics,
+    subscription_topics,
+)
 from streams.retry import RetryPolicy
 from streams.routing.matching import SubscriptionIndex
 from streams.routing.records import Records
@@ -201,15 +208,39 @@ class SubscriptionStore:
     async def put(self, subscription: Subscription) -> Subscription:
         """Store a subscription (new or changed); returns once it is visible here.
 
-        A new subscription gets its `deliver.<id>` and `.dlq` topics first, so nothing is
-        ever routed to a topic that does not exist.
+        A new subscription gets its `deliver.<id>` and `.dlq` topics first, and its record is
+        written once the cluster's metadata has them, so nothing is ever routed to a topic
+        that does not exist (`TopicsRefused` or `ConfigurationError` when the cluster would
+        not create them).
         """
         if subscription.id not in self._all:
-            await create_topics(
-                self.settings.kafka, subscription_topics(self.settings.kafka, subscription.id)
-            )
+            kafka = self.settings.kafka
+            creation = await ensure_topics(kafka, subscription_topics(kafka, subscription.id))
+            for error in creation.refused.values():
+                raise error
         await self._write(self._records.put(subscription))
         return subscription
+
+    async def put_many(self, subscriptions: Sequence[Subscription]) -> None:
+        """Store many subscriptions at once (`gemeentebus subscriptions apply`); returns once
+        all are visible here.
+
+        The topics of every new one are created first, in a few CreateTopics requests; then
+        the records of those whose topics exist are sent together and confirmed together.
+        A subscription whose topic the cluster refused is not written, and `TopicsRefused`
+        names each refused topic and each such subscription (after the others were written).
+        """
+        kafka = self.settings.kafka
+        new = [s.id for s in subscriptions if s.id not in self._all]
+        specs = {s.id: subscription_topics(kafka, s.id) for s in subscriptions if s.id in new}
+        wanted = [spec for group in specs.values() for spec in group]
+        creation = await ensure_topics(kafka, wanted) if wanted else Creation()
+        refused = {topic: _why(exc, topic) for topic, exc in creation.refused.items()}
+        failed = {i for i, group in specs.items() if any(s.name in refused for s in group)}
+        written = [s for s in subscriptions if s.id not in failed]
+        await self._write([record for s in written for record in self._records.put(s)])
+        if refused:
+            raise TopicsRefused(refused, not_written=sorted(failed))
 
     async def delete(self, subscription_id: str) -> None:
         """Delete a subscription (a tombstone); returns once the delete is visible here.
@@ -381,6 +412,11 @@ class SubscriptionStore:
                 callback(subscription_id, subscription)
             except Exception:  # a listener's bug must not stop the reader
                 log.exception("a subscription change listener failed")
+
+
+def _why(exc: Exception, topic: str) -> str:
+    """Why the cluster refused `topic`, in one line."""
+    return exc.refused.get(topic, str(exc)) if isinstance(exc, TopicsRefused) else str(exc)
 
 
 def _reason(exc: BaseException, topic: str) -> str:
