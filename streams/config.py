@@ -117,14 +117,14 @@ class KafkaSettings(BaseModel):
     partitions: int = Field(default=6, ge=1)
     # Per subscription: its deliver topic and its dead-letter topic. One each by default,
     # because a national bus holds thousands of subscriptions and every partition costs:
-    # the brokers make a log directory and its files for each (measured ~3 ms a partition
-    # at creation, `gemeentebus bench --only subscriptions`), replicate it and keep it
+    # the brokers make a log directory and its files for each, replicate it and keep it
     # open, and a delivery process's fetch requests list every deliver partition it reads
-    # (aiokafka has no incremental fetch sessions). Per-key order holds with any count; a
-    # subscriber's concurrency comes from the courier's lanes per key, not from partitions;
-    # delivery processes share the load by subscriptions. Raise `deliver_partitions` only
-    # for subscriptions too busy for one delivery process; a topic keeps the count it was
-    # created with (changing it would move keys between partitions).
+    # (aiokafka has no incremental fetch sessions); creation is measured by `gemeentebus
+    # bench --only subscriptions`. Per-key order holds with any count; a subscriber's
+    # concurrency comes from the courier's lanes per key, not from partitions; delivery
+    # processes share the load by subscriptions. Raise `deliver_partitions` (for every
+    # subscription created after) only when one subscription is too busy for one delivery
+    # process; a topic keeps the count it was made with (changing it moves keys).
     deliver_partitions: int = Field(default=1, ge=1)
     dlq_partitions: int = Field(default=1, ge=1)
     # A cluster's defaults: one broker may be lost without losing an acknowledged record.

@@ -45,6 +45,9 @@ __all__ = [
 ]
 
 
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class InvalidSubscriptions(GemeentebusError):
     """Entries that do not validate; `errors` lists every one, and nothing was applied."""
 
@@ -77,7 +80,8 @@ class Applied:
 def read_entries(path: Path) -> Any:
     """The parsed YAML (or JSON) of a file, or `InvalidSubscriptions` saying why not."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        # libyaml's safe loader where built in: five times faster on a list of thousands
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)  # noqa: S506
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise InvalidSubscriptions([f"{path}: cannot be read ({type(exc).__name__})"]) from None
 

@@ -4,9 +4,11 @@ One record per subscription (key = id, value = JSON of `Subscription.record_dict
 secrets sealed), a tombstone deletes; each volgindicatie is a record of its own
 (`streams.routing.records`), so concurrent changes to one subscription's volgindicaties
 lose none.
-`put`, `delete`, `follow` and `unfollow` write with the idempotent producer and wait for the
-broker; every process runs a reader (a plain consumer without a group, from the beginning,
-then following) that keeps its `SubscriptionIndex` up to date.
+`put`, `put_many`, `delete`, `follow` and `unfollow` write with the idempotent producer and
+wait for the broker (`put_many` sends all its records, then waits for them together); a new
+subscription's topics exist before its record is written. Every process runs a reader (a
+plain consumer without a group, from the beginning, then following) that keeps its
+`SubscriptionIndex` up to date.
 
 Consistency, in offsets of that topic:
 - `ready()`: the reader has applied everything that existed when the store started;
@@ -215,7 +217,8 @@ class SubscriptionStore:
         """
         if subscription.id not in self._all:
             kafka = self.settings.kafka
-            creation = await ensure_topics(kafka, subscription_topics(kafka, subscription.id))
+            specs = subscription_topics(kafka, subscription.id)
+            creation = await ensure_topics(kafka, specs, new=True)
             for error in creation.refused.values():
                 raise error
         await self._write(self._records.put(subscription))
@@ -234,7 +237,7 @@ class SubscriptionStore:
         new = [s.id for s in subscriptions if s.id not in self._all]
         specs = {s.id: subscription_topics(kafka, s.id) for s in subscriptions if s.id in new}
         wanted = [spec for group in specs.values() for spec in group]
-        creation = await ensure_topics(kafka, wanted) if wanted else Creation()
+        creation = await ensure_topics(kafka, wanted, new=True) if wanted else Creation()
         refused = {topic: _why(exc, topic) for topic, exc in creation.refused.items()}
         failed = {i for i, group in specs.items() if any(s.name in refused for s in group)}
         written = [s for s in subscriptions if s.id not in failed]

@@ -16,7 +16,8 @@ from aiokafka.errors import InvalidTopicError, RequestTimedOutError, TopicAlread
 
 from streams.config import KafkaSettings, Settings
 from streams.exceptions import KafkaUnavailable, TopicsRefused
-from streams.kafka.topics import TopicSpec, create_missing, subscription_topics
+from streams.kafka.creation import TopicSpec, create_missing
+from streams.kafka.topics import subscription_topics
 
 
 @dataclass
@@ -146,3 +147,21 @@ def test_subscription_topics_have_the_configured_partitions() -> None:
 def test_partition_counts_are_at_least_one(name: str) -> None:
     with pytest.raises(ValueError, match=name):
         Settings(mode="test", kafka={name: 0})  # type: ignore[arg-type]
+
+
+async def test_new_topics_are_not_looked_for_in_the_list_of_all() -> None:
+    """A new subscription's topics: no listing of every topic in the cluster (slow with
+    thousands); CreateTopics says which were there, and those are waited for too."""
+    there = "t.deliver.s0001"
+
+    class Unlisted(FakeAdmin):
+        async def list_topics(self) -> list[str]:
+            raise AssertionError("listed every topic")
+
+    admin = Unlisted(codes={there: TopicAlreadyExistsError.errno}, visible_after=1)
+    admin._created[there] = 4  # made by another, with a count of its own
+
+    creation = await create_missing(admin, kafka(), specs(3), chunk=500, wait=True, new=True)
+
+    assert creation.existed == [there] and not creation.refused
+    assert admin.described == [[s.name for s in specs(3)]] * 2  # the one already there too
