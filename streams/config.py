@@ -115,6 +115,18 @@ class KafkaSettings(BaseModel):
     # Namespace of every topic and consumer group; SPEC §3 names are under the default.
     topic_prefix: str = Field(default="gemeentebus", pattern=r"^[a-z][a-z0-9-]{0,40}$")
     partitions: int = Field(default=6, ge=1)
+    # Per subscription: its deliver topic and its dead-letter topic. One each by default,
+    # because a national bus holds thousands of subscriptions and every partition costs:
+    # the brokers make a log directory and its files for each, replicate it and keep it
+    # open, and a delivery process's fetch requests list every deliver partition it reads
+    # (aiokafka has no incremental fetch sessions); creation is measured by `gemeentebus
+    # bench --only subscriptions`. Per-key order holds with any count; a subscriber's
+    # concurrency comes from the courier's lanes per key, not from partitions; delivery
+    # processes share the load by subscriptions. Raise `deliver_partitions` (for every
+    # subscription created after) only when one subscription is too busy for one delivery
+    # process; a topic keeps the count it was made with (changing it moves keys).
+    deliver_partitions: int = Field(default=1, ge=1)
+    dlq_partitions: int = Field(default=1, ge=1)
     # A cluster's defaults: one broker may be lost without losing an acknowledged record.
     replication_factor: int = Field(default=3, ge=1)
     min_insync_replicas: int = Field(default=2, ge=1)

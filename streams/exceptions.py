@@ -6,6 +6,8 @@
     │   ├── UndecodableEvent         bytes that are no event of ours (headers, Avro, JSON)
     │   └── UnknownSchema            a `dataschema` or type the bus does not know
     ├── KafkaUnavailable             the broker did not answer; retriable
+    ├── TopicsRefused                the cluster would not create topics; `.refused` says why,
+    │                                per topic, and for subscriptions which were not written
     ├── RoutingFailed                the router failed on an accepted event (a bug); never retried
     ├── WorkerFailed                 a stream worker met an error it cannot get past; fatal
     └── DeliveryFailed               a subscriber did not take an event; `.retriable` per response
@@ -16,7 +18,7 @@ versus dead-letter is one lookup.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -27,10 +29,15 @@ __all__ = [
     "InvalidEvent",
     "KafkaUnavailable",
     "RoutingFailed",
+    "TopicsRefused",
     "UndecodableEvent",
     "UnknownSchema",
     "WorkerFailed",
 ]
+
+
+# How many topics and subscriptions an error message lists before "and N more".
+_SHOWN = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +88,29 @@ class KafkaUnavailable(GemeentebusError):
     """The broker did not answer in time."""
 
     retriable = True
+
+
+class TopicsRefused(GemeentebusError):
+    """The cluster would not create some topics (a name it refuses, a policy, a quota).
+
+    `refused` maps each topic to the reason; `not_written` lists the subscriptions whose
+    records were therefore not written (a subscription never exists without its topics),
+    while the others of the same batch were. Trying again creates what is still missing.
+    """
+
+    def __init__(self, refused: Mapping[str, str], *, not_written: Sequence[str] = ()) -> None:
+        self.refused = dict(refused)
+        self.not_written = list(not_written)
+        shown = sorted(self.refused.items())[:_SHOWN]
+        lines = [f"  {topic}: {why}" for topic, why in shown]
+        if len(self.refused) > _SHOWN:
+            lines.append(f"  and {len(self.refused) - _SHOWN} more")
+        head = f"the cluster refused {len(self.refused)} topic(s)"
+        if self.not_written:
+            ids = sorted(self.not_written)
+            more = f" and {len(ids) - _SHOWN} more" if len(ids) > _SHOWN else ""
+            head += f"; subscription(s) not written: {', '.join(ids[:_SHOWN])}{more}"
+        super().__init__("\n".join([f"{head}:", *lines]))
 
 
 class RoutingFailed(GemeentebusError):

@@ -114,8 +114,13 @@ def settings(kafka_cluster: KafkaSettings, topics: Topics, tmp_path: Path) -> Se
     return Settings(
         mode="test",
         # one broker: one replica, said explicitly (production refuses it otherwise)
+        # deliver topics of several partitions, as a busy subscription's: the courier's
+        # order and commits are per partition
         kafka=KafkaSettings.single_node(
-            **kafka_cluster.transport(), topic_prefix=topics.prefix, partitions=3
+            **kafka_cluster.transport(),
+            topic_prefix=topics.prefix,
+            partitions=3,
+            deliver_partitions=3,
         ),
         security={"pseudonym_key": PSEUDONYM_KEY, "secrets_key": SECRETS_KEY},  # type: ignore[arg-type]
     )

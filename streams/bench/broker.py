@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -30,6 +30,7 @@ from streams.contract.attributes import partition_key
 from streams.contract.rules import dutch_today
 from streams.demo.generators import EventFactory
 from streams.kafka.clients import make_admin, make_consumer, make_producer
+from streams.kafka.topics import CREATE_CHUNK
 
 __all__ = [
     "AIOKAFKA_WAIT_MS",
@@ -37,6 +38,7 @@ __all__ = [
     "BENCH_SECRETS_KEY",
     "Clock",
     "broker",
+    "delete_namespace",
     "delete_topics",
     "namespace",
     "partitions",
@@ -134,6 +136,26 @@ async def watch(
             await asyncio.sleep(_POLL_S)
     finally:
         await consumer.stop()
+
+
+async def delete_namespace(settings: Settings, known: Iterable[str] = ()) -> int:
+    """Delete every topic under the run's prefix and each of `known` (a topic just created
+    may not be listed yet), in requests of `CREATE_CHUNK` names; how many were asked for.
+    Best effort, as `delete_topics`."""
+    admin = make_admin(settings, "bench-admin")
+    head = f"{settings.kafka.topic_prefix}."
+    try:
+        await admin.start()
+        listed = {t for t in await admin.list_topics() if t.startswith(head)}
+        names = sorted(listed | {t for t in known if t.startswith(head)})
+        for start in range(0, len(names), CREATE_CHUNK):
+            await admin.delete_topics(names[start : start + CREATE_CHUNK])
+        return len(names)
+    except (KafkaError, OSError) as exc:
+        log.warning("could not delete the bench topics: %s", exc)
+        return 0
+    finally:
+        await admin.close()
 
 
 async def delete_topics(settings: Settings, names: list[str]) -> None:

@@ -26,6 +26,7 @@ class Size:
     replay_events: int = 20_000  # replay: events in the events topics
     rss_events: int = 50_000  # rss: ingress records fed to one worker process
     scale_events: int = 6_000  # scale-out: ingress records per worker count
+    apply_subscriptions: int = 200  # subscriptions: new ones in one `subscriptions apply`
 
 
 QUICK: Final = Size(events_per_type=2_000, repeats=5, kafka_records=10_000)
@@ -41,6 +42,7 @@ FULL: Final = Size(
     replay_events=200_000,
     rss_events=1_000_000,
     scale_events=40_000,
+    apply_subscriptions=2_000,
 )
 
 

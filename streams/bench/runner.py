@@ -34,6 +34,7 @@ from streams.bench.core import FULL, QUICK, BenchContext, Figure, Scenario, Size
 from streams.bench.delivery import delivery_scenario
 from streams.bench.replay import replay_scenario
 from streams.bench.router import router_scenario
+from streams.bench.subscriptions import subscriptions_scenario
 from streams.bench.validator import validator_scenario
 from streams.bench.workers import rss_scenario, scale_out_scenario
 from streams.config import Settings
@@ -49,6 +50,7 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
     Scenario("router", router_scenario),
     Scenario("delivery", delivery_scenario, needs_kafka=True),
     Scenario("replay", replay_scenario, needs_kafka=True),
+    Scenario("subscriptions", subscriptions_scenario, needs_kafka=True),
     Scenario("rss", rss_scenario, needs_kafka=True),
     Scenario("scale-out", scale_out_scenario, needs_kafka=True),
 )

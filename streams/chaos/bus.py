@@ -63,6 +63,7 @@ def write_config(
         "bootstrap_servers": bootstrap,
         "topic_prefix": prefix,
         "partitions": partitions,
+        "deliver_partitions": partitions,  # the poison scenario writes into each of them
         "replication_factor": min(nodes, 3),
         "min_insync_replicas": 2 if nodes >= 3 else 1,
         "request_timeout_s": 10.0,

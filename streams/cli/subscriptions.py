@@ -87,7 +87,14 @@ def cmd_subscriptions_apply(args: argparse.Namespace, settings: Settings) -> int
         async with subs.opened(settings) as store:
             return await subs.apply(store, settings, entries)
 
-    for plan in asyncio.run(applied()):
+    try:
+        plans = asyncio.run(applied())
+    except subs.PartlyApplied as exc:
+        for plan in exc.applied:  # their secrets are shown now or never
+            print(describe(plan))
+        print(f"gemeentebus: {exc}", file=sys.stderr)
+        return 1
+    for plan in plans:
         print(describe(plan))
     return 0
 
@@ -129,8 +136,10 @@ def add_subscription_commands(
         "apply",
         help="make the subscriptions in a YAML list so (idempotent)",
         description="Validate every entry of FILE (a YAML list; each with `id` and `owner`); "
-        "if all are valid, put the new and changed ones and print what changed. Subscriptions "
-        "not in FILE are left alone.",
+        "if all are valid, put the new and changed ones and print what changed. The new ones' "
+        "topics are created first, in a few requests; one whose topic the cluster refuses is "
+        "not written and is named (exit 1), the others are. Subscriptions not in FILE are "
+        "left alone.",
         parents=parents,
     )
     apply.add_argument("file", type=Path, metavar="FILE", help="YAML list of subscriptions")

@@ -1,43 +1,50 @@
 """The bus's Kafka topics (SPEC §3): names, settings, idempotent creation, and the checks
 `run` makes before it starts (durability and retention, see `durability_problems`).
 
-Topics are created with the configured replication factor and `min.insync.replicas`
-(defaults 3 and 2: a cluster's), never a value of our own that would override the cluster.
+How topics are made (batched, an outcome per topic, waiting until the metadata has them)
+is `streams.kafka.creation`; its names are re-exported here.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiokafka import TopicPartition
-from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
-    InvalidReplicationFactorError,
     KafkaError,
-    TopicAlreadyExistsError,
-    TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
     for_code,
 )
 
 from streams.config import KafkaSettings, Settings
-from streams.exceptions import ConfigurationError, KafkaUnavailable
+from streams.exceptions import KafkaUnavailable
 from streams.kafka.clients import make_admin
-from streams.kafka.transport import check_access
+from streams.kafka.creation import (
+    CREATE_CHUNK,
+    Creation,
+    TopicSpec,
+    create_missing,
+    create_topics,
+    ensure_topics,
+)
 
 __all__ = [
+    "CREATE_CHUNK",
     "RETENTION_MARGIN_S",
+    "Creation",
     "Groups",
     "TopicSpec",
     "TopicState",
     "Topics",
     "bus_topics",
+    "create_missing",
     "create_topics",
     "describe_topics",
     "durability_problems",
+    "ensure_topics",
     "existing_topics",
     "partitions",
     "subscription_topics",
@@ -160,15 +167,6 @@ class Groups:
         return f"{self.prefix}.sub.{client_id}."
 
 
-@dataclass(frozen=True, slots=True)
-class TopicSpec:
-    """A topic as the bus wants it."""
-
-    name: str
-    partitions: int
-    config: dict[str, str] = field(default_factory=dict)
-
-
 def _retention(days: int, *, compact: bool = False) -> dict[str, str]:
     config = {"retention.ms": str(days * _DAY_MS)}
     if compact:
@@ -201,65 +199,18 @@ def bus_topics(
 
 
 def subscription_topics(settings: KafkaSettings, subscription_id: str) -> list[TopicSpec]:
-    """The delivery topic and dead-letter topic of one subscription."""
-    t, p = Topics(settings.topic_prefix), settings.partitions
+    """The delivery topic and dead-letter topic of one subscription, with
+    `kafka.deliver_partitions` and `kafka.dlq_partitions` partitions."""
+    t = Topics(settings.topic_prefix)
+    deliver = _retention(settings.deliver_retention_days)
     return [
-        TopicSpec(t.deliver(subscription_id), p, _retention(settings.deliver_retention_days)),
-        TopicSpec(t.dlq(subscription_id), p, _retention(settings.events_retention_days)),
+        TopicSpec(t.deliver(subscription_id), settings.deliver_partitions, deliver),
+        TopicSpec(
+            t.dlq(subscription_id),
+            settings.dlq_partitions,
+            _retention(settings.events_retention_days),
+        ),
     ]
-
-
-async def create_topics(settings: KafkaSettings, specs: Sequence[TopicSpec]) -> list[str]:
-    """Create the topics that do not exist yet; return the names created. Idempotent.
-
-    A cluster that refuses the credentials or the transport is a `ConfigurationError` naming
-    the setting (`streams.kafka.clients.check_access`)."""
-    await check_access(settings)
-    admin = make_admin(settings)
-    try:
-        await admin.start()
-        existing = set(await admin.list_topics())
-        missing = [s for s in specs if s.name not in existing]
-        if not missing:
-            return []
-        base = {"min.insync.replicas": str(settings.min_insync_replicas)}
-        new = [
-            NewTopic(
-                name=s.name,
-                num_partitions=s.partitions,
-                replication_factor=settings.replication_factor,
-                topic_configs={**base, **s.config},
-            )
-            for s in missing
-        ]
-        response = await admin.create_topics(new, timeout_ms=int(settings.request_timeout_s * 1000))
-        created = []
-        for topic, code, *rest in response.topic_errors:
-            if code == 0:
-                created.append(topic)
-            elif code == InvalidReplicationFactorError.errno:
-                raise ConfigurationError(
-                    f"cannot create topic {topic} with replication factor "
-                    f"{settings.replication_factor}: {rest[0] if rest else 'too few brokers'} "
-                    "(on a one-node broker set kafka.replication_factor: 1, "
-                    "kafka.min_insync_replicas: 1 and kafka.allow_single_replica: true)"
-                )
-            elif code == TopicAuthorizationFailedError.errno:
-                raise ConfigurationError(
-                    f"kafka.sasl_username {settings.sasl_username!r} may not create topic "
-                    f"{topic}, nor see it: create the bus's topics as the operator "
-                    "(`gemeentebus topics create`) and grant each role its own "
-                    "(`gemeentebus acls apply`, as a super user)"
-                )
-            elif code != TopicAlreadyExistsError.errno:  # another process was first: fine
-                raise for_code(code)(f"topic {topic}")
-        return created
-    except KafkaError as exc:
-        raise KafkaUnavailable(
-            f"cannot create topics on {settings.bootstrap_servers}: {exc}"
-        ) from exc
-    finally:
-        await admin.close()
 
 
 async def existing_topics(settings: KafkaSettings) -> set[str]:

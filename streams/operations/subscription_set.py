@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from streams.auth import Authenticator, Forbidden
 from streams.config import Settings
-from streams.exceptions import GemeentebusError
+from streams.exceptions import GemeentebusError, TopicsRefused
 from streams.routing.intake import (
     check_purpose,
     client_of,
@@ -35,6 +35,7 @@ from streams.routing.subscriptions import Subscription, new_subscription_id
 __all__ = [
     "Applied",
     "InvalidSubscriptions",
+    "PartlyApplied",
     "add",
     "apply",
     "opened",
@@ -44,6 +45,9 @@ __all__ = [
 ]
 
 
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class InvalidSubscriptions(GemeentebusError):
     """Entries that do not validate; `errors` lists every one, and nothing was applied."""
 
@@ -51,6 +55,17 @@ class InvalidSubscriptions(GemeentebusError):
         self.errors = list(errors)
         lines = "\n".join(f"  {e}" for e in self.errors)
         super().__init__(f"{len(self.errors)} errors; nothing applied:\n{lines}")
+
+
+class PartlyApplied(GemeentebusError):
+    """`apply` wrote some subscriptions but not those whose topics the cluster refused:
+    `applied` are the plans that were carried out (with the signing secrets, shown only
+    now), `refused` the cluster's refusal naming each topic and subscription left out."""
+
+    def __init__(self, applied: Sequence[Applied], refused: TopicsRefused) -> None:
+        self.applied = list(applied)
+        self.refused = refused
+        super().__init__(str(refused))
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +80,8 @@ class Applied:
 def read_entries(path: Path) -> Any:
     """The parsed YAML (or JSON) of a file, or `InvalidSubscriptions` saying why not."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        # libyaml's safe loader where built in: five times faster on a list of thousands
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)  # noqa: S506
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise InvalidSubscriptions([f"{path}: cannot be read ({type(exc).__name__})"]) from None
 
@@ -154,12 +170,17 @@ def _plan(
 
 
 async def apply(store: SubscriptionStore, settings: Settings, entries: object) -> list[Applied]:
-    """Validate all entries, then put each that is new or changed (idempotent)."""
+    """Validate all entries, then put those that are new or changed, together (idempotent):
+    the topics of the new ones in a few requests, then every record (`SubscriptionStore.
+    put_many`). `PartlyApplied` when the cluster refused some topics."""
     existing = {s.id: s for s in store}
     plans = prepare(settings, entries, existing)
-    for plan in plans:
-        if plan.action != "unchanged":
-            await store.put(plan.subscription)
+    try:
+        await store.put_many([p.subscription for p in plans if p.action != "unchanged"])
+    except TopicsRefused as exc:
+        missing = set(exc.not_written)
+        done = [p for p in plans if p.subscription.id not in missing]
+        raise PartlyApplied(done, exc) from exc
     return plans
 
 

@@ -4,9 +4,11 @@ One record per subscription (key = id, value = JSON of `Subscription.record_dict
 secrets sealed), a tombstone deletes; each volgindicatie is a record of its own
 (`streams.routing.records`), so concurrent changes to one subscription's volgindicaties
 lose none.
-`put`, `delete`, `follow` and `unfollow` write with the idempotent producer and wait for the
-broker; every process runs a reader (a plain consumer without a group, from the beginning,
-then following) that keeps its `SubscriptionIndex` up to date.
+`put`, `put_many`, `delete`, `follow` and `unfollow` write with the idempotent producer and
+wait for the broker (`put_many` sends all its records, then waits for them together); a new
+subscription's topics exist before its record is written. Every process runs a reader (a
+plain consumer without a group, from the beginning, then following) that keeps its
+`SubscriptionIndex` up to date.
 
 The reader follows the compacted `gemeentebus.retirements` too: `retire` (the delivery
 role's one write, after a `410 Gone`) records there that the current version of a
@@ -39,7 +41,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -48,11 +50,18 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from streams.config import Settings
-from streams.exceptions import KafkaUnavailable
+from streams.exceptions import KafkaUnavailable, TopicsRefused
 from streams.health import Health, Progress
 from streams.ingress.metrics import metrics
 from streams.kafka.clients import make_consumer, make_producer
-from streams.kafka.topics import Topics, bus_topics, create_topics, subscription_topics
+from streams.kafka.topics import (
+    Creation,
+    Topics,
+    bus_topics,
+    create_topics,
+    ensure_topics,
+    subscription_topics,
+)
 from streams.retry import RetryPolicy
 from streams.routing import retirements
 from streams.routing.matching import SubscriptionIndex
@@ -218,15 +227,40 @@ class SubscriptionStore:
     async def put(self, subscription: Subscription) -> Subscription:
         """Store a subscription (new or changed); returns once it is visible here.
 
-        A new subscription gets its `deliver.<id>` and `.dlq` topics first, so nothing is
-        ever routed to a topic that does not exist.
+        A new subscription gets its `deliver.<id>` and `.dlq` topics first, and its record is
+        written once the cluster's metadata has them, so nothing is ever routed to a topic
+        that does not exist (`TopicsRefused` or `ConfigurationError` when the cluster would
+        not create them).
         """
         if subscription.id not in self._all:
-            await create_topics(
-                self.settings.kafka, subscription_topics(self.settings.kafka, subscription.id)
-            )
+            kafka = self.settings.kafka
+            specs = subscription_topics(kafka, subscription.id)
+            creation = await ensure_topics(kafka, specs, new=True)
+            for error in creation.refused.values():
+                raise error
         await self._write(self._records.put(subscription))
         return subscription
+
+    async def put_many(self, subscriptions: Sequence[Subscription]) -> None:
+        """Store many subscriptions at once (`gemeentebus subscriptions apply`); returns once
+        all are visible here.
+
+        The topics of every new one are created first, in a few CreateTopics requests; then
+        the records of those whose topics exist are sent together and confirmed together.
+        A subscription whose topic the cluster refused is not written, and `TopicsRefused`
+        names each refused topic and each such subscription (after the others were written).
+        """
+        kafka = self.settings.kafka
+        new = [s.id for s in subscriptions if s.id not in self._all]
+        specs = {s.id: subscription_topics(kafka, s.id) for s in subscriptions if s.id in new}
+        wanted = [spec for group in specs.values() for spec in group]
+        creation = await ensure_topics(kafka, wanted, new=True) if wanted else Creation()
+        refused = {topic: _why(exc, topic) for topic, exc in creation.refused.items()}
+        failed = {i for i, group in specs.items() if any(s.name in refused for s in group)}
+        written = [s for s in subscriptions if s.id not in failed]
+        await self._write([record for s in written for record in self._records.put(s)])
+        if refused:
+            raise TopicsRefused(refused, not_written=sorted(failed))
 
     async def delete(self, subscription_id: str) -> None:
         """Delete a subscription (a tombstone); returns once the delete is visible here.
@@ -427,6 +461,11 @@ class SubscriptionStore:
                 callback(subscription_id, subscription)
             except Exception:  # a listener's bug must not stop the reader
                 log.exception("a subscription change listener failed")
+
+
+def _why(exc: Exception, topic: str) -> str:
+    """Why the cluster refused `topic`, in one line."""
+    return exc.refused.get(topic, str(exc)) if isinstance(exc, TopicsRefused) else str(exc)
 
 
 def _reason(exc: BaseException, topic: str) -> str:

@@ -5,6 +5,8 @@ Never asserts on timing: the figures of a noisy machine are reported, not judged
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from streams.bench import SCENARIOS, BenchContext, Figure, Scenario, Size, run_bench
 from streams.config import ENV, Settings
+from streams.kafka.topics import existing_topics
 
 FIGURE_KEYS = {"name", "value", "baseline", "unit", "ratio", "target", "met"}
 TINY = Size(
@@ -125,3 +128,47 @@ def test_router_and_replay_scenarios_at_tiny_sizes(
     (replay,) = [f for name, f in figures.items() if name.startswith("replay into")]
     assert replay["value"] > 0 and replay["baseline"] > 0 and replay["target"] == 0.5
     assert all(isinstance(f["met"], bool) for f in result["figures"])
+
+
+@pytest.mark.kafka
+def test_subscriptions_scenario_applies_them_and_leaves_no_topic(
+    settings: Settings, kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV["bootstrap"], kafka_bootstrap)
+    chosen = [s for s in SCENARIOS if s.name == "subscriptions"]
+    lines: list[str] = []
+
+    result = run_bench(
+        settings,
+        quick=True,
+        output=tmp_path / "r.json",
+        progress=lines.append,
+        scenarios=chosen,
+        size=Size(events_per_type=1, repeats=1, kafka_records=1, apply_subscriptions=30),
+    )
+
+    apply, one_by_one, topic_cost = result["figures"]
+    assert apply["name"].startswith("subscriptions apply: 30 new vs the budget")
+    assert (apply["unit"], apply["baseline"], apply["target"]) == ("s", 0.9, 1.0)  # 30 ms each
+    assert apply["value"] > 0 and isinstance(apply["met"], bool)
+    assert one_by_one["unit"] == "ms/subscription" and one_by_one["target"] is None
+    assert topic_cost["unit"] == "ms/topic" and topic_cost["value"] > 0
+    # every topic of the run deleted: 2 × 30 + 2 × 30 one by one + 2 × 30 sampled + its own
+    assert any("deleted the run's" in line for line in lines)
+    assert asyncio.run(_left_after_deletion(settings, "-subs.")) == []
+
+
+async def _left_after_deletion(settings: Settings, role: str) -> list[str]:
+    """The bench topics of `role` still in the cluster once deletion settled (the brokers
+    drop deleted topics from the metadata a little later), polled up to 30 s."""
+    head = f"{settings.kafka.topic_prefix[:16]}-bench-"
+    left: list[str] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(30):
+            while left := await _bench_topics(settings, head, role):  # noqa: ASYNC110 - polled
+                await asyncio.sleep(0.2)
+    return left
+
+
+async def _bench_topics(settings: Settings, head: str, role: str) -> list[str]:
+    return [n for n in await existing_topics(settings.kafka) if n.startswith(head) and role in n]

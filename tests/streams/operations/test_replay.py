@@ -235,7 +235,7 @@ async def test_two_replays_of_one_subscription_run_one_after_the_other(
     assert one.finished_at is not None and two.started_at is not None
     assert one.finished_at <= two.started_at
     records = await read_topic(bus_topics.deliver(sub.id), count=2 * len(accepted))
-    for p in range(settings.kafka.partitions):  # per partition: all of one, then two
+    for p in range(settings.kafka.deliver_partitions):  # per partition: all of one, then two
         marks = [json.loads(r.value)["replay"] for r in records if r.partition == p]
         assert marks == sorted(marks, key=lambda mark: mark != one.id)
     assert len(records) == 2 * len(accepted)

@@ -17,6 +17,8 @@ from keys import SECRETS_KEY
 
 from streams.config import Settings
 from streams.contract.attributes import OVERLEDEN, VERHUISD
+from streams.kafka.clients import make_admin
+from streams.kafka.topics import Topics, TopicSpec, create_topics
 from streams.routing.store import SubscriptionStore
 
 pytestmark = pytest.mark.kafka
@@ -50,6 +52,8 @@ def config(settings: Settings, tmp_path: Path) -> Path:
         **transport_config(settings),
         "topic_prefix": settings.kafka.topic_prefix,
         "partitions": settings.kafka.partitions,
+        "deliver_partitions": 2,
+        "dlq_partitions": 1,
         "replication_factor": 1,  # one broker, said explicitly
         "min_insync_replicas": 1,
         "allow_single_replica": True,
@@ -169,3 +173,82 @@ async def test_add_and_remove(settings: Settings, config: Path, tmp_path: Path) 
     code, out, err = await gemeentebus(config, "subscriptions", "remove", created["id"])
     assert code == 1
     assert "no subscription" in err
+
+
+async def partition_counts(settings: Settings, names: list[str]) -> dict[str, int]:
+    """Partitions per topic of `names` as the cluster's metadata has them now."""
+    admin = make_admin(settings, "check")
+    await admin.start()
+    try:
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    return {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
+
+
+async def drop_topics(settings: Settings) -> None:
+    """Delete this test's topics: hundreds of them on a shared broker slow every test."""
+    admin = make_admin(settings, "cleanup")
+    await admin.start()
+    try:
+        head = f"{settings.kafka.topic_prefix}."
+        mine = [t for t in await admin.list_topics() if t.startswith(head)]
+        for start in range(0, len(mine), 500):
+            await admin.delete_topics(mine[start : start + 500])
+    finally:
+        await admin.close()
+
+
+async def test_apply_of_many_creates_their_topics_and_writes_every_record(
+    settings: Settings, config: Path, tmp_path: Path
+) -> None:
+    owners = ("gemeente-0363", "gemeente-0344")
+    entries = [entry(f"sub-{i:03d}", owners[i % 2]) for i in range(200)]
+    file = tmp_path / "subscriptions.yaml"
+    file.write_text(yaml.safe_dump(entries))
+    topics = Topics(settings.kafka.topic_prefix)
+    try:
+        code, out, err = await gemeentebus(config, "subscriptions", "apply", str(file))
+        assert code == 0, err
+        assert [line.split()[:2] for line in out.splitlines()] == [
+            ["created", e["id"]] for e in entries
+        ]
+        deliver = [topics.deliver(e["id"]) for e in entries]
+        dlq = [topics.dlq(e["id"]) for e in entries]
+        # there when the command has returned, with the partitions the configuration says
+        counts = await partition_counts(settings, deliver + dlq)
+        assert counts == {**dict.fromkeys(deliver, 2), **dict.fromkeys(dlq, 1)}
+        held = await stored(settings)
+        assert sorted(held) == [e["id"] for e in entries]
+        assert all(held[e["id"]]["sink"] == e["sink"] for e in entries)
+    finally:
+        await drop_topics(settings)
+
+
+async def test_a_refused_topic_leaves_its_subscription_out_and_names_it(
+    settings: Settings, config: Path, tmp_path: Path
+) -> None:
+    topics = Topics(settings.kafka.topic_prefix)
+    # Kafka refuses a topic whose name differs from an existing one's only in '.' vs '_'
+    clash = topics.dlq("utrecht").replace(".", "_")
+    await create_topics(settings.kafka, [TopicSpec(clash, 1)])
+    entries = [entry(name, "gemeente-0363") for name in ("amsterdam", "utrecht", "zwolle")]
+    file = tmp_path / "subscriptions.yaml"
+    file.write_text(yaml.safe_dump(entries))
+    try:
+        code, out, err = await gemeentebus(config, "subscriptions", "apply", str(file))
+        assert code == 1
+        # the others were written, and their secrets shown: this is the only time
+        lines = out.splitlines()
+        assert [line.split()[:2] for line in lines] == [["created", "amsterdam"],
+                                                        ["created", "zwolle"]]  # fmt: skip
+        assert all("whsec_" in line for line in lines)
+        assert f"{topics.dlq('utrecht')}: InvalidTopicError" in err
+        assert "subscription(s) not written: utrecht" in err
+        assert sorted(await stored(settings)) == ["amsterdam", "zwolle"]
+        # the deliver topic made before the refusal stays; a rerun finds it and goes on
+        assert topics.deliver("utrecht") in await partition_counts(
+            settings, [topics.deliver("utrecht")]
+        )
+    finally:
+        await drop_topics(settings)

@@ -12,7 +12,7 @@ import pytest
 
 from streams.config import Settings
 from streams.contract.attributes import OVERLEDEN, VERHUISD, pseudonym
-from streams.exceptions import KafkaUnavailable
+from streams.exceptions import KafkaUnavailable, TopicsRefused
 from streams.health import Health
 from streams.kafka.clients import make_admin, make_producer
 from streams.kafka.topics import Topics, TopicSpec, create_topics
@@ -82,10 +82,100 @@ async def test_put_creates_the_subscription_topics(settings: Settings, bus_topic
     producer = make_producer(settings, "check")
     await producer.start()
     try:
-        for topic in (bus_topics.deliver("gemeente-0344"), bus_topics.dlq("gemeente-0344")):
-            assert len(await producer.partitions_for(topic)) == settings.kafka.partitions
+        deliver, dlq = bus_topics.deliver("gemeente-0344"), bus_topics.dlq("gemeente-0344")
+        assert len(await producer.partitions_for(deliver)) == settings.kafka.deliver_partitions
+        assert len(await producer.partitions_for(dlq)) == settings.kafka.dlq_partitions
     finally:
         await producer.stop()
+
+
+def _partitioned(settings: Settings, deliver: int, dlq: int) -> Settings:
+    kafka = settings.kafka.model_copy(update={"deliver_partitions": deliver, "dlq_partitions": dlq})
+    return settings.model_copy(update={"kafka": kafka})
+
+
+async def _partition_counts(settings: Settings, names: list[str]) -> dict[str, int]:
+    """Partitions per topic as the cluster's metadata has them now (no waiting: `put_many`
+    returns only once they are there)."""
+    admin = make_admin(settings, "check")
+    await admin.start()
+    try:
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    return {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
+
+
+async def test_put_many_creates_every_topic_then_writes_every_record(
+    settings: Settings, bus_topics: Topics
+) -> None:
+    settings = _partitioned(settings, deliver=2, dlq=1)
+    many = [gemeente(f"{i:04d}") for i in range(200)]
+    try:
+        async with running(settings, "api") as api:
+            await api.put_many(many)
+            assert len(api) == 200  # visible here when it returns
+            deliver = [bus_topics.deliver(s.id) for s in many]
+            dlq = [bus_topics.dlq(s.id) for s in many]
+            counts = await _partition_counts(settings, deliver + dlq)
+        assert counts == {**dict.fromkeys(deliver, 2), **dict.fromkeys(dlq, 1)}
+        async with running(settings, "other") as other:  # another process reads all of them
+            assert {s.id: s.record_dict() for s in other} == {s.id: s.record_dict() for s in many}
+    finally:
+        await drop_topics(settings)
+
+
+async def drop_topics(settings: Settings) -> None:
+    """Delete this test's topics: hundreds of them on a shared broker slow every test."""
+    admin = make_admin(settings, "cleanup")
+    await admin.start()
+    try:
+        head = f"{settings.kafka.topic_prefix}."
+        mine = [t for t in await admin.list_topics() if t.startswith(head)]
+        for start in range(0, len(mine), 500):
+            await admin.delete_topics(mine[start : start + 500])
+    finally:
+        await admin.close()
+
+
+async def test_put_many_writes_no_record_for_a_subscription_whose_topic_is_refused(
+    settings: Settings, bus_topics: Topics
+) -> None:
+    # Kafka refuses a topic whose name differs from an existing one's only in '.' vs '_'
+    refused = bus_topics.deliver("gemeente-0002")
+    await create_topics(settings.kafka, [TopicSpec(refused.replace(".", "_"), 1)])
+    batch = [gemeente(f"{i:04d}") for i in range(5)]
+    async with running(settings, "api") as api:
+        with pytest.raises(TopicsRefused) as raised:
+            await api.put_many(batch)
+        assert raised.value.not_written == ["gemeente-0002"]
+        assert list(raised.value.refused) == [refused]
+        assert "InvalidTopicError" in str(raised.value) and "gemeente-0002" in str(raised.value)
+    async with running(settings, "other") as other:
+        assert sorted(s.id for s in other) == ["gemeente-0000", "gemeente-0001", "gemeente-0003",
+                                               "gemeente-0004"]  # fmt: skip
+    others = [bus_topics.deliver(s.id) for s in batch if s.id != "gemeente-0002"]
+    assert set(await _partition_counts(settings, others)) == set(others)
+
+    # the cause gone, the same batch again puts the one left out (and leaves the rest)
+    await make_room(settings, refused.replace(".", "_"))
+    async with running(settings, "api") as api:
+        await api.put_many(batch)
+    async with running(settings, "other") as other:
+        assert sorted(s.id for s in other) == [s.id for s in batch]
+
+
+async def make_room(settings: Settings, topic: str) -> None:
+    """Delete `topic` and wait until the cluster no longer has it."""
+    admin = make_admin(settings, "check")
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+        async with asyncio.timeout(DEADLINE_S):
+            while topic in await admin.list_topics():  # noqa: ASYNC110 - polled
+                await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
 
 
 async def test_the_set_survives_a_restart(settings: Settings, bus_topics: Topics) -> None:
