@@ -134,7 +134,7 @@ async def validator_scenario(ctx: BenchContext) -> list[Figure]:
         value=n / (val_clock.done - val_clock.started),
         baseline=n / (last - first),
         unit="records/s",
-        target=0.8,
+        target=0.4,  # issue 16
     )
 
     figures = [as_specified]
@@ -146,7 +146,7 @@ async def validator_scenario(ctx: BenchContext) -> list[Figure]:
                 value=(n - val_clock.first_count) / (val_clock.done - val_clock.first),
                 baseline=(n - raw_clock.first_count) / (raw_clock.done - raw_clock.first),
                 unit="records/s",
-                target=0.8,
+                target=0.4,  # issue 16
             )
         )
     # The best any validator could do in one Python process: the raw copy plus the gate's
