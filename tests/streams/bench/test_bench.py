@@ -126,7 +126,7 @@ def test_router_and_replay_scenarios_at_tiny_sizes(
     assert len(routing) == 4  # 3 (the baseline), 10, 100 and 1,000 subscriptions
     assert all(f["unit"] == "µs/event" and f["target"] == 0.8 for f in routing)
     (replay,) = [f for name, f in figures.items() if name.startswith("replay into")]
-    assert replay["value"] > 0 and replay["baseline"] > 0 and replay["target"] == 0.5
+    assert replay["value"] > 0 and replay["baseline"] > 0 and replay["target"] == 0.25
     assert all(isinstance(f["met"], bool) for f in result["figures"])
 
 
