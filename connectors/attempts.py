@@ -127,10 +127,12 @@ class Attempts:
             if turn is Turn.EXPIRED and failure is not None:  # tried before: no more tries
                 await self._dead_letter(record, attempt, failure.code, str(failure), failure.status)
                 return True
-            attempt += 1
             async with self._requests:
                 if self._stopping.is_set():
                     return False
+                if turn is Turn.GO and endpoint.failing:
+                    continue  # found failing while this waited for a request slot: ask again
+                attempt += 1
                 try:
                     status = await self._sender.send(
                         value, source=record.ref.source, event_id=record.ref.id

@@ -549,3 +549,46 @@ async def test_an_unexpected_error_retries_the_record_and_keeps_order(
     finally:
         await dispatcher.stop()
     assert [r.event["data"]["seq"] for r in receiver.accepted] == [0, 1, 2]
+
+
+async def test_an_endpoint_that_is_down_gets_one_probe_per_backoff_step_then_everything(
+    settings: Settings, store: SubscriptionStore, writer: Writer, receivers: list[Receiver]
+) -> None:
+    """Recovery follows the endpoint (`connectors.endpoints`): while it answers 503, the 200
+    waiting events of 20 zaken cost one request per backoff step, not one per event; the
+    first 200 lets every waiting lane go, each in its key's order."""
+    down = True
+
+    async def outage(event: dict[str, Any]) -> tuple[int, dict[str, str]]:
+        return (503, {}) if down else (200, {})
+
+    receiver = await Receiver(outage).start()
+    receivers.append(receiver)
+    await store.put(subscription("outage", receiver.url))
+    delivery = fast(initial_backoff_s=0.1, max_backoff_s=0.4, probe_max_interval_s=0.4)
+    dispatcher = await dispatcher_for(settings, store, delivery)
+
+    def key_of(seq: int) -> bytes:
+        return pseudonym(seq % 20)
+
+    try:
+        await writer.write("outage", [(i, key_of(i)) for i in range(200)])
+        await until(lambda: len(receiver.requests) >= 8)
+        endpoint = dispatcher.endpoints.get(receiver.url)
+        await until(lambda: endpoint.failing)
+        started, probes_then = time.monotonic(), endpoint.probes
+        await asyncio.sleep(4.0)  # the outage: probes 0.1, 0.2, 0.4, 0.4 ... s apart
+        down = False
+        refused = len(receiver.requests)
+        probed = endpoint.probes - probes_then
+        await until(lambda: len(receiver.accepted) >= 200, within=30)
+    finally:
+        await dispatcher.stop()
+    # before it was found failing: the attempts in flight (8 at most), then the probes
+    steps = 4.0 / 0.4 + 3  # the doubling steps, then one per 0.4 s
+    print(f"\n503s during a 4 s outage of 200 waiting events: {refused}, probes {probed}")
+    assert refused <= 8 + steps + 2, refused  # one per event would be 200 or more
+    assert probed <= steps + 1
+    assert time.monotonic() - started < 30
+    assert sorted(r.event["data"]["seq"] for r in receiver.accepted) == list(range(200))
+    assert in_key_order(receiver.accepted, key_of)
