@@ -28,7 +28,7 @@ from streams.config import Settings
 from streams.contract.attributes import pseudonym
 from streams.contract.codec import STRUCTURED_CONTENT_TYPE
 from streams.contract.values import elfproef
-from streams.exceptions import KafkaUnavailable
+from streams.exceptions import KafkaUnavailable, TopicsRefused
 from streams.http.kit import (
     AUTHENTICATOR,
     Failure,
@@ -268,6 +268,13 @@ class _Subscriptions:
         try:
             async with asyncio.timeout(self.timeout_s):
                 await write
+        except TopicsRefused as exc:  # nothing written: the subscription does not exist
+            log.error("the cluster refused a subscription's topics: %s", exc)
+            message = (
+                "the cluster refused to create the subscription's topics, so nothing was"
+                " written; the bus's operator can see why in its log"
+            )
+            raise Failure(503, "topics_refused", message) from exc
         except (KafkaError, KafkaUnavailable, TimeoutError) as exc:
             log.warning("the subscription store did not confirm a write: %s", type(exc).__name__)
             message = "the broker did not confirm in time; GET to see whether the change holds"

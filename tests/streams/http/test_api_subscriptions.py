@@ -20,6 +20,7 @@ from connectors.kafka_local import free_port_range
 from streams.config import ClientConfig, Settings
 from streams.contract.attributes import OVERLEDEN, VERHUISD, ZAAK_GEMUTEERD, pseudonym
 from streams.demo.generators import EventFactory
+from streams.exceptions import TopicsRefused
 from streams.http.api import make_api
 from streams.http.subscriptions import CALLBACK_CHECK_TYPE
 from streams.kafka.clients import make_producer
@@ -438,3 +439,16 @@ async def test_two_api_processes_adding_volgindicaties_at_once_lose_none(
     finally:
         await producer.stop()
         await other_store.stop()
+
+
+async def test_topics_the_cluster_refuses_are_a_503_that_says_nothing_was_written(
+    api: TestClient[Any, Any], sink: Sink, store: SubscriptionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refusing(*args: Any, **kwargs: Any) -> None:
+        raise TopicsRefused({"gemeentebus.deliver.x": "INVALID_TOPIC_EXCEPTION"}, not_written=["x"])
+
+    monkeypatch.setattr(store, "put", refusing)
+    response = await api.post("/subscriptions", json=body(sink), headers=auth("gemeente"))
+    assert response.status == 503, await response.text()
+    problem = await response.json()
+    assert problem["code"] == "topics_refused" and "nothing was written" in problem["message"]
