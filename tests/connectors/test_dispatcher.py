@@ -30,8 +30,8 @@ from streams.config import DeliverySettings, Settings
 from streams.contract.headers import ATTEMPTS_HEADER, ERROR_HEADER
 from streams.delivery.dlq import list_dead_letters, redrive
 from streams.delivery.log import decode_attempt
-from streams.kafka.clients import make_producer
-from streams.kafka.topics import Topics
+from streams.kafka.clients import make_admin, make_consumer, make_producer
+from streams.kafka.topics import Groups, Topics, partitions
 from streams.routing.store import SubscriptionStore
 from streams.routing.subscriptions import Subscription
 
@@ -592,3 +592,52 @@ async def test_an_endpoint_that_is_down_gets_one_probe_per_backoff_step_then_eve
     assert time.monotonic() - started < 30
     assert sorted(r.event["data"]["seq"] for r in receiver.accepted) == list(range(200))
     assert in_key_order(receiver.accepted, key_of)
+
+
+async def test_the_delivery_group_starts_where_a_subscriptions_own_courier_group_left_off(
+    settings: Settings, store: SubscriptionStore, writer: Writer, receivers: list[Receiver]
+) -> None:
+    """An upgrade from one courier group per subscription: what the old group committed is
+    not delivered again; what it had not, is."""
+    receiver = await Receiver().start()
+    receivers.append(receiver)
+    await store.put(subscription("upgraded", receiver.url))
+    await writer.write("upgraded", [(i, pseudonym(i % 5)) for i in range(30)])
+    topic = writer.topics.deliver("upgraded")
+    group = Groups(settings.kafka.topic_prefix)
+    old = make_consumer(settings, "old-courier", group=group.deliver("upgraded"))
+    await old.start()
+    try:
+        tps = sorted(await partitions(settings.kafka, [topic]))
+        old.assign(tps)
+        ends = await old.end_offsets(tps)
+        # the old courier had delivered the first half of every partition, and committed it
+        done = {tp: end // 2 for tp, end in ends.items()}
+        await old.commit(done)
+        await old.seek_to_beginning(*tps)
+        left: set[int] = set()
+        async with asyncio.timeout(30):
+            while sum(ends.values()) > sum([await old.position(tp) for tp in tps]):
+                for tp, records in (await old.getmany(timeout_ms=200)).items():
+                    left |= {seq_at(r) for r in records if r.offset >= done[tp]}
+    finally:
+        await old.stop()
+    dispatcher = await dispatcher_for(settings, store, fast())
+    try:
+        await until(lambda: len(receiver.accepted) >= len(left))
+    finally:
+        await dispatcher.stop()
+    # exactly the records the old group had not committed, none of those it had
+    assert {r.event["data"]["seq"] for r in receiver.accepted} == left
+    admin = make_admin(settings.kafka)
+    await admin.start()
+    try:
+        now = await admin.list_consumer_group_offsets(group.delivery)
+    finally:
+        await admin.close()
+    assert {tp: o.offset for tp, o in now.items() if tp.topic == topic} == ends
+
+
+def seq_at(record: ConsumerRecord[bytes, bytes]) -> int:
+    seq: int = json.loads(record.value or b"{}")["data"]["seq"]
+    return seq
