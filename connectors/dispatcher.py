@@ -164,7 +164,7 @@ class Dispatcher:
 
     async def _retire(self, gone: Subscription) -> None:
         """Retire `gone` (the version that answered 410), retrying until it lands (or is moot)."""
-        part = f"courier {gone.id}"
+        part = f"retiring {gone.id}"  # not the courier's part: that one goes with it
         attempt, first = 0, time.monotonic()
         while True:
             current, version = self.store.get(gone.id), self.store.version(gone.id)

@@ -158,8 +158,11 @@ class Reader:
         """Deliver the records of `courier`'s topic to it, from the next fetch on."""
         topic = courier.topic
         self._couriers[topic] = courier
+        assigned = self._consumer.assignment()
         for tp in [tp for tp in self._unheld if tp.topic == topic]:
-            self._consumer.seek(tp, self._unheld.pop(tp))  # paused until back-pressure says
+            offset = self._unheld.pop(tp)
+            if tp in assigned:  # (revoked meanwhile: its new owner starts from the commit)
+                self._consumer.seek(tp, offset)  # paused until back-pressure says
         self._changed.set()
 
     def detach(self, courier: Taker) -> None:
@@ -295,9 +298,15 @@ class Reader:
     def _back_pressure(self) -> None:
         """Seek and pause what the couriers ask (`Holding.to_seek`, `Holding.to_pause`),
         pause the partitions no courier takes now, resume the others."""
+        assigned = self._consumer.assignment()
         by_topic: dict[str, list[TopicPartition]] = {}
-        for tp in self._consumer.assignment():
+        for tp in assigned:
             by_topic.setdefault(tp.topic, []).append(tp)
+        # a courier detached while a rebalance was revoking: what is no longer ours is not
+        # to be paused, nor sought back (its new owner starts from the commit)
+        for gone in [tp for tp in self._unheld if tp not in assigned]:
+            del self._unheld[gone]
+        self._starting &= assigned
         wanted: set[TopicPartition] = set(self._unheld) | self._starting
         for topic, tps in by_topic.items():
             courier = self._couriers.get(topic)

@@ -583,6 +583,7 @@ async def test_a_410_whose_retirement_fails_at_first_is_retired_and_never_restar
         await until(lambda: len(staying.accepted) == 5)
         assert "leaving" not in dispatcher.running
         assert "courier leaving" not in health.role("delivery").parts
+        assert "retiring leaving" not in health.role("delivery").parts  # retired: mended
     finally:
         await dispatcher.stop()
     assert len(leaving.requests) == 1  # one 410, nothing after it
@@ -613,7 +614,7 @@ async def test_a_410_whose_retirement_is_refused_for_good_stays_stopped_until_ed
         await writer.write("leaving", [(i, pseudonym(1)) for i in range(5)])
         await until(lambda: len(leaving.requests) == 1)
         await until(lambda: "leaving" not in dispatcher.running, within=10)  # no dead courier
-        part = health.part("delivery", "courier leaving")
+        part = health.part("delivery", "retiring leaving")
         await until(lambda: "for good" in (part.broken_reason or ""))
         steady = subscription("staying", staying.url)
         await store.put(steady.model_copy(update={"purpose": "another purpose"}))
