@@ -100,8 +100,9 @@ class Attempts:
         for sender in (*self._old_senders, self._sender):
             await sender.close()
 
-    async def deliver(self, record: Held) -> bool:
-        """Deliver one record or dead-letter it; False when stopped before either."""
+    async def deliver(self, record: Held, stop: asyncio.Event | None = None) -> bool:
+        """Deliver one record or dead-letter it; False when stopped before either (`stop`:
+        this record's lane is to stop, default the courier's stopping)."""
         if record.problem is not None:
             problem = record.problem
             await self._dead_letter(record, 0, problem.code, f"{problem.path}: {problem.message}")
@@ -109,26 +110,26 @@ class Attempts:
         assert record.value is not None  # a readable record has one
         token = object()  # this record, to its endpoint
         try:
-            return await self._attempt(record, record.value, token)
+            return await self._attempt(record, record.value, token, stop or self._stopping)
         finally:
             self._endpoint.released(token)
 
-    async def _attempt(self, record: Held, value: bytes, token: object) -> bool:
+    async def _attempt(
+        self, record: Held, value: bytes, token: object, stop: asyncio.Event
+    ) -> bool:
         attempt, not_before = 0, 0.0
         until = record.since + self._delivery.retry_window_s
         failure: WebhookFailed | None = None
         endpoint = self._endpoint
         while True:
-            turn = await endpoint.turn(
-                token, not_before=not_before, until=until, stopping=self._stopping
-            )
+            turn = await endpoint.turn(token, not_before=not_before, until=until, stopping=stop)
             if turn is Turn.STOPPED:
                 return False
             if turn is Turn.EXPIRED and failure is not None:  # tried before: no more tries
                 await self._dead_letter(record, attempt, failure.code, str(failure), failure.status)
                 return True
             async with self._requests:
-                if self._stopping.is_set():
+                if stop.is_set():
                     return False
                 if turn is Turn.GO and endpoint.failing:
                     continue  # found failing while this waited for a request slot: ask again

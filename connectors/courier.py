@@ -109,6 +109,7 @@ class Courier:
         )
         self._holding = Holding(f"courier {subscription.id}")
         self._lane_tasks: dict[Lane, asyncio.Task[None]] = {}
+        self._halts: dict[int, asyncio.Event] = {}  # set: that partition's lanes stop
         self._settling: set[asyncio.Task[None]] = set()  # records waiting for their writes
         self._stop_by = 0.0  # loop time by which `stop` is to be done
         self._stop_task: asyncio.Task[None] | None = None
@@ -133,7 +134,7 @@ class Courier:
         loop = asyncio.get_running_loop()
         by = loop.time() + deadline_s
         self._stop_by = by if self._stop_task is None else min(self._stop_by, by)
-        self._stopping.set()
+        self._stop_all()
         if self._stop_task is None:
             self._stop_task = asyncio.create_task(self._stop(), name=f"stop-{self.subscription.id}")
         await asyncio.shield(self._stop_task)
@@ -155,6 +156,21 @@ class Courier:
         await self._attempts.close()
         if self._health is not None:
             self._health.drop("delivery", self._part_name)
+
+    def _stop_all(self) -> None:
+        self._stopping.set()
+        for halt in self._halts.values():
+            halt.set()
+
+    def _halt(self, partition: int) -> asyncio.Event:
+        """Set when the lanes of `partition` are to stop (the courier stops, or the
+        partition is revoked)."""
+        halt = self._halts.get(partition)
+        if halt is None:
+            halt = self._halts[partition] = asyncio.Event()
+            if self._stopping.is_set():
+                halt.set()
+        return halt
 
     async def _cancel_late(self, tasks: set[asyncio.Task[Any]], reserve: float) -> None:
         """Wait for `tasks` until the stop deadline less `reserve`, then cancel the rest."""
@@ -273,6 +289,23 @@ class Courier:
         mark = self._holding.watermarks.get(partition)
         return None if mark is None else mark.committable
 
+    async def drain(self, partitions: set[int], grace_s: float) -> None:
+        """Before `partitions` go to another group member: their lanes start nothing new,
+        an attempt in flight may finish (and its writes land) within `grace_s`, so that
+        what reached the subscriber is committed, not delivered again by the new owner."""
+        for partition in partitions:
+            self._halt(partition).set()
+        lanes = {t for lane, t in self._lane_tasks.items() if lane[0] in partitions}
+        loop = asyncio.get_running_loop()
+        by = loop.time() + grace_s
+        if lanes:
+            _, late = await asyncio.wait(lanes, timeout=grace_s)
+            for task in late:
+                task.cancel()
+        settling = {t for t in self._settling if not t.done()}
+        if settling:
+            await asyncio.wait(settling, timeout=max(0.0, by - loop.time()))
+
     def revoked(self, partitions: set[int]) -> None:
         """Another group member takes `partitions` over (their finished offsets were
         committed): their lanes stop, what they held is dropped; the new owner delivers
@@ -281,22 +314,25 @@ class Courier:
             if lane[0] in partitions:
                 task.cancel()
                 self._lane_tasks.pop(lane, None)
+        for partition in partitions:
+            self._halts.pop(partition, None)  # a new assignment starts afresh
         self._holding.drop(partitions)
 
     # -- delivering ---------------------------------------------------------------------
 
     async def _lane(self, lane: Lane, queue: deque[Held]) -> None:
         bugs = 0
+        halt = self._halt(lane[0])
         try:
-            while queue and not self._stopping.is_set():
+            while queue and not halt.is_set():
                 record = queue[0]
                 try:
-                    done = await self._attempts.deliver(record)
+                    done = await self._attempts.deliver(record, halt)
                 except Exception:  # our own bug outside the attempt: retried, visibly
                     bugs += 1
                     log.exception("courier %s: a lane failed; retrying", self.subscription.id)
                     self._trouble("lane", "a lane failed with an internal error (see the log)")
-                    await pause(self._stopping, LANE_BUG.delay(bugs))
+                    await pause(halt, LANE_BUG.delay(bugs))
                     continue
                 if not done:
                     return  # stopping or retired: the record stays uncommitted
@@ -315,7 +351,7 @@ class Courier:
         if self.retired:
             return
         self.retired = True
-        self._stopping.set()
+        self._stop_all()
         self._attempts.log(record, "retired", attempt, status=exc.status, error=exc.code)
         log.warning("subscription %s answered 410 Gone: stopping delivery", self.subscription.id)
         if self._on_gone is not None:

@@ -16,8 +16,9 @@ a lane and delivers; the reader does for all couriers what a courier's own consu
   (`Holding.to_seek`); the other subscriptions' partitions keep being read;
 - commits: every `_COMMIT_EVERY_S`, per partition the courier's lowest unfinished offset,
   in one request for all couriers;
-- a rebalance: before partitions go, each courier's finished offsets of them are committed
-  and its lanes of them stop; the new owner reads on from the commit (at least once, never
+- a rebalance: before partitions go, each courier's lanes of them start nothing new and
+  the attempts in flight get `_REVOKE_GRACE_S` to finish, then the finished offsets are
+  committed and the lanes stop; the new owner reads on from the commit (at least once, never
   two processes delivering one partition at a time);
 - a partition whose subscription has no courier here (stopping, stopped, or not started
   yet: the process's view of the subscription set is a moment behind the group's) is paused
@@ -60,6 +61,7 @@ _MAX_POLL: Final = 500  # a courier holds at most its cap plus one fetch
 _COMMIT_EVERY_S: Final = 0.5
 _PROGRESS_EVERY_S: Final = 1.0
 _RESUBSCRIBE_S: Final = 1.0  # topic changes within this are one rebalance
+_REVOKE_GRACE_S: Final = 2.0  # how long a rebalance waits for attempts in flight
 
 
 class Taker(Protocol):
@@ -84,6 +86,8 @@ class Taker(Protocol):
     def committed(self, offsets: dict[TopicPartition, int]) -> None: ...
 
     def restart_offset(self, partition: int) -> int | None: ...
+
+    async def drain(self, partitions: set[int], grace_s: float) -> None: ...
 
     def revoked(self, partitions: set[int]) -> None: ...
 
@@ -263,6 +267,12 @@ class Reader:
             return
         self._changed.clear()
         await self._known(wanted - self._subscribed)
+        # A new subscription revokes every partition (eager rebalancing), and aiokafka has
+        # no assignment left to commit against once it is made: the revocation's work
+        # (attempts in flight finish, what is finished is committed) is done before.
+        held = set(self._consumer.assignment())
+        if held:
+            await self._revoked(held)
         if wanted:
             self._consumer.subscribe(sorted(wanted), listener=_Rebalance(self))
         else:
@@ -340,13 +350,17 @@ class Reader:
     async def _revoked(self, revoked: set[TopicPartition]) -> None:
         # another member may take these over: commit what is finished, drop the rest
         # (lanes of those partitions stop; the new owner delivers them again)
+        by_courier = {
+            courier: {tp.partition for tp in revoked if tp.topic == topic}
+            for topic in {tp.topic for tp in revoked}
+            if (courier := self._couriers.get(topic)) is not None
+        }
+        # attempts in flight finish first (bounded): what reached a subscriber is committed
+        await asyncio.gather(*(c.drain(p, _REVOKE_GRACE_S) for c, p in by_courier.items()))
         with contextlib.suppress(KafkaError):
             await self._commit_all()
-        topics = {tp.topic for tp in revoked}
-        for topic in topics:
-            courier = self._couriers.get(topic)
-            if courier is not None:
-                courier.revoked({tp.partition for tp in revoked if tp.topic == topic})
+        for courier, partitions in by_courier.items():
+            courier.revoked(partitions)
         for tp in revoked:
             self._unheld.pop(tp, None)
             self._started_from.discard(tp)

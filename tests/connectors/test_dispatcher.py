@@ -639,3 +639,32 @@ async def test_the_delivery_group_starts_where_a_subscriptions_own_courier_group
 def seq_at(record: ConsumerRecord[bytes, bytes]) -> int:
     seq: int = json.loads(record.value or b"{}")["data"]["seq"]
     return seq
+
+
+async def test_a_subscription_added_while_others_deliver_redelivers_nothing(
+    settings: Settings,
+    store: SubscriptionStore,
+    writer: Writer,
+    receivers: list[Receiver],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new subscription changes the reader's topics: every partition is revoked and
+    assigned again (eager rebalancing). What was delivered before is committed first, so
+    the first subscriber gets nothing twice (before: its commit was lost with the change)."""
+    monkeypatch.setattr("connectors.reader._COMMIT_EVERY_S", 3600.0)  # only the rebalance's
+    first, second = await Receiver().start(), await Receiver().start()
+    receivers.extend([first, second])
+    await store.put(subscription("first", first.url))
+    dispatcher = await dispatcher_for(settings, store, fast())
+    try:
+        await writer.write("first", [(i, pseudonym(i % 7)) for i in range(100)])
+        await until(lambda: len(first.accepted) >= 100)
+        await store.put(subscription("second", second.url))
+        await until(lambda: "second" in dispatcher.running)
+        await writer.write("second", [(i, pseudonym(i % 7)) for i in range(10)])
+        await writer.write("first", [(i, pseudonym(i % 7)) for i in range(100, 110)])
+        await until(lambda: len(second.accepted) >= 10 and len(first.accepted) >= 110)
+    finally:
+        await dispatcher.stop()
+    seqs = [r.event["data"]["seq"] for r in first.accepted]
+    assert sorted(seqs) == list(range(110))  # once each
