@@ -29,6 +29,7 @@ import logging
 import time
 from collections import Counter
 
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from connectors.courier import STOP_DEADLINE_S, Courier
@@ -77,6 +78,11 @@ class Dispatcher:
     def running(self) -> frozenset[str]:
         """The ids of the subscriptions being delivered now."""
         return frozenset(self._couriers)
+
+    @property
+    def partitions(self) -> frozenset[TopicPartition]:
+        """The deliver-topic partitions the delivery group gave this process now."""
+        return self._reader.assignment()
 
     @property
     def pending(self) -> int:

@@ -184,6 +184,10 @@ class Reader:
 
     # -- what couriers ask --------------------------------------------------------------
 
+    def assignment(self) -> frozenset[TopicPartition]:
+        """Every deliver-topic partition the group gave this process now."""
+        return frozenset(self._consumer.assignment())
+
     def assigned(self, topic: str) -> list[TopicPartition]:
         """The partitions of `topic` this process reads now."""
         return [tp for tp in self._consumer.assignment() if tp.topic == topic]

@@ -54,6 +54,7 @@ def write_config(
     subscribers: list[str],
     nodes: int = 1,
     partitions: int = 4,
+    deliver_partitions: int | None = None,
     retry_window_s: float = 900.0,
     extra: dict[str, Any] | None = None,
 ) -> Path:
@@ -63,7 +64,8 @@ def write_config(
         "bootstrap_servers": bootstrap,
         "topic_prefix": prefix,
         "partitions": partitions,
-        "deliver_partitions": partitions,  # the poison scenario writes into each of them
+        # as many as ingress unless said: the poison scenario writes into each of them
+        "deliver_partitions": partitions if deliver_partitions is None else deliver_partitions,
         "replication_factor": min(nodes, 3),
         "min_insync_replicas": 2 if nodes >= 3 else 1,
         "request_timeout_s": 10.0,

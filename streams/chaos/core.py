@@ -54,6 +54,7 @@ class Size:
     load_events: int  # broker-*, poison, sigterm, subscriber-down: events under load
     replay_events: int
     volgindicaties: int = 200
+    spread_subscriptions: int = 200  # delivery-kill: subscriptions over two delivery processes
     settle_s: float  # the longest wait for the last deliveries after the faults
     # ... ended early when nothing arrives for this long: longer than a consumer group's
     # session timeout (the worker's 20 s), which a SIGKILLed member holds its partitions for
@@ -66,7 +67,7 @@ QUICK: Final = Size(
 )  # fmt: skip
 FULL: Final = Size(
     kill_events=100_000, kills_per_role=10, rate=250.0, outage_s=120.0, load_events=40_000,
-    replay_events=100_000, settle_s=900.0, stall_s=240.0,
+    replay_events=100_000, settle_s=900.0, stall_s=240.0, spread_subscriptions=2_000,
 )  # fmt: skip
 
 
@@ -162,6 +163,7 @@ class Stage:
         apis: int = 1,
         streams: bool = True,
         partitions: int = 4,
+        deliver_partitions: int | None = None,
     ) -> None:
         self.ctx, self.name, self.sinks, self.apis = ctx, name, sinks, apis
         self.streams = streams  # start the worker and delivery roles too
@@ -171,7 +173,7 @@ class Stage:
         config = write_config(
             self.folder / "gemeentebus.yaml", bootstrap=bootstrap, prefix=self.prefix,
             subscribers=[s.name for s in sinks], nodes=nodes, retry_window_s=retry_window_s,
-            partitions=partitions,
+            partitions=partitions, deliver_partitions=deliver_partitions,
         )  # fmt: skip
         self.bus = Bus(config, self.folder, bootstrap)
         self.ids: dict[str, str] = {}  # sink name -> subscription id

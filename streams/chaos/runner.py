@@ -25,6 +25,7 @@ from streams.chaos.core import FULL, QUICK, ChaosContext, Outcome, Scenario, Siz
 from streams.chaos.kills import kill_scenario, sigterm_scenario
 from streams.chaos.operations import replay_kill_scenario, volg_race_scenario
 from streams.chaos.poison import poison_scenario
+from streams.chaos.spread import delivery_kill_scenario
 from streams.chaos.subscribers import subscriber_down_scenario
 from streams.config import Settings
 
@@ -39,6 +40,7 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
     Scenario("replay-kill", replay_kill_scenario),
     Scenario("volg-race", volg_race_scenario),
     Scenario("sigterm", sigterm_scenario),
+    Scenario("delivery-kill", delivery_kill_scenario),
     Scenario("broker-stop", broker_stop_scenario),
     Scenario("broker-kill", broker_kill_scenario),
 )

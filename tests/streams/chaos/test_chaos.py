@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import uuid
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ from streams.chaos import SCENARIOS, run_chaos
 from streams.chaos.checker import Arrival, Ledger, Sent, latencies, reorders, tally
 from streams.chaos.core import Check, Outcome, Size
 from streams.chaos.runner import markdown, scenario_result
+from streams.chaos.spread import suffixes
 from streams.config import Settings
 
 
@@ -114,8 +117,20 @@ def test_results_and_table_show_every_count_and_verdict() -> None:
 def test_every_scenario_of_the_issue_has_a_name() -> None:
     assert [s.name for s in SCENARIOS] == [
         "kill", "poison", "subscriber-down", "replay-kill", "volg-race", "sigterm",
-        "broker-stop", "broker-kill",
+        "delivery-kill", "broker-stop", "broker-kill",
     ]  # fmt: skip
+
+
+def test_the_crowd_subscriptions_split_the_event_ids_between_them() -> None:
+    for n in (1, 16, 200, 2000):
+        picked = suffixes(n)
+        assert len(set(picked)) == n and len({len(p) for p in picked}) == 1
+    rng = random.Random(5)
+    ids = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(4000)]
+    for n in (200, 2000):  # an event id matches one crowd subscription at most
+        matches = [sum(i.endswith(p) for p in suffixes(n)) for i in ids]
+        assert max(matches) == 1
+        assert 0.4 < sum(matches) / len(ids) < 0.9  # about 200/256, 2000/4096 of the events
 
 
 TINY = Size(
