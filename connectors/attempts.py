@@ -37,6 +37,7 @@ from connectors.webhook import SubscriberGone, WebhookFailed, WebhookSender
 from connectors.writes import Trouble, Write, Writer, dead_letter_write, log_write
 from streams.config import Settings
 from streams.delivery.log import Outcome, delivery_attempt
+from streams.delivery.sinks import SinkPolicy
 from streams.kafka.clients import Producer
 from streams.kafka.topics import Topics
 from streams.retry import RetryPolicy
@@ -81,7 +82,10 @@ class Attempts:
         self._stopping = stopping
         self._gone = gone
         self._writer = Writer(producer, name=f"courier {subscription.id}", trouble=trouble)
-        self._sender = WebhookSender(subscription, settings.delivery, connections=CONCURRENCY)
+        self._sinks = SinkPolicy.from_settings(settings)
+        self._sender = WebhookSender(
+            subscription, settings.delivery, connections=CONCURRENCY, policy=self._sinks
+        )
         self._old_senders: list[WebhookSender] = []
         self._requests = asyncio.Semaphore(CONCURRENCY)
         self._endpoints = endpoints or Endpoints(settings.delivery)
@@ -92,7 +96,9 @@ class Attempts:
         # attempts in flight still use the old session: it is closed by `close`
         self._old_senders.append(self._sender)
         self.subscription = subscription
-        self._sender = WebhookSender(subscription, self._delivery, connections=CONCURRENCY)
+        self._sender = WebhookSender(
+            subscription, self._delivery, connections=CONCURRENCY, policy=self._sinks
+        )
         self._endpoint = self._endpoints.get(subscription.sink)
 
     async def close(self) -> None:

@@ -29,6 +29,7 @@ import aiohttp
 from standardwebhooks import Webhook
 
 from streams.config import DeliverySettings
+from streams.delivery.sinks import SinkPolicy, SinkRefused
 from streams.exceptions import DeliveryFailed
 from streams.retry import http_answer
 from streams.routing.subscriptions import Subscription
@@ -105,9 +106,15 @@ class WebhookSender:
     """POSTs events to one subscription's sink. `close()` when done."""
 
     def __init__(
-        self, subscription: Subscription, settings: DeliverySettings, *, connections: int = 8
+        self,
+        subscription: Subscription,
+        settings: DeliverySettings,
+        *,
+        connections: int = 8,
+        policy: SinkPolicy | None = None,
     ) -> None:
         self.subscription = subscription
+        self._policy = policy if policy is not None else SinkPolicy()  # https, public only
         self._timeout = aiohttp.ClientTimeout(
             total=None,
             connect=settings.connect_timeout_s,  # includes waiting for a pooled connection
@@ -132,7 +139,7 @@ class WebhookSender:
         if self._session is None:  # made lazily: a session belongs to the running loop
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=self._connections, keepalive_timeout=30),
+                connector=self._policy.connector(limit=self._connections, keepalive_timeout=30),
             )
         return self._session
 
@@ -167,6 +174,10 @@ class WebhookSender:
         headers = self.headers(source=source, event_id=event_id, payload=text)
         url = self.subscription.sink
         try:
+            self._policy.check_url(url)  # a literal address; names where they are connected
+        except SinkRefused as exc:
+            raise WebhookFailed(exc.reason, code=exc.code, retriable=False) from exc
+        try:
             async with self._session_now().post(
                 url, data=payload, headers=headers, allow_redirects=False
             ) as response:
@@ -178,6 +189,10 @@ class WebhookSender:
         except TimeoutError as exc:  # aiohttp.SocketTimeoutError is one too
             raise WebhookFailed("no answer within the read timeout", code="timeout") from exc
         except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, SinkRefused):  # the name resolved to an address refused
+                raise WebhookFailed(
+                    exc.os_error.reason, code=exc.os_error.code, retriable=False
+                ) from exc
             raise WebhookFailed(
                 f"cannot connect: {exc.strerror or 'refused'}", code="connect"
             ) from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -370,6 +371,10 @@ class DeliverySettings(BaseModel):
     # while an endpoint fails, one probe at a time, at most this far apart
     # (`connectors.endpoints`): it is found answering again within this of recovering
     probe_max_interval_s: float = Field(default=2.0, gt=0)
+    # the sink policy (`streams.delivery.sinks`); None: by `mode` (production: https only,
+    # no private addresses; demo and test: http, and loopback)
+    allow_http: bool | None = None
+    allowed_private_sinks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
     # the largest event a courier POSTs; a larger deliver-topic record is dead-lettered
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 

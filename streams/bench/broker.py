@@ -28,6 +28,7 @@ from streams.config import ENV, SecuritySettings, Settings
 from streams.contract import codec
 from streams.contract.attributes import partition_key
 from streams.contract.rules import dutch_today
+from streams.delivery.sinks import LOOPBACK
 from streams.demo.generators import EventFactory
 from streams.kafka.clients import make_admin, make_consumer, make_producer
 from streams.kafka.topics import CREATE_CHUNK
@@ -77,7 +78,11 @@ def namespace(settings: Settings, bootstrap: str, role: str, token: str) -> Sett
     security = SecuritySettings(
         pseudonym_key=SecretStr(BENCH_PSEUDONYM_KEY), secrets_key=SecretStr(BENCH_SECRETS_KEY)
     )
-    return settings.model_copy(update={"kafka": kafka, "security": security})
+    # the bench's receivers listen on loopback, over http (`streams.delivery.sinks`)
+    delivery = settings.delivery.model_copy(
+        update={"allow_http": True, "allowed_private_sinks": LOOPBACK}
+    )
+    return settings.model_copy(update={"kafka": kafka, "security": security, "delivery": delivery})
 
 
 async def publish(settings: Settings, topics: Sequence[str], n: int) -> None:

@@ -85,6 +85,9 @@ def _worker_env(settings: Settings) -> dict[str, str]:
         f"{ENV['prefix']}KAFKA__ALLOW_SINGLE_REPLICA": str(settings.kafka.allow_single_replica),
         # the bench's own local broker speaks plaintext, on loopback
         f"{ENV['prefix']}KAFKA__ALLOW_PLAINTEXT": str(settings.kafka.allow_plaintext),
+        # the bench's receivers listen on loopback, over http (`streams.delivery.sinks`)
+        f"{ENV['prefix']}DELIVERY__ALLOW_HTTP": "true",
+        f"{ENV['prefix']}DELIVERY__ALLOWED_PRIVATE_SINKS": '["127.0.0.0/8", "::1/128"]',
         # every process serves /health and /ready: each on a port of its own
         f"{ENV['prefix']}HTTP__PORT": "0",
         ENV["pseudonym_key"]: BENCH_PSEUDONYM_KEY,

@@ -28,6 +28,7 @@ from streams.config import Settings
 from streams.contract.attributes import pseudonym
 from streams.contract.codec import STRUCTURED_CONTENT_TYPE
 from streams.contract.values import elfproef
+from streams.delivery.sinks import SinkPolicy, SinkRefused
 from streams.exceptions import KafkaUnavailable, TopicsRefused
 from streams.http.kit import (
     AUTHENTICATOR,
@@ -74,6 +75,7 @@ class _Subscriptions:
         self.key = settings.security.pseudonym_key_bytes()
         self.max_body = settings.http.max_event_bytes
         self.timeout_s = settings.kafka.request_timeout_s
+        self.sinks = SinkPolicy.from_settings(settings)
         # read-modify-write of one subscription, one request at a time (in this process)
         self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -97,6 +99,7 @@ class _Subscriptions:
             "signingSecret": secret,
         }
         subscription = self._validate(body, server)
+        self._check_sink(subscription)
         await self._callback_check(subscription)
         await self._write(self.store.put(subscription))
         log.info("client %s created subscription %s", client.id, subscription.id)
@@ -126,6 +129,7 @@ class _Subscriptions:
             # removes, so a replace cannot undo a volgindicatie set meanwhile elsewhere
             server = {name: record[name] for name in kept if name in record}
             subscription = self._validate(_unmasked(body, existing), server)
+            self._check_sink(subscription)
             await self._callback_check(subscription)
             await self._write(self.store.put(subscription))
         log.info("client %s replaced subscription %s", client.id, subscription.id)
@@ -227,8 +231,22 @@ class _Subscriptions:
             message = f"{len(errors)} errors in the subscription; nothing stored"
             raise Failure(400, "invalid_subscription", message, errors) from None
 
+    def _check_sink(self, subscription: Subscription) -> None:
+        """A 400 for a sink the policy refuses outright (`streams.delivery.sinks`: the scheme, a
+        literal address); a name is checked where it is connected to."""
+        if subscription.protocol != "HTTP":
+            return
+        try:
+            self.sinks.check_url(subscription.sink)
+        except SinkRefused as exc:
+            error = {"path": "sink", "code": exc.code, "message": exc.reason}
+            raise Failure(400, exc.code, f"sink: {exc.reason}", [error]) from None
+
     async def _callback_check(self, subscription: Subscription) -> None:
-        """POST a test event to an HTTP sink; anything but a 2xx answer is a 400."""
+        """POST a test event to an HTTP sink, through the sink policy; anything but a 2xx
+        answer is a 400 that says only that the check failed (what the sink did, or that
+        its name led to an address the policy refuses, is for the operator's log: a client
+        must not map the network with it)."""
         if subscription.protocol != "HTTP" or not subscription.callback_check:
             return
         event = {
@@ -244,24 +262,30 @@ class _Subscriptions:
         if subscription.sink_credential is not None:
             token = subscription.sink_credential.access_token.get_secret_value()
             headers[hdrs.AUTHORIZATION] = f"Bearer {token}"
-        advice = "; fix the sink, or set callbackCheck false for an endpoint agreed by hand"
+        why: str | None = None
         try:
             timeout = aiohttp.ClientTimeout(total=CALLBACK_CHECK_TIMEOUT_S)
             async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
+                aiohttp.ClientSession(timeout=timeout, connector=self.sinks.connector()) as session,
                 session.post(
                     subscription.sink, data=dump_json(event), headers=headers, allow_redirects=False
                 ) as response,
             ):
-                status = response.status
+                if not 200 <= response.status < 300:
+                    why = f"HTTP {response.status}"
+        except aiohttp.ClientConnectorError as exc:
+            refused = isinstance(exc.os_error, SinkRefused)
+            why = "an address the sink policy refuses" if refused else type(exc).__name__
         except (aiohttp.ClientError, TimeoutError) as exc:
-            message = f"the sink did not answer the callback check ({type(exc).__name__})"
-            error = {"path": "sink", "code": "callback_check_failed", "message": message}
-            raise Failure(400, "callback_check_failed", message + advice, [error]) from None
-        if not 200 <= status < 300:
-            message = f"the sink answered the callback check with HTTP {status}"
-            error = {"path": "sink", "code": "callback_check_failed", "message": message}
-            raise Failure(400, "callback_check_failed", message + advice, [error])
+            why = type(exc).__name__
+        if why is not None:
+            log.warning("subscription %s: the callback check failed (%s)", subscription.id, why)
+            message = (
+                "the callback check failed; fix the sink, or set callbackCheck false for an"
+                " endpoint agreed by hand"
+            )
+            error = {"path": "sink", "code": "callback_check_failed", "message": "failed"}
+            raise Failure(400, "callback_check_failed", message, [error])
 
     async def _write(self, write: Awaitable[object]) -> None:
         """Wait for a store write to be durable and visible here, or answer 503."""

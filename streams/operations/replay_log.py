@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from streams.config import Settings
+from streams.exceptions import KafkaUnavailable
 from streams.kafka.clients import Producer
 from streams.kafka.topics import Topics, partitions
 from streams.kafka.window import consumer
@@ -118,10 +120,23 @@ class ReplayLog:
         self._applied: dict[TopicPartition, int] = {}
         self._task: asyncio.Task[None] | None = None
 
+    async def _partitions(self) -> list[TopicPartition]:
+        """The replays topic's partitions, once the cluster's metadata has them: a topic
+        created a moment ago may not be visible yet (`KafkaUnavailable` naming it if it
+        stays missing for `kafka.request_timeout_s`)."""
+        deadline = time.monotonic() + self.settings.kafka.request_timeout_s
+        while not (tps := await partitions(self.settings.kafka, [self.topic])):
+            if time.monotonic() >= deadline:
+                raise KafkaUnavailable(
+                    f"topic {self.topic} does not exist: run `gemeentebus topics create`"
+                )
+            await asyncio.sleep(0.2)
+        return tps
+
     async def start(self) -> None:
         await self._reader.start()
         try:
-            tps = await partitions(self.settings.kafka, [self.topic])
+            tps = await self._partitions()
             self._reader.assign(tps)
             await self._reader.seek_to_beginning(*tps)
             for tp in tps:

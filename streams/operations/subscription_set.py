@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from streams.auth import Authenticator, Forbidden
 from streams.config import Settings
+from streams.delivery.sinks import SinkPolicy, SinkRefused
 from streams.exceptions import GemeentebusError, TopicsRefused
 from streams.routing.intake import (
     check_purpose,
@@ -163,6 +164,11 @@ def _plan(
     except ValidationError as exc:
         found = validation_errors(exc, given)
         return [f"{e['path'] or 'subscription'}: {e['message']}" for e in found]
+    if subscription.protocol == "HTTP":
+        try:  # the API's rule (`streams.delivery.sinks`): operators are held to it too
+            SinkPolicy.from_settings(settings).check_url(subscription.sink)
+        except SinkRefused as exc:
+            return [f"sink: {exc.reason} ({exc.code})"]
     if before is None:
         return Applied("created", subscription, secret)
     same = before.record_dict() == subscription.record_dict()

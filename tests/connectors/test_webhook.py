@@ -24,11 +24,13 @@ from connectors.webhook import (
     webhook_id,
 )
 from streams.config import DeliverySettings
+from streams.delivery.sinks import LOOPBACK, SinkPolicy
 from streams.routing.subscriptions import Subscription
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SOURCE = "urn:nld:oin:00000001823288444000:systeem:BRP-component"
 SETTINGS = DeliverySettings(connect_timeout_s=0.5, read_timeout_s=0.5)
+LOCAL = SinkPolicy(allow_http=True, allowed=LOOPBACK)  # the receivers here are on loopback
 
 Answer = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -103,7 +105,7 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 @pytest.fixture
 async def sender(receiver: Receiver) -> AsyncIterator[WebhookSender]:
-    client = WebhookSender(subscription(receiver.url), SETTINGS)
+    client = WebhookSender(subscription(receiver.url), SETTINGS, policy=LOCAL)
     yield client
     await client.close()
 
@@ -136,7 +138,7 @@ async def test_a_signature_of_another_secret_does_not_verify(
 
 
 async def test_without_a_signing_secret_the_event_goes_out_unsigned(receiver: Receiver) -> None:
-    client = WebhookSender(subscription(receiver.url, signed=False), SETTINGS)
+    client = WebhookSender(subscription(receiver.url, signed=False), SETTINGS, policy=LOCAL)
     try:
         await client.send(payload(), source=SOURCE, event_id="e1")
     finally:
@@ -240,7 +242,7 @@ async def test_a_refused_connection_is_a_connect_error() -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    client = WebhookSender(subscription(f"http://127.0.0.1:{port}/hook"), SETTINGS)
+    client = WebhookSender(subscription(f"http://127.0.0.1:{port}/hook"), SETTINGS, policy=LOCAL)
     try:
         with pytest.raises(WebhookFailed) as caught:
             await client.send(payload(), source=SOURCE, event_id="e1")
@@ -258,3 +260,26 @@ async def test_a_payload_that_is_not_utf8_is_a_permanent_failure_and_never_sent(
     assert not caught.value.retriable  # the same bytes fail every time: dead-lettered at once
     assert caught.value.code == "not_utf8"
     assert receiver.requests == []
+
+
+@pytest.mark.parametrize(
+    ("sink", "policy"),
+    [
+        ("http://127.0.0.1:{port}/hook", SinkPolicy(allow_http=True)),  # loopback
+        ("http://localhost:{port}/hook", SinkPolicy(allow_http=True)),  # a name for it
+        ("http://[::ffff:127.0.0.1]:{port}/hook", SinkPolicy(allow_http=True)),  # mapped
+        ("http://127.0.0.1:{port}/hook", SinkPolicy()),  # production: https only
+    ],
+)
+async def test_a_sink_the_policy_refuses_gets_no_request_and_no_token(
+    receiver: Receiver, sink: str, policy: SinkPolicy
+) -> None:
+    port = receiver.url.rsplit(":", 1)[1].split("/", 1)[0]
+    client = WebhookSender(subscription(sink.format(port=port)), SETTINGS, policy=policy)
+    try:
+        with pytest.raises(WebhookFailed) as failed:
+            await client.send(b'{"id": "e1"}', source="urn:x", event_id="e1")
+    finally:
+        await client.close()
+    assert failed.value.code == "sink_not_allowed" and not failed.value.retriable
+    assert receiver.requests == []  # nothing reached it: no event, no bearer token

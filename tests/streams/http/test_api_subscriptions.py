@@ -311,7 +311,7 @@ async def test_callback_check(api: TestClient[Any, Any], sink: Sink) -> None:
     assert failed.status == 400
     answer = await failed.json()
     assert answer["code"] == "callback_check_failed"
-    assert "500" in answer["message"]
+    assert "500" not in json.dumps(answer)  # passed or failed, nothing more: no port scans
     assert len(await (await api.get("/subscriptions", headers=auth("gemeente"))).json()) == 1
 
     port = free_port_range(1)  # nothing listens there
@@ -320,6 +320,7 @@ async def test_callback_check(api: TestClient[Any, Any], sink: Sink) -> None:
         "/subscriptions", json=body(sink, sink=unreachable), headers=auth("gemeente")
     )
     assert refused.status == 400
+    assert (await refused.json())["message"] == answer["message"]  # the same as an HTTP 500
     agreed = body(sink, sink=unreachable, callbackCheck=False)
     created = await create(api, agreed)
     assert created["callbackCheck"] is False
@@ -452,3 +453,58 @@ async def test_topics_the_cluster_refuses_are_a_503_that_says_nothing_was_writte
     assert response.status == 503, await response.text()
     problem = await response.json()
     assert problem["code"] == "topics_refused" and "nothing was written" in problem["message"]
+
+
+@pytest.fixture
+async def production_api(
+    settings: Settings, store: SubscriptionStore
+) -> AsyncIterator[TestClient[Any, Any]]:
+    """The API as production runs it: the sink policy of production mode."""
+    producer: AIOKafkaProducer = make_producer(settings, "api-test")
+    await producer.start()
+    app = make_api(
+        with_clients(settings.model_copy(update={"mode": "production"})),
+        producer=producer,
+        store=store,
+    )
+    try:
+        async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+            yield client
+    finally:
+        await producer.stop()
+
+
+@pytest.mark.parametrize(
+    ("sink_url", "rule"),
+    [
+        ("http://127.0.0.1:{port}/events", "https"),  # plain http
+        ("https://127.0.0.1:{port}/events", "not public"),  # loopback
+        ("https://[::ffff:127.0.0.1]:{port}/events", "not public"),  # its mapped form
+        ("https://[::1]:{port}/events", "not public"),
+        ("https://169.254.169.254/latest/meta-data", "not public"),  # cloud metadata
+        ("https://10.0.0.1/hook", "not public"),
+    ],
+)
+async def test_production_refuses_sinks_that_are_http_or_not_public(
+    production_api: TestClient[Any, Any], sink: Sink, sink_url: str, rule: str
+) -> None:
+    port = sink.url.rsplit(":", 1)[1].split("/", 1)[0]
+    for check in (True, False):  # callbackCheck false skips the probe, not the policy
+        data = body(sink, sink=sink_url.format(port=port), callbackCheck=check)
+        answer = await production_api.post("/subscriptions", json=data, headers=auth("gemeente"))
+        assert answer.status == 400, await answer.text()
+        problem = await answer.json()
+        assert problem["code"] == "sink_not_allowed" and rule in problem["message"]
+    assert sink.received == []  # not even a callback check went there
+
+
+async def test_production_checks_a_name_where_it_connects_and_says_only_failed(
+    production_api: TestClient[Any, Any], sink: Sink
+) -> None:
+    port = sink.url.rsplit(":", 1)[1].split("/", 1)[0]
+    data = body(sink, sink=f"https://localhost:{port}/events")  # a name for loopback
+    answer = await production_api.post("/subscriptions", json=data, headers=auth("gemeente"))
+    assert answer.status == 400
+    problem = await answer.json()
+    assert problem["code"] == "callback_check_failed" and "localhost" not in json.dumps(problem)
+    assert sink.received == []

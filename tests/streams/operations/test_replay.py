@@ -299,3 +299,21 @@ def test_one_owner_at_a_time_a_claim_counts_only_after_the_lease() -> None:
     assert not supersedes(b, written("a", at + timedelta(seconds=32)))  # a woke up too late
     done = written("b", at + timedelta(seconds=40), state="done")
     assert supersedes(b, done) and not supersedes(done, written("b", at + timedelta(days=1)))
+
+
+async def test_a_missing_replays_topic_is_a_clear_error_naming_it(settings: Settings) -> None:
+    from streams.exceptions import KafkaUnavailable
+    from streams.kafka.clients import make_producer
+    from streams.operations.replay_log import ReplayLog
+
+    kafka = settings.kafka.model_copy(
+        update={"topic_prefix": f"{settings.kafka.topic_prefix}-none", "request_timeout_s": 1.0}
+    )
+    alone = settings.model_copy(update={"kafka": kafka})  # a prefix whose topics were never made
+    producer = make_producer(alone, "test-replay-log")
+    try:
+        log = ReplayLog(alone, producer)
+        with pytest.raises(KafkaUnavailable, match=r"topic t.*-none\.replays does not exist"):
+            await log.start()
+    finally:
+        await producer.stop()

@@ -252,3 +252,28 @@ async def test_a_refused_topic_leaves_its_subscription_out_and_names_it(
         )
     finally:
         await drop_topics(settings)
+
+
+def test_operators_are_held_to_the_sink_policy(settings: Settings) -> None:
+    from streams.config import ClientConfig, DeliverySettings
+    from streams.operations.subscription_set import InvalidSubscriptions, prepare
+
+    owner = ClientConfig.model_validate(
+        {
+            "id": "gemeente-0363",
+            "token_sha256": hashlib.sha256(b"t").hexdigest(),
+            "subscribe": {"types": ["nl.brp.*"], "purpose": "basisregistratie"},
+        }
+    )
+    production = settings.model_copy(update={"mode": "production", "clients": (owner,)})
+    internal = [
+        entry("a", "gemeente-0363", sink="http://127.0.0.1:8080/events"),
+        entry("b", "gemeente-0363", sink="https://[::ffff:10.0.0.1]/events"),
+    ]
+    with pytest.raises(InvalidSubscriptions) as refused:
+        prepare(production, internal, {})
+    assert [e.split(":", 1)[0] for e in refused.value.errors] == ["[0] a", "[1] b"]
+    assert all("sink_not_allowed" in e for e in refused.value.errors)
+    agreed = DeliverySettings(allow_http=True, allowed_private_sinks=["127.0.0.0/8", "10.0.0.0/8"])
+    plans = prepare(production.model_copy(update={"delivery": agreed}), internal, {})
+    assert [p.action for p in plans] == ["created", "created"]
