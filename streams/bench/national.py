@@ -76,6 +76,7 @@ _KEPT_RATE: Final = 0.95  # ... and the publisher kept at least this share of th
 _TICK_S: Final = 0.01  # the publisher sends what is due every tick
 _SAMPLE_S: Final = 1.0  # lag, CPU and RSS sampled this often
 _WARM_UP: Final = 60
+_IDLE_S: Final = 5.0  # idle CPU measured this long before the steps
 _PUBLISHER_KEY: Final = b"bench"
 # The capacity the README's table is computed for, and the share of a core a process may use.
 PEAK_IN: Final = 5_000
@@ -130,11 +131,12 @@ class Step:
             and self.deliver_lag <= behind * self.out_rate
         )
 
-    def cpu_per(self, role: str, count: int) -> float:
-        """CPU seconds of the processes of `role` per event in (worker) or per delivery."""
-        cores = sum(v for k, v in self.cores.items() if k.startswith(role))
+    def cpu_per(self, role: str, idle: dict[str, float]) -> float:
+        """CPU seconds of the processes of `role` per event in (worker) or per delivery,
+        above what they use `idle` (cores with nothing coming in)."""
+        busy = sum(v - idle.get(k, 0.0) for k, v in self.cores.items() if k.startswith(role))
         rate = self.in_rate if role == "worker" else self.out_rate
-        return cores / rate if rate and count else 0.0
+        return max(0.0, busy) / rate if rate else 0.0
 
 
 @dataclass(slots=True)
@@ -296,6 +298,7 @@ class Simulation:
     subscriptions (over all steps and the warm-up, once drained)."""
 
     steps: list[Step]
+    idle: dict[str, float]  # CPU cores per process with nothing published, before the steps
     subscriptions: int
     expected: int  # (subscription, event) pairs the plan says should arrive
     recall: int  # of those, how many arrived
@@ -363,6 +366,10 @@ async def simulate(settings: Settings, size: Size, progress: Callable[[str], Non
         if not await _until(lambda: bus.arrived(warm) == len(warm), 120.0):
             raise RuntimeError(f"warm-up: {bus.arrived(warm)} of {len(warm)} deliveries arrived")
         sampling = asyncio.create_task(sampler.run())
+        before, began = {k: cpu_s([pid]) for k, pid in pids.items()}, time.perf_counter()
+        await asyncio.sleep(_IDLE_S)  # what the processes cost with nothing to do
+        quiet = time.perf_counter() - began
+        idle = {k: (cpu_s([pid]) - before[k]) / quiet for k, pid in pids.items()}
         steps: list[Step] = []
         rate = float(size.national_rate)
         for _ in range(size.national_steps):
@@ -382,6 +389,7 @@ async def simulate(settings: Settings, size: Size, progress: Callable[[str], Non
         delivered = set(hooks.at)
         return Simulation(
             steps=steps,
+            idle=idle,
             subscriptions=len(subscribed),
             expected=len(wanted),
             recall=len(wanted & delivered),
@@ -427,10 +435,17 @@ class Capacity:
     ingress_mb_s: float
 
 
-def capacity(step: Step, events_in: int = PEAK_IN, deliveries_out: int = PEAK_OUT) -> Capacity:
-    """The processes and partitions `step`'s per-core rates ask for at this peak."""
-    workers = math.ceil(events_in * step.cpu_per("worker", WORKERS) / _HEADROOM)
-    deliverers = math.ceil(deliveries_out * step.cpu_per("delivery", DELIVERERS) / _HEADROOM)
+def capacity(
+    step: Step, idle: dict[str, float], events_in: int = PEAK_IN, deliveries_out: int = PEAK_OUT
+) -> Capacity:
+    """The processes and partitions `step`'s CPU per event and per delivery (above `idle`)
+    ask for at this peak; each process also pays its idle share."""
+    per_worker = sum(v for k, v in idle.items() if k.startswith("worker")) / WORKERS
+    per_deliverer = sum(v for k, v in idle.items() if k.startswith("delivery")) / DELIVERERS
+    work = events_in * step.cpu_per("worker", idle)
+    workers = math.ceil(work / max(0.1, _HEADROOM - per_worker))
+    work = deliveries_out * step.cpu_per("delivery", idle)
+    deliverers = math.ceil(work / max(0.1, _HEADROOM - per_deliverer))
     # twice the workers, rounded up to a multiple of 6: room to double without repartitioning
     ingress = 6 * math.ceil(2 * max(1, workers) / 6)
     return Capacity(
@@ -463,12 +478,13 @@ async def national_scenario(ctx: BenchContext) -> list[Figure]:
         deleted = await delete_namespace(settings)
         ctx.progress(f"  national: deleted the run's {deleted} topics")
     peak, first = _peak(run.steps), run.steps[0]
-    need = capacity(peak)
+    need = capacity(peak, run.idle)
     verdict = "sustained" if peak.sustained else "none sustained"
     ctx.progress(
         f"  national: peak {peak.in_rate:.0f} events/s in ({verdict}); worker "
-        f"{peak.cpu_per('worker', WORKERS) * 1e6:.0f} µs CPU/event, delivery "
-        f"{peak.cpu_per('delivery', DELIVERERS) * 1e6:.0f} µs CPU/delivery; "
+        f"{peak.cpu_per('worker', run.idle) * 1e6:.0f} µs CPU/event above idle "
+        f"({', '.join(f'{k} {v:.2f}' for k, v in run.idle.items())} cores), delivery "
+        f"{peak.cpu_per('delivery', run.idle) * 1e6:.0f} µs CPU/delivery; "
         f"for {need.events_in:,}/s in "
         f"and {need.deliveries_out:,}/s out: {need.workers} workers on {need.ingress_partitions} "
         f"ingress partitions, {need.deliverers} delivery processes, {need.ingress_mb_s:.1f} MB/s "
