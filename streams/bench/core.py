@@ -27,6 +27,15 @@ class Size:
     rss_events: int = 50_000  # rss: ingress records fed to one worker process
     scale_events: int = 6_000  # scale-out: ingress records per worker count
     apply_subscriptions: int = 200  # subscriptions: new ones in one `subscriptions apply`
+    national_municipalities: int = 10  # national: municipalities, each its own subscription
+    national_zaaksystemen: int = 5  # national: zaak subscriptions (per RSIN or zaaktype)
+    national_registries: int = 3  # national: subscriptions to every BRP event (or death)
+    national_rate: int = 100  # national: events/s of the first step
+    national_step: float = 1.5  # national: each next step's rate, × this
+    national_steps: int = 2  # national: steps at most (it stops at one not sustained)
+    national_s: float = 5.0  # national: seconds each step publishes
+    # national: moves, deaths and zaak notifications a day (1.7 M and 170,000 a year, ~2 M)
+    national_mix: tuple[float, float, float] = (1_700_000 / 365, 170_000 / 365, 2_000_000)
 
 
 QUICK: Final = Size(events_per_type=2_000, repeats=5, kafka_records=10_000)
@@ -43,6 +52,12 @@ FULL: Final = Size(
     rss_events=1_000_000,
     scale_events=40_000,
     apply_subscriptions=2_000,
+    national_municipalities=342,
+    national_zaaksystemen=300,
+    national_rate=200,
+    national_step=1.4,
+    national_steps=8,
+    national_s=60.0,
 )
 
 
@@ -99,8 +114,10 @@ class BenchContext:
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
-    """A named benchmark; `needs_kafka` makes `run_bench` provide a broker."""
+    """A named benchmark; `needs_kafka` makes `run_bench` provide a broker; one that is not
+    `in_default_run` runs only when named (`gemeentebus bench --only NAME`)."""
 
     name: str
     run: Callable[[BenchContext], Awaitable[list[Figure]]]
     needs_kafka: bool = False
+    in_default_run: bool = True

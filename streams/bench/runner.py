@@ -1,10 +1,11 @@
 """`gemeentebus bench`: every scenario, each figure against a baseline measured in the same run.
 
 A scenario is an async function from a `BenchContext` to a list of `Figure`s; `SCENARIOS`
-lists them in the order they run. Every figure is a ratio to a baseline measured on the
-same machine in the same run, so the numbers mean something on a noisy laptop too; a missed
-target is reported (with the why found by profiling, `WHY`), never raised: only a crash
-fails a run.
+lists them in the order they run, `DEFAULT_SCENARIOS` those a run without `--only` runs
+(the national simulation, minutes long, only when named). Every figure is a ratio to a
+baseline measured on the same machine in the same run, so the numbers mean something on a
+noisy laptop too; a missed target is reported (with the why found by profiling, `WHY`),
+never raised: only a crash fails a run.
 
 Informational figures carry `target: null` and `met: null`: scale-out on a machine with
 fewer cores than worker processes shows where the curve flattens, which is not a verdict
@@ -32,6 +33,7 @@ from streams.bench.broker import broker
 from streams.bench.codec import codec_scenario
 from streams.bench.core import FULL, QUICK, BenchContext, Figure, Scenario, Size
 from streams.bench.delivery import delivery_scenario
+from streams.bench.national import national_scenario
 from streams.bench.replay import replay_scenario
 from streams.bench.router import router_scenario
 from streams.bench.subscriptions import subscriptions_scenario
@@ -39,7 +41,7 @@ from streams.bench.validator import validator_scenario
 from streams.bench.workers import rss_scenario, scale_out_scenario
 from streams.config import Settings
 
-__all__ = ["DEFAULT_OUTPUT", "SCENARIOS", "run_bench"]
+__all__ = ["DEFAULT_OUTPUT", "DEFAULT_SCENARIOS", "SCENARIOS", "run_bench"]
 
 DEFAULT_OUTPUT: Final = Path("bench/results.json")
 
@@ -53,7 +55,11 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
     Scenario("subscriptions", subscriptions_scenario, needs_kafka=True),
     Scenario("rss", rss_scenario, needs_kafka=True),
     Scenario("scale-out", scale_out_scenario, needs_kafka=True),
+    # minutes of rate steps over hundreds of subscriptions: only with `--only national`
+    Scenario("national", national_scenario, needs_kafka=True, in_default_run=False),
 )
+# What `gemeentebus bench` runs when no scenario is named.
+DEFAULT_SCENARIOS: Final = tuple(s for s in SCENARIOS if s.in_default_run)
 
 # Why a figure misses its target, by figure-name prefix: what profiling (pyinstrument) found.
 WHY: Final[dict[str, str]] = {
@@ -209,7 +215,7 @@ def run_bench(
     quick: bool,
     output: Path = DEFAULT_OUTPUT,
     progress: Callable[[str], None] = print,
-    scenarios: Sequence[Scenario] = SCENARIOS,
+    scenarios: Sequence[Scenario] = DEFAULT_SCENARIOS,
     size: Size | None = None,
 ) -> dict[str, Any]:
     """Run the scenarios; write `output` (JSON) and the same table as Markdown next to it.

@@ -27,7 +27,7 @@ from streams.contract.attributes import (
 from streams.contract.envelope import CloudEvent
 from streams.contract.rules import TIMEZONE, dutch_today
 
-__all__ = ["BRP_SOURCE", "EventFactory"]
+__all__ = ["BRP_SOURCE", "EventFactory", "rsin", "weight", "zaaktypen"]
 
 # RvIG's OIN: the BRP's events come from one system.
 BRP_SOURCE: Final = "urn:nld:oin:00000001823288444000:systeem:BRP-component"
@@ -72,11 +72,39 @@ _RESOURCES: Final = {  # ZGW Zaken API resource name -> collection in its URL
 _SOORTEN: Final = ("BINNENGEMEENTELIJK", "INTERGEMEENTELIJK", "EMIGRATIE")
 _STATUSSEN: Final = ("Ontvangen", "In behandeling", "Afgehandeld")
 _VERTROUWELIJK: Final = ("openbaar", "intern", "zaakvertrouwelijk", "vertrouwelijk")
+_ZAAKTYPEN: Final = 4  # zaaktypen per gemeente
 
 
 def _slug(naam: str) -> str:
     ascii_naam = unicodedata.normalize("NFKD", naam).encode("ascii", "ignore").decode()
     return "".join(c if c.isalnum() else "-" for c in ascii_naam.lower()).strip("-")
+
+
+def weight(gemeentecode: str) -> int:
+    """How many times more often than a small gemeente this one is drawn (its share of events)."""
+    return _GROOT[gemeentecode][0] if gemeentecode in _GROOT else 1
+
+
+def rsin(gemeentecode: str) -> str:
+    """The gemeente's RSIN, the `bronorganisatie` of its zaken: fictitious, derived from the
+    gemeentecode, passing the elfproef."""
+    body = f"00{int(gemeentecode) * 37 % 1000000:06d}"
+    while (digit := values.check_digit(body)) is None:
+        body = f"{body[:2]}{(int(body[2:]) + 1) % 1000000:06d}"
+    return f"{body}{digit}"
+
+
+def zaaktypen(gemeentecode: str) -> tuple[str, ...]:
+    """The URLs of the gemeente's zaaktypen: a few per catalogus, the same on every run."""
+    base = _zaken_base(gemeentecode)
+    return tuple(
+        f"{base}/catalogi/api/v1/zaaktypen/{uuid.uuid5(uuid.NAMESPACE_URL, f'{base}/zaaktype/{n}')}"
+        for n in range(_ZAAKTYPEN)
+    )
+
+
+def _zaken_base(gemeentecode: str) -> str:
+    return f"https://openzaak.{_slug(_woonplaats(gemeentecode))}.nl"
 
 
 def _woonplaats(code: str) -> str:
@@ -115,7 +143,7 @@ class EventFactory:
         self._end = datetime.combine(self.today, time(), TIMEZONE).astimezone(UTC)
         self._clock = self._end - timedelta(days=30)
         self._codes = gemeenten.current_codes()
-        self._weights = [_GROOT[c][0] if c in _GROOT else 1 for c in self._codes]
+        self._weights = [weight(c) for c in self._codes]
         self._personen: dict[str, _Persoon] = {}
         self._bsns: set[str] = set()
         self._zaken: list[_Zaak] = []
@@ -265,20 +293,18 @@ class EventFactory:
 
     def _nieuwe_zaak(self, at: datetime) -> _Zaak:
         code = self.gemeentecode(at.date())
-        base = f"https://openzaak.{_slug(_woonplaats(code))}.nl"
-        # RSINs here are fictitious: derived from the gemeentecode, passing the elfproef
-        rsin = self._rsin(code)
+        base = _zaken_base(code)
+        organisatie = rsin(code)
         zaak_uuid = self.uuid()
         self._zaak_count += 1
-        # a few zaaktypen per catalogus, the same UUIDs on every run
-        zaaktype = uuid.uuid5(uuid.NAMESPACE_URL, f"{base}/zaaktype/{self.rng.randrange(4)}")
+        zaaktype = zaaktypen(code)[self.rng.randrange(_ZAAKTYPEN)]
         zaak = _Zaak(
             url=f"{base}/zaken/api/v1/zaken/{zaak_uuid}",
             uuid=zaak_uuid,
             base=base,
-            source=f"urn:nld:oin:00000001{rsin}000:systeem:open-zaak",
-            bronorganisatie=rsin,
-            zaaktype=f"{base}/catalogi/api/v1/zaaktypen/{zaaktype}",
+            source=f"urn:nld:oin:00000001{organisatie}000:systeem:open-zaak",
+            bronorganisatie=organisatie,
+            zaaktype=zaaktype,
             vertrouwelijkheid=self.rng.choice(_VERTROUWELIJK),
             identificatie=f"ZAAK-{at.year}-{self._zaak_count:010d}",
         )
@@ -291,12 +317,6 @@ class EventFactory:
         zaak.stappen = steps[::-1]  # popped from the end
         self._zaken.append(zaak)
         return zaak
-
-    def _rsin(self, code: str) -> str:
-        body = f"00{int(code) * 37 % 1000000:06d}"
-        while (digit := values.check_digit(body)) is None:
-            body = f"{body[:2]}{(int(body[2:]) + 1) % 1000000:06d}"
-        return f"{body}{digit}"
 
     def zaak_gemuteerd(self, *, at: datetime | None = None) -> CloudEvent:
         """A `nl.overheid.zaken.zaak-gemuteerd`: a new zaak or the next step of an open one."""

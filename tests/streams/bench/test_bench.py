@@ -13,8 +13,14 @@ from pathlib import Path
 import pytest
 
 from streams.bench import SCENARIOS, BenchContext, Figure, Scenario, Size, run_bench
+from streams.bench.runner import DEFAULT_SCENARIOS
+from streams.bench.subscribers import Plan, subscriptions
 from streams.config import ENV, Settings
+from streams.contract.attributes import OVERLEDEN, VERHUISD, ZAAK_GEMUTEERD
+from streams.contract.rules import dutch_today
+from streams.demo.generators import EventFactory
 from streams.kafka.topics import existing_topics
+from streams.routing.matching import SubscriptionIndex
 
 FIGURE_KEYS = {"name", "value", "baseline", "unit", "ratio", "target", "met"}
 TINY = Size(
@@ -156,6 +162,92 @@ def test_subscriptions_scenario_applies_them_and_leaves_no_topic(
     # every topic of the run deleted: 2 × 30 + 2 × 30 one by one + 2 × 30 sampled + its own
     assert any("deleted the run's" in line for line in lines)
     assert asyncio.run(_left_after_deletion(settings, "-subs.")) == []
+
+
+# The national simulation at a test's size: its QUICK size, with more BRP events than the
+# real mix has (about 1 in 400), so every kind of subscription gets some.
+NATIONAL = Size(
+    events_per_type=1,
+    repeats=1,
+    kafka_records=1,
+    national_municipalities=10,
+    national_zaaksystemen=5,
+    national_rate=40,
+    national_steps=2,
+    national_s=3.0,
+    national_mix=(2.0, 1.0, 3.0),
+)
+
+
+def test_the_national_simulation_runs_only_when_named() -> None:
+    assert "national" in {s.name for s in SCENARIOS}
+    assert "national" not in {s.name for s in DEFAULT_SCENARIOS}
+    assert [s.name for s in DEFAULT_SCENARIOS] == [s.name for s in SCENARIOS][:-1]
+
+
+def test_the_national_plan_expects_what_the_bus_filters_match() -> None:
+    plan = Plan.national(municipalities=342, zaaksystemen=300, registries=3)
+    subscribed = subscriptions(plan, "http://127.0.0.1:1/hooks")
+    index = SubscriptionIndex(subscribed)
+    factory = EventFactory(9, today=dutch_today())
+    made = [factory.verhuisd() for _ in range(300)] + [factory.overleden() for _ in range(100)]
+    made += [factory.zaak_gemuteerd() for _ in range(1_000)]
+
+    for event in made:
+        matched = {s.id for s in index.match(event, None, factory.today)}
+        assert plan.expected(event) == matched, event.type
+
+    ids = [s.id for s in subscribed]
+    assert len(ids) == len(set(ids)) == 342 + 3 + 300
+    assert sum(1 for s in subscribed if s.types == (VERHUISD, OVERLEDEN)) == 342 + 2
+    assert sum(1 for s in subscribed if s.types == (OVERLEDEN,)) == 1
+    assert sum(1 for s in subscribed if s.types == (ZAAK_GEMUTEERD,)) == 300
+    # large municipalities' zaaksystemen are reached: most zaak notifications match one
+    reached = sum(1 for e in made if e.type == ZAAK_GEMUTEERD and plan.expected(e))
+    assert reached > 0.8 * 1_000
+
+
+@pytest.mark.kafka
+def test_national_scenario_delivers_each_event_to_exactly_its_subscriptions(
+    settings: Settings, kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV["bootstrap"], kafka_bootstrap)
+    chosen = [s for s in SCENARIOS if s.name == "national"]
+    lines: list[str] = []
+
+    result = run_bench(
+        settings,
+        quick=True,
+        output=tmp_path / "r.json",
+        progress=lines.append,
+        scenarios=chosen,
+        size=NATIONAL,
+    )
+
+    figures = {f["name"]: f for f in result["figures"]}
+    assert all(set(f) == FIGURE_KEYS for f in result["figures"])
+    recall, precision = (
+        f for name, f in figures.items() if "(target all)" in name
+    )  # every expected delivery arrived, and nothing arrived that was not expected
+    assert recall["baseline"] > 0 and recall["value"] == recall["baseline"] and recall["met"]
+    assert precision["value"] == precision["baseline"] and precision["met"]
+    processes = {"worker-1", "worker-2", "delivery-1", "delivery-2", "bench"}
+    cpu = {n.removeprefix("national: CPU of ").split()[0] for n in figures if "CPU of" in n}
+    rss = {n.removeprefix("national: RSS of ").split()[0] for n in figures if "RSS of" in n}
+    assert cpu == rss == processes
+    assert all(f["value"] > 0 for n, f in figures.items() if "RSS of" in n)
+    (events_in,) = [f for n, f in figures.items() if n.startswith("national: events/s in")]
+    assert events_in["unit"] == "events/s" and events_in["value"] > 0
+    assert "18 subscriptions" in events_in["name"]  # 10 + 3 registries + 5 zaaksystemen
+    units = {n.split(" (")[0].split(" vs ")[0]: f["unit"] for n, f in figures.items()}
+    assert units["national: publish→webhook p99"] == "ms"
+    assert units["national: max ingress lag"] == "records"
+    assert units["national: max deliver-topic lag"] == "records"
+    assert all(f["target"] is None for f in result["figures"] if f not in (recall, precision))
+    steps = [line for line in lines if "offered:" in line]
+    assert 1 <= len(steps) <= 2
+    assert any("workers on" in line and "delivery processes" in line for line in lines)
+    assert asyncio.run(_left_after_deletion(settings, "-natl.")) == []
 
 
 async def _left_after_deletion(settings: Settings, role: str) -> list[str]:
