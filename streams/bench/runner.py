@@ -31,7 +31,9 @@ from streams.bench.baseline import baseline_scenario
 from streams.bench.broker import broker
 from streams.bench.codec import codec_scenario
 from streams.bench.core import FULL, QUICK, BenchContext, Figure, Scenario, Size
+from streams.bench.crowd import crowd_scenario
 from streams.bench.delivery import delivery_scenario
+from streams.bench.recovery import recovery_scenario
 from streams.bench.replay import replay_scenario
 from streams.bench.router import router_scenario
 from streams.bench.subscriptions import subscriptions_scenario
@@ -49,6 +51,8 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
     Scenario("validator", validator_scenario, needs_kafka=True),
     Scenario("router", router_scenario),
     Scenario("delivery", delivery_scenario, needs_kafka=True),
+    Scenario("crowd", crowd_scenario, needs_kafka=True),
+    Scenario("recovery", recovery_scenario, needs_kafka=True),
     Scenario("replay", replay_scenario, needs_kafka=True),
     Scenario("subscriptions", subscriptions_scenario, needs_kafka=True),
     Scenario("rss", rss_scenario, needs_kafka=True),
