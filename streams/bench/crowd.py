@@ -22,6 +22,11 @@ active subscription's publish→webhook p50 and p99 beside them stay within 1.2�
 with none (ratio ≥ 1/1.2). Then N subscriptions that match one event, each its own URL
 path on the receiver: the time from publishing that event to its last receipt, against one
 event to one subscription (the p50 beside the crowd), informational.
+
+It creates 2 × (1 + N + M) topics of `kafka.deliver_partitions` / `dlq_partitions` each
+(6,002 at full size), all deleted afterwards: a broker near its open-files limit (a shared
+one full of other runs' topics) can fail under them; the bench's own broker (no
+`KAFKA_BOOTSTRAP_SERVERS`) is the safe place for a full run.
 """
 
 from __future__ import annotations

@@ -7,9 +7,11 @@ go into ingress at a fixed rate through an idempotent producer, as a publisher w
 them; the publish time of each is kept by event id, and latency is arrival − publish. The
 baseline is raw Kafka at the same rate in the same run: an aiokafka producer into one topic,
 an aiokafka consumer reading it, latency send → poll. Then a burst, as fast as the
-publisher can, gives delivery throughput to one fast receiver, against raw Kafka
-(informational) and against a bare aiohttp client posting the bodies that arrived, again,
-`connectors.attempts.CONCURRENCY` at a time (the bus processes stopped by then).
+publisher can, gives the bus's throughput to one fast receiver, against raw Kafka
+(informational: the worker's validation bounds it). Delivery's own throughput: another burst
+is routed while no delivery process runs, then one starts and delivers it from the deliver
+topic, first to last receipt, against a bare aiohttp client posting the bodies that arrived
+again, `connectors.attempts.CONCURRENCY` at a time (the bus processes stopped by then).
 
 Targets: bus p99 ≤ 3 × raw p99 (ratio raw/bus ≥ 1/3); burst throughput ≥ 0.5 × the bare
 client's.
@@ -32,7 +34,14 @@ import aiohttp
 from aiohttp import web
 
 from connectors.attempts import CONCURRENCY
-from streams.bench.broker import AIOKAFKA_WAIT_MS, delete_topics, namespace, partitions
+from streams.bench.broker import (
+    AIOKAFKA_WAIT_MS,
+    Clock,
+    delete_topics,
+    namespace,
+    partitions,
+    watch,
+)
 from streams.bench.core import BenchContext, Figure
 from streams.bench.workers import spawn, stop
 from streams.config import Settings
@@ -172,9 +181,11 @@ async def _raw(settings: Settings, n: int, rate: float | None) -> tuple[list[flo
 
 async def _bus(
     settings: Settings, n: int, burst: int, rate: float, progress: Callable[[str], None]
-) -> tuple[list[float], float, float]:
-    """Through the bus: (latencies at `rate` in s, seconds to deliver a burst of `burst`,
-    seconds a bare aiohttp client takes to post the same bodies at the same concurrency).
+) -> tuple[list[float], float, float, float]:
+    """Through the bus: (latencies at `rate` in s, seconds from publishing a burst of
+    `burst` to its last receipt, seconds from the first to the last receipt of a burst
+    routed before the delivery process started, seconds a bare aiohttp client takes to post
+    those bodies at the same concurrency).
 
     The bus runs as it is deployed: a `gemeentebus run --role worker` process (validate and
     route) and a `--role delivery` process (webhooks). This process publishes, receives,
@@ -226,15 +237,30 @@ async def _bus(
         latencies = [receiver.at[i] - sent[i] for i in sent if i in receiver.at]
 
         receiver.at.clear()
-        receiver.keep = True
         began = time.perf_counter()
         for i in range(burst):
             await send(i)
         await until(lambda: len(receiver.at), burst, 120.0 + burst / 50)
         burst_s = time.perf_counter() - began
+
+        # delivery alone: a burst routed while no delivery process runs, then delivered
+        await stop(processes[1:])
+        processes = processes[:1]
+        receiver.at.clear()
+        receiver.keep = True
+        for i in range(burst):
+            await send(i)
+        deliver = partitions([Topics(settings.kafka.topic_prefix).deliver(_SUBSCRIPTION)],
+                             settings.kafka.deliver_partitions)  # fmt: skip
+        async with asyncio.timeout(120.0 + burst / 50):
+            await watch(settings, deliver, _WARM_UP + n + 2 * burst, Clock(0.0))
+        processes += await spawn(settings, 1, "delivery")
+        await until(lambda: len(receiver.at), burst, 120.0 + burst / 50)
+        backlog_s = max(receiver.at.values()) - min(receiver.at.values())
         await stop(processes)  # the bare client runs alone, as the bus did
         processes = []
-        return latencies, burst_s, await bare_post(receiver.url, receiver.bodies, CONCURRENCY)
+        bare_s = await bare_post(receiver.url, receiver.bodies, CONCURRENCY)
+        return latencies, burst_s, backlog_s, bare_s
     finally:
         gc.unfreeze()
         await stop(processes)
@@ -258,7 +284,9 @@ async def delivery_scenario(ctx: BenchContext) -> list[Figure]:
                 update={"topic_prefix": settings.kafka.topic_prefix + "-burst"})}),
             burst, None,
         )  # fmt: skip
-        bus_latencies, bus_burst_s, bare_s = await _bus(settings, n, burst, rate, ctx.progress)
+        bus_latencies, bus_burst_s, backlog_s, bare_s = await _bus(
+            settings, n, burst, rate, ctx.progress
+        )
     finally:
         names = [s.name for s in bus_topics(settings.kafka, registry().types())]
         prefix = settings.kafka.topic_prefix
@@ -275,11 +303,13 @@ async def delivery_scenario(ctx: BenchContext) -> list[Figure]:
         Figure.of(f"delivery: publish→webhook p99 vs raw Kafka p99, {at} (target bus ≤ 3× raw)",
                   value=bus_p99, baseline=raw_p99, unit="ms", target=1 / 3,
                   higher_is_better=False),
-        Figure.of(f"delivery: burst of {burst} to one fast receiver vs raw Kafka produce→consume",
+        Figure.of(f"delivery: burst of {burst} published to one fast receiver vs raw Kafka "
+                  "produce→consume",
                   value=burst / bus_burst_s, baseline=burst / raw_burst_s, unit="events/s",
                   target=None),
-        Figure.of(f"delivery: burst of {burst} to one fast receiver vs a bare aiohttp client "
-                  f"posting the same bodies, {CONCURRENCY} at a time (target ≥ 0.5×)",
-                  value=burst / bus_burst_s, baseline=burst / bare_s, unit="events/s",
-                  target=0.5),
+        Figure.of(f"delivery from the deliver topic: {burst} routed events to one fast receiver "
+                  f"vs a bare aiohttp client posting the same bodies, {CONCURRENCY} at a time "
+                  "(target ≥ 0.5×)",
+                  value=(burst - 1) / backlog_s if backlog_s > 0 else 0.0,
+                  baseline=burst / bare_s, unit="events/s", target=0.5),
     ]  # fmt: skip

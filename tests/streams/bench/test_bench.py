@@ -213,7 +213,7 @@ def test_delivery_scenario_compares_the_burst_with_a_bare_client(
     figures = _run_tiny(settings, tmp_path, "delivery", [])
 
     (bare,) = [f for name, f in figures.items() if "bare aiohttp client" in name]
-    assert bare["name"].startswith("delivery: burst of 40 to one fast receiver")
+    assert bare["name"].startswith("delivery from the deliver topic: 40 routed events")
     assert (bare["unit"], bare["target"]) == ("events/s", 0.5)
     assert bare["value"] > 0 and bare["baseline"] > 0 and isinstance(bare["met"], bool)
     assert asyncio.run(_left_after_deletion(settings, "-deliv.")) == []
