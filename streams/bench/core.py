@@ -22,7 +22,7 @@ class Size:
     route_events: int = 2_000  # router: events routed per pass
     delivery_rate: int = 200  # delivery: events/s offered
     delivery_s: float = 10.0  # delivery: seconds at that rate
-    delivery_burst: int = 3_000  # delivery: events published at once, for throughput
+    delivery_burst: int = 2_000  # delivery: events published at once, for throughput
     replay_events: int = 20_000  # replay: events in the events topics
     rss_events: int = 50_000  # rss: ingress records fed to one worker process
     scale_events: int = 6_000  # scale-out: ingress records per worker count
@@ -36,6 +36,12 @@ class Size:
     national_s: float = 5.0  # national: seconds each step publishes
     # national: moves, deaths and zaak notifications a day (1.7 M and 170,000 a year, ~2 M)
     national_mix: tuple[float, float, float] = (1_700_000 / 365, 170_000 / 365, 2_000_000)
+    crowd_idle: int = 200  # crowd: idle subscriptions beside the active one (and a quarter)
+    crowd_window_s: float = 5.0  # crowd: seconds of nothing over which idle cost is measured
+    crowd_rate: int = 50  # crowd: events/s to the active subscription, for latency
+    crowd_s: float = 6.0  # crowd: seconds at that rate
+    fan_out: int = 100  # crowd: subscriptions one event matches
+    outage_s: float = 5.0  # recovery: seconds the receiver answers 503
 
 
 QUICK: Final = Size(events_per_type=2_000, repeats=5, kafka_records=10_000)
@@ -47,7 +53,7 @@ FULL: Final = Size(
     route_events=10_000,
     delivery_rate=500,
     delivery_s=60.0,
-    delivery_burst=5_000,
+    delivery_burst=20_000,
     replay_events=200_000,
     rss_events=1_000_000,
     scale_events=40_000,
@@ -58,6 +64,12 @@ FULL: Final = Size(
     national_step=1.4,
     national_steps=8,
     national_s=60.0,
+    crowd_idle=2_000,
+    crowd_window_s=20.0,
+    crowd_rate=100,
+    crowd_s=20.0,
+    fan_out=1_000,
+    outage_s=30.0,
 )
 
 

@@ -264,3 +264,102 @@ async def _left_after_deletion(settings: Settings, role: str) -> list[str]:
 
 async def _bench_topics(settings: Settings, head: str, role: str) -> list[str]:
     return [n for n in await existing_topics(settings.kafka) if n.startswith(head) and role in n]
+
+
+# The delivery scenarios of issue 16, at sizes that say nothing of speed: only the shape.
+DELIVERY_TINY = Size(
+    events_per_type=1,
+    repeats=1,
+    kafka_records=1,
+    delivery_rate=20,
+    delivery_s=1.0,
+    delivery_burst=40,
+    crowd_idle=8,
+    crowd_window_s=1.0,
+    crowd_rate=20,
+    crowd_s=1.0,
+    fan_out=5,
+    outage_s=2.0,
+)
+
+
+def _run_tiny(settings: Settings, tmp_path: Path, name: str, lines: list[str]) -> dict[str, dict]:
+    chosen = [s for s in SCENARIOS if s.name == name]
+    result = run_bench(
+        settings,
+        quick=True,
+        output=tmp_path / "r.json",
+        progress=lines.append,
+        scenarios=chosen,
+        size=DELIVERY_TINY,
+    )
+    return {f["name"]: f for f in result["figures"]}
+
+
+@pytest.mark.kafka
+def test_delivery_scenario_compares_the_burst_with_a_bare_client(
+    settings: Settings, kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV["bootstrap"], kafka_bootstrap)
+
+    figures = _run_tiny(settings, tmp_path, "delivery", [])
+
+    (bare,) = [f for name, f in figures.items() if "bare aiohttp client" in name]
+    assert bare["name"].startswith("delivery from the deliver topic: 40 routed events")
+    assert (bare["unit"], bare["target"]) == ("events/s", 0.5)
+    assert bare["value"] > 0 and bare["baseline"] > 0 and isinstance(bare["met"], bool)
+    assert asyncio.run(_left_after_deletion(settings, "-deliv.")) == []
+
+
+@pytest.mark.kafka
+def test_crowd_scenario_measures_idle_cost_latency_and_fan_out(
+    settings: Settings, kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV["bootstrap"], kafka_bootstrap)
+
+    figures = _run_tiny(settings, tmp_path, "crowd", [])
+
+    by = {name.split(" vs ")[0]: f for name, f in figures.items()}
+    cpu = by["idle cost: delivery CPU with 8 idle subscriptions"]
+    rss = by["idle cost: delivery RSS with 8 idle subscriptions"]
+    assert (cpu["unit"], cpu["target"], rss["unit"], rss["target"]) == ("cores", 1.0, "MB", 1.0)
+    assert cpu["baseline"] >= 0.05 and rss["baseline"] > 100  # none's + the budget
+    assert cpu["value"] >= 0 and rss["value"] > 0
+    assert by["idle cost: delivery CPU with 2 idle subscriptions"]["target"] is None
+    assert by["idle cost: delivery→broker bytes/s with 8 idle subscriptions"]["value"] > 0
+    segments = by["idle cost: delivery→broker data segments/s (≈ requests/s) with 8 idle "
+                  "subscriptions"]  # fmt: skip
+    assert segments["unit"] == "segments/s" and segments["value"] > 0
+    (broker,) = [f for name, f in by.items() if name.startswith("idle cost: broker CPU")]
+    assert broker["unit"] == "cores" and broker["target"] is None
+    for cut in ("p50", "p99"):
+        latency = by[f"beside the crowd: publish→webhook {cut} with 8 idle subscriptions"]
+        assert latency["unit"] == "ms" and latency["target"] == pytest.approx(1 / 1.2)
+        assert latency["value"] > 0 and latency["baseline"] > 0
+    fan = by["fan-out: one event to 5 subscriptions, until the last receipt,"]
+    assert fan["unit"] == "ms" and fan["value"] > 0 and fan["target"] is None
+    # every topic of the run deleted: the bus's, and 2 of each of the 1 + 8 + 5 subscriptions
+    assert asyncio.run(_left_after_deletion(settings, "-crowd.")) == []
+
+
+@pytest.mark.kafka
+def test_recovery_scenario_counts_the_503s_and_the_seconds_after_recovery(
+    settings: Settings, kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV["bootstrap"], kafka_bootstrap)
+    lines: list[str] = []
+
+    figures = _run_tiny(settings, tmp_path, "recovery", lines)
+
+    seconds, refused = figures.values()
+    assert seconds["name"].startswith("recovery: seconds from the receiver's recovery after a 2 s")
+    assert (seconds["unit"], seconds["baseline"], seconds["target"]) == ("s", 5.0, 1.0)
+    assert seconds["value"] > 0
+    # 2 s of backoff 1 s then 2 s: the failing step and one probe, + 8 in flight
+    assert refused["name"] == (
+        "recovery: 503s sent during a 2 s outage vs 2 probe steps + 8 in flight"
+    )
+    assert (refused["unit"], refused["baseline"], refused["target"]) == ("requests", 10, 1.0)
+    assert refused["value"] >= 2  # two failures in a row before the endpoint counts as failing
+    assert any("20 zaken" in line for line in lines)
+    assert asyncio.run(_left_after_deletion(settings, "-recov.")) == []
