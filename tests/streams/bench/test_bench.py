@@ -208,6 +208,7 @@ def test_the_national_plan_expects_what_the_bus_filters_match() -> None:
 
 
 @pytest.mark.kafka
+@pytest.mark.plaintext_session  # spawns bus processes: the bench speaks plaintext only
 def test_national_scenario_delivers_each_event_to_exactly_its_subscriptions(
     settings: Settings, kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -297,6 +298,7 @@ def _run_tiny(settings: Settings, tmp_path: Path, name: str, lines: list[str]) -
 
 
 @pytest.mark.kafka
+@pytest.mark.plaintext_session  # spawns bus processes: the bench speaks plaintext only
 def test_delivery_scenario_compares_the_burst_with_a_bare_client(
     settings: Settings, kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -312,6 +314,7 @@ def test_delivery_scenario_compares_the_burst_with_a_bare_client(
 
 
 @pytest.mark.kafka
+@pytest.mark.plaintext_session  # spawns bus processes: the bench speaks plaintext only
 def test_crowd_scenario_measures_idle_cost_latency_and_fan_out(
     settings: Settings, kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -343,6 +346,7 @@ def test_crowd_scenario_measures_idle_cost_latency_and_fan_out(
 
 
 @pytest.mark.kafka
+@pytest.mark.plaintext_session  # spawns bus processes: the bench speaks plaintext only
 def test_recovery_scenario_counts_the_503s_and_the_seconds_after_recovery(
     settings: Settings, kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
