@@ -95,9 +95,12 @@ class Rounds:
     def __init__(self, writer: Writer) -> None:
         self.writer = writer
         self.sent = 0  # events per subscription written so far
+        self.rounds = 0
+        self.target = 0
 
     async def write(self, rounds: int, pause_s: float = 0.0) -> None:
-        for _ in range(rounds):
+        self.target = self.rounds + rounds
+        while self.rounds < self.target:
             for sub_id in SUBSCRIPTIONS:
                 for seq in range(self.sent, self.sent + KEYS):
                     headers, value = record(seq, key_of(seq))
@@ -105,7 +108,17 @@ class Rounds:
                     await self.writer.producer.send(topic, value, key=key_of(seq), headers=headers)
             await self.writer.producer.flush()
             self.sent += KEYS
+            self.rounds += 1
             await asyncio.sleep(pause_s)
+
+    def stream(self, pause_s: float = 0.1, cap: int = 150) -> asyncio.Task[None]:
+        """Rounds written in the background until `finish` (at most `cap`): however long a
+        rebalance takes on a slow machine, events are still arriving when it is over."""
+        return asyncio.create_task(self.write(cap, pause_s))
+
+    def finish(self, more: int = 2) -> None:
+        """Stop streaming after `more` rounds beyond those written so far."""
+        self.target = min(self.target, self.rounds + more)
 
 
 @pytest.fixture
@@ -222,12 +235,13 @@ async def test_a_process_that_stops_leaves_its_partitions_to_the_other(
     async with delivery_process(settings, store) as a:
         async with delivery_process(settings, name="b") as b:
             await shared([a, b], every)
-            writing = asyncio.create_task(rounds.write(20, pause_s=0.1))
+            writing = rounds.stream()
             await until(lambda: delivered(b) >= 300)
             before = delivered(b)
             await b.stop(deadline_s=0.5)  # mid-stream: what is in flight is cut short
             stopped_at = rounds.sent
         await until(lambda: a.partitions == every)
+        rounds.finish()
         await writing
         total = rounds.sent * len(SUBSCRIPTIONS)
         await until(lambda: verdict(receiver, rounds.sent).lost == 0)
@@ -254,13 +268,14 @@ async def test_a_killed_process_leaves_its_partitions_to_the_other(
     try:
         async with delivery_process(settings, store) as a:
             await until(lambda: bool(a.partitions) and a.partitions != every)  # shared
-            writing = asyncio.create_task(rounds.write(30, pause_s=0.1))
+            writing = rounds.stream()
             # the spawned process has delivered some too
             await until(lambda: len(receiver.accepted) - delivered(a) >= 300)
             process.send_signal(signal.SIGKILL)
             await process.wait()
             killed_at = rounds.sent
             await until(lambda: a.partitions == every)  # after the session timeout
+            rounds.finish()
             await writing
             total = rounds.sent * len(SUBSCRIPTIONS)
             await until(lambda: verdict(receiver, rounds.sent).lost == 0)
@@ -291,7 +306,7 @@ async def test_a_third_process_joining_takes_a_share_and_the_others_keep_deliver
         delivery_process(settings, name="b") as b,
     ):
         await shared([a, b], every)
-        writing = asyncio.create_task(rounds.write(30, pause_s=0.1))
+        writing = rounds.stream()
         await until(lambda: delivered(a) + delivered(b) >= 500)
         async with delivery_process(settings, name="c") as c:
             await shared([a, b, c], every)
@@ -299,6 +314,8 @@ async def test_a_third_process_joining_takes_a_share_and_the_others_keep_deliver
             since = delivered(a), delivered(b)
             # the first two go on delivering beside the third, with the couriers they had
             await until(lambda: delivered(a) > since[0] and delivered(b) > since[1])
+            await until(lambda: delivered(c) > 0)
+            rounds.finish()
             await writing
             await until(lambda: verdict(receiver, rounds.sent).lost == 0)
             shares = len(a.partitions), len(b.partitions), len(c.partitions)
