@@ -364,7 +364,12 @@ _OWNS_PROCESSES = frozenset({"demo", "chaos", "bench"})
 
 def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
     """SIGTERM as Ctrl-C: asyncio cancels the command's main task, so what it started (its
-    brokers, its bus processes) is stopped on the way out, not left running."""
+    brokers, its bus processes) is stopped on the way out, not left running.
+
+    A command started in the background by a script inherits SIGINT ignored (POSIX shells do
+    that to `&` jobs): raising SIGINT would then do nothing, so the interrupt is raised here."""
+    if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+        raise KeyboardInterrupt
     signal.raise_signal(signal.SIGINT)
 
 

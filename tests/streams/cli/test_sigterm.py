@@ -32,17 +32,20 @@ sys.exit(cli.main(["{name}"]))
 """
 
 
-# Checked on the plaintext session broker only: in the second, secured pass of this stop's CI
-# the child did not exit within 30 s of SIGTERM (both cases), while it does alone on the secured
-# session and in the plaintext pass. Cause not found yet (see the stop 22 closing note).
-@pytest.mark.plaintext_session
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.mark.parametrize("name", ["demo", "chaos"])
-def test_sigterm_stops_what_the_command_started(name: str, tmp_path: Path) -> None:
+# SIGINT ignored: as a command started with `&` by a script inherits it; SIGTERM did nothing then
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_sigterm_stops_what_the_command_started(name: str, sigint: str, tmp_path: Path) -> None:
     marker = tmp_path / "cleaned"
     with subprocess.Popen(
         [sys.executable, "-c", _SCRIPT.replace("{name}", name), str(marker)],
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=_ignore_sigint if sigint == "ignored" else None,
     ) as proc:
         try:
             assert proc.stdout is not None
