@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import pytest
 from aiokafka.structs import ConsumerRecord
 from keys import PSEUDONYM_KEY, SECRETS_KEY
+from sweeper import Sweeper
 
 from connectors.kafka_local import LocalKafka, free_port_range
 from streams.config import ENV, KafkaSettings, Settings, load_settings
@@ -108,10 +109,24 @@ def topics() -> Topics:
     return Topics(prefix=f"t{uuid.uuid4().hex[:12]}")
 
 
+@pytest.fixture(scope="session")
+def sweeper(kafka_cluster: KafkaSettings) -> Iterator[Sweeper]:
+    """Deletes finished tests' topics from the session broker (see `sweeper`)."""
+    sweeping = Sweeper(kafka_cluster)
+    yield sweeping
+    sweeping.close()
+    print(f"\ntopic sweeper: {sweeping.deleted} topics of finished tests deleted")
+    for failure in sweeping.failures:
+        print(f"topic sweeper: a sweep failed: {failure}")
+
+
 @pytest.fixture
-def settings(kafka_cluster: KafkaSettings, topics: Topics, tmp_path: Path) -> Settings:
-    """Settings for one test: the session broker, this test's topics, the test keys."""
-    return Settings(
+def settings(
+    kafka_cluster: KafkaSettings, topics: Topics, tmp_path: Path, sweeper: Sweeper
+) -> Iterator[Settings]:
+    """Settings for one test: the session broker, this test's topics, the test keys. Its
+    topics are deleted some time after it ends."""
+    yield Settings(
         mode="test",
         # one broker: one replica, said explicitly (production refuses it otherwise)
         # deliver topics of several partitions, as a busy subscription's: the courier's
@@ -124,6 +139,7 @@ def settings(kafka_cluster: KafkaSettings, topics: Topics, tmp_path: Path) -> Se
         ),
         security={"pseudonym_key": PSEUDONYM_KEY, "secrets_key": SECRETS_KEY},  # type: ignore[arg-type]
     )
+    sweeper.finished(topics.prefix)
 
 
 @pytest.fixture
