@@ -217,7 +217,11 @@ def _from_json(
         where = prefix.rstrip(".") or "body"
         return None, [FieldError(where, "invalid_event", "expected a JSON object")]
     errors: list[FieldError] = []
-    if media_type(obj.get("datacontenttype", JSON_CONTENT_TYPE)) != JSON_CONTENT_TYPE:
+    content_type = obj.get("datacontenttype", JSON_CONTENT_TYPE)
+    if not isinstance(content_type, str):
+        message = "datacontenttype: a string"
+        errors.append(FieldError(prefix + "datacontenttype", "invalid_attribute", message))
+    elif media_type(content_type) != JSON_CONTENT_TYPE:
         message = "data must be application/json"
         errors.append(
             FieldError(prefix + "datacontenttype", "unsupported_datacontenttype", message)

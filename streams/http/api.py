@@ -35,6 +35,7 @@ from streams.contract.attributes import ZAAK_GEMUTEERD
 from streams.contract.record import KafkaRecord
 from streams.exceptions import FieldError, InvalidEvent, KafkaUnavailable, RoutingFailed
 from streams.health import Health, add_health_routes
+from streams.http import openapi
 from streams.http.audit import add_audit_routes
 from streams.http.kit import (
     AUTHENTICATOR,
@@ -46,6 +47,7 @@ from streams.http.kit import (
     parse_json,
     read_body,
 )
+from streams.http.openapi import OPENAPI_PATH
 from streams.http.operations import add_operation_routes
 from streams.http.subscriptions import add_subscription_routes
 from streams.ingress import metrics
@@ -348,6 +350,10 @@ class _Api:
         return web.Response(body=metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
+async def _openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document())
+
+
 def make_api(
     settings: Settings,
     *,
@@ -380,6 +386,7 @@ def make_api(
     app.router.add_post("/api/v1/notificaties", api.notificaties)
     app.router.add_get("/health", api.health)
     app.router.add_get("/metrics", api.metrics)
+    app.router.add_get(OPENAPI_PATH, _openapi)
     if health is None:  # an API on its own (tests, tools): ready while it runs
         health = Health()
         health.started("api")

@@ -364,6 +364,9 @@ def test_json_float_into_int_is_refused() -> None:
             lambda o: o.update(datacontenttype="application/xml"),
             ("datacontenttype", "unsupported_datacontenttype"),
         ),
+        # found by the schemathesis run: a list here was a 500 (AttributeError)
+        (lambda o: o.update(datacontenttype=[None]), ("datacontenttype", "invalid_attribute")),
+        (lambda o: o.update(datacontenttype=7), ("datacontenttype", "invalid_attribute")),
         (
             lambda o: o.update({"Gemeente-Naar": "0363"}),
             ("Gemeente-Naar", "invalid_attribute_name"),
