@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -272,6 +272,8 @@ class SecuritySettings(BaseModel):
     secrets_key_file: Path | None = None
     previous_keys: tuple[SecretStr, ...] = ()
     previous_keys_file: Path | None = None
+    # A ZGW JWT older than this (`iat`) is refused even without `exp` (Open Zaak's JWT_EXPIRY).
+    jwt_max_age_s: float = Field(default=3600.0, gt=0)
 
     def pseudonym_key_bytes(self) -> bytes:
         """The HMAC key for BSN pseudonyms; raises ConfigurationError when unset."""
@@ -414,12 +416,16 @@ class HealthSettings(BaseModel):
 
 
 class PublishGrant(BaseModel):
-    """What a publisher may publish: type patterns (`nl.brp.*`) and sources (`*` for any)."""
+    """What a publisher may publish: type patterns (`nl.brp.*`) and sources (`*` for any).
+
+    `rsins` binds a ZGW client: the organisations (RSIN, 9 digits) whose zaken it may notify
+    over `/api/v1/notificaties`; a notificatie for any other `bronorganisatie` is refused."""
 
     model_config = _FROZEN
 
     types: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
+    rsins: tuple[Annotated[str, Field(pattern=r"^[0-9]{9}$")], ...] = ()
 
 
 class SubscribeGrant(BaseModel):

@@ -28,7 +28,13 @@ from aiokafka.errors import KafkaError
 from multidict import CIMultiDict
 
 from connectors import zgw
-from streams.auth import Authenticator, AuthError, Client, Forbidden
+from streams.auth import (
+    Authenticator,
+    AuthError,
+    Client,
+    Forbidden,
+    authorize_bronorganisatie,
+)
 from streams.config import Settings
 from streams.contract import codec
 from streams.contract.attributes import ZAAK_GEMUTEERD
@@ -143,6 +149,7 @@ class _Api:
                 count = sum(1 for i in inputs if i.errors)
                 message = f"{len(errors)} errors in {count} of {len(inputs)} events; none published"
                 raise Failure(400, "invalid_event", message, errors)
+            self._authorize_organisations(client, inputs)
             accepted = [i.accepted for i in inputs if i.accepted is not None]
             await self._publish(accepted)
         except AuthError as exc:
@@ -215,6 +222,25 @@ class _Api:
                     {"index": item.index, "path": path, "code": exc.code, "message": exc.message}
                 )
                 metrics.observe(event_type=event_type, via=VIA, code=exc.code)
+        if errors:
+            raise Failure(403, errors[0]["code"], errors[0]["message"], errors)
+
+    @staticmethod
+    def _authorize_organisations(client: Client, inputs: list[_Input]) -> None:
+        """403 for every valid zaak event of an organisation outside the grant's `rsins`."""
+        errors: list[dict[str, Any]] = []
+        for item in inputs:
+            rsin = item.accepted.event.extensions.get("bronorganisatie") if item.accepted else None
+            if rsin is None:
+                continue
+            try:
+                authorize_bronorganisatie(client, rsin, required=False)
+            except Forbidden as exc:
+                path = "data.bronorganisatie"
+                errors.append(
+                    {"index": item.index, "path": path, "code": exc.code, "message": exc.message}
+                )
+                metrics.observe(event_type=item.claimed[0], via=VIA, code=exc.code)
         if errors:
             raise Failure(403, errors[0]["code"], errors[0]["message"], errors)
 
@@ -333,10 +359,14 @@ class _Api:
         item.claimed = (event.type, event.source)
         self.auth.authorize_publish(client, event.type, event.source)
         try:
-            return self.gate.accept(event)
+            accepted = self.gate.accept(event)
         except InvalidEvent as exc:
             item.errors = list(exc.errors)
             return None
+        # The source names this organisation: only its own zaaksystemen may speak for it.
+        rsin = accepted.event.extensions["bronorganisatie"]
+        authorize_bronorganisatie(client, rsin, required=True)
+        return accepted
 
     # -- GET /health, GET /metrics ----------------------------------------------------------
 

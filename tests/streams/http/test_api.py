@@ -288,6 +288,28 @@ async def test_source_not_granted_is_403_naming_the_source(api: TestClient[Any, 
     assert event["source"] in body["message"]
 
 
+async def test_a_grant_with_rsins_binds_the_bronorganisatie_of_zaak_events(
+    settings: Settings, producer: AIOKafkaProducer, store: SubscriptionStore
+) -> None:
+    event = zaak_event()
+    own = event["data"]["bronorganisatie"]
+    other = "002220659" if own != "002220659" else "002220660"
+    zaaksysteem = ClientConfig(
+        id="zaaksysteem",
+        token_sha256=_sha(TOKENS["all"]),
+        publish={"types": ["nl.overheid.zaken.*"], "sources": ["*"], "rsins": [other]},  # type: ignore[arg-type]
+    )
+    app = make_api(with_clients(settings, clients=(zaaksysteem,)), producer=producer, store=store)
+    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as api:
+        response = await post(api, [event], client="all", mode=BATCH)
+        assert response.status == 403, await response.text()
+        body = await response.json()
+        assert body["code"] == "bronorganisatie_not_granted"
+        assert body["errors"][0]["path"] == "data.bronorganisatie"
+    events_topic = Topics(settings.kafka.topic_prefix).events(ZAAK_GEMUTEERD)
+    assert await topic_size(settings, events_topic) == 0
+
+
 async def test_a_subscriber_may_not_publish(api: TestClient[Any, Any]) -> None:
     response = await post(api, events(1)[0], client="reader")
     assert response.status == 403
