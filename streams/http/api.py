@@ -269,14 +269,13 @@ class _Api:
         """Write each rejected input to the invalid topic, so operators see every one of them."""
         rejected: list[Rejected] = []
         for item in inputs:
-            headers = (
-                *item.headers,
+            ours = (
                 ("content-type", item.content_type.encode()),
                 ("gemeentebus_via", VIA.encode()),
                 ("gemeentebus_client", client_id.encode()),
             )
-            record = KafkaRecord(key=None, headers=headers, value=item.value)
-            rejected.append(self.gate.reject(record, item.errors))
+            record = KafkaRecord(key=None, headers=item.headers, value=item.value)
+            rejected.append(self.gate.reject(record, item.errors, annotations=ours))
             metrics.observe(event_type=item.claimed[0], via=VIA, code=item.errors[0].code)
         try:
             async with asyncio.timeout(self.timeout_s):

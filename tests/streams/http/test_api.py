@@ -217,6 +217,29 @@ async def test_batch_with_one_bad_event_publishes_nothing_and_dead_letters_the_b
     assert await topic_size(settings, topics.events(VERHUISD)) == 0
 
 
+async def test_a_bsn_in_a_binary_mode_header_stays_out_of_the_invalid_topics_headers(
+    api: TestClient[Any, Any], settings: Settings
+) -> None:
+    [event] = events(1, seed=8)
+    data = event.pop("data")
+    bsn = data["bsn"]
+    headers = {
+        f"ce-{k}": quote(str(v), safe=":/") for k, v in event.items() if k != "datacontenttype"
+    }
+    headers.update({"ce-subject": bsn, "ce-persoon": bsn, "Content-Type": "application/json"})
+    response = await api.post("/events", data=json.dumps(data), headers={**headers, **auth("brp")})
+    assert response.status == 400
+    assert bsn not in await response.text()
+    [dead] = await consume(settings, Topics(settings.kafka.topic_prefix).invalid, 1)
+    found = headers_of(dead)
+    assert found["ce_subject"] == found["ce_persoon"] == "redacted"
+    assert found["ce_id"] == event["id"]  # what it claimed to be stays readable
+    assert found["ce_type"] == VERHUISD
+    assert found["gemeentebus_client"] == "brp"
+    assert [k for k, v in dead.headers if bsn.encode() in bytes(v) or bsn in k] == []
+    assert json.loads(dead.value) == data  # the input itself is kept as it came
+
+
 async def test_three_broken_rules_give_three_errors(api: TestClient[Any, Any]) -> None:
     [event] = events(1, seed=6)
     bsn = event["data"]["bsn"]
