@@ -64,6 +64,7 @@ ENV = {
     "state_home": "XDG_STATE_HOME",
     "secrets_key": "GEMEENTEBUS_SECURITY__SECRETS_KEY",
     "previous_keys": "GEMEENTEBUS_SECURITY__PREVIOUS_KEYS",
+    "metrics_token": "GEMEENTEBUS_HTTP__METRICS_TOKEN",
 }
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -352,11 +353,31 @@ class HttpSettings(BaseModel):
     """The HTTP server of a `run` process: the API, or in a `worker` or `delivery` process
     only `/health`, `/ready` and `/metrics`. Give each process on one host its own port."""
 
-    model_config = _FROZEN
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_event_bytes: int = Field(default=64 * 1024, ge=1024)
+    # `GET /metrics` answers anyone only when public (None: by `mode`, production: not);
+    # else a scraper sends `Authorization: Bearer <metrics_token>` (or the file's first line).
+    public_metrics: bool | None = None
+    metrics_token: SecretStr | None = None
+    metrics_token_file: Path | None = None
+
+    def metrics_token_value(self) -> str | None:
+        """The token `/metrics` asks for, or None when neither setting is given."""
+        if self.metrics_token is not None and self.metrics_token.get_secret_value():
+            if self.metrics_token_file is not None:
+                raise ConfigurationError(
+                    "set http.metrics_token or http.metrics_token_file, not both"
+                )
+            return self.metrics_token.get_secret_value()
+        if self.metrics_token_file is None:
+            return None
+        lines = _lines_of(self.metrics_token_file, "http.metrics_token_file")
+        if not lines:
+            raise ConfigurationError(f"http.metrics_token_file {self.metrics_token_file} is empty")
+        return lines[0]
 
 
 class DeliverySettings(BaseModel):

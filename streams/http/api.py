@@ -40,7 +40,7 @@ from streams.contract import codec
 from streams.contract.attributes import ZAAK_GEMUTEERD
 from streams.contract.record import KafkaRecord
 from streams.exceptions import FieldError, InvalidEvent, KafkaUnavailable, RoutingFailed
-from streams.health import Health, add_health_routes
+from streams.health import Health, add_health_routes, guarded_metrics
 from streams.http import openapi
 from streams.http.audit import add_audit_routes
 from streams.http.kit import (
@@ -414,7 +414,7 @@ def make_api(
     app.router.add_post("/events", api.events)
     app.router.add_post("/api/v1/notificaties", api.notificaties)
     app.router.add_get("/health", api.health)
-    app.router.add_get("/metrics", api.metrics)
+    app.router.add_get("/metrics", guarded_metrics(settings, api.metrics))
     app.router.add_get(OPENAPI_PATH, _openapi)
     if health is None:  # an API on its own (tests, tools): ready while it runs
         health = Health()

@@ -249,3 +249,19 @@ def test_a_client_whose_consumer_groups_would_include_anothers_is_refused() -> N
             {"id": "zaken", "token_sha256": "0" * 64},  # no Kafka principal: no groups
         ]
     )
+
+
+def test_the_metrics_token_comes_from_the_environment_or_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GEMEENTEBUS_HTTP__METRICS_TOKEN", "from-env")
+    assert load_settings().http.metrics_token_value() == "from-env"
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    with pytest.raises(ConfigurationError, match="not both"):
+        load_settings(http={"metrics_token_file": token_file}).http.metrics_token_value()
+    monkeypatch.delenv("GEMEENTEBUS_HTTP__METRICS_TOKEN")
+    assert load_settings(http={"metrics_token_file": token_file}).http.metrics_token_value() == (
+        "from-file"
+    )
+    assert load_settings().http.metrics_token_value() is None

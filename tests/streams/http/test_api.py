@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from kafka_reading import consume
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.config import ClientConfig, Settings
+from streams.config import ClientConfig, HttpSettings, Settings
 from streams.contract import codec
 from streams.contract.attributes import VERHUISD, ZAAK_GEMUTEERD, partition_key
 from streams.contract.headers import ERROR_HEADER
@@ -385,6 +385,32 @@ async def test_unconfirmed_publish_is_503_and_health_says_so(
     assert body["code"] == "kafka_unavailable"
     assert "ids" not in body
     assert (await api.get("/health")).status == 503
+
+
+async def test_metrics_in_production_answer_only_the_metrics_token(
+    settings: Settings, producer: AIOKafkaProducer, store: SubscriptionStore
+) -> None:
+    token = "metrics-token-5e1d"
+    cases = (  # (http settings, Authorization, status)
+        ({}, None, 401),  # production: no token set, so nobody
+        ({"metrics_token": token}, None, 401),
+        ({"metrics_token": token}, "Bearer metrics-token-5e1e", 401),
+        ({"metrics_token": token}, f"Bearer {TOKENS['all']}", 401),  # a client's is not it
+        ({"metrics_token": token}, f"bearer {token}", 200),
+        ({"public_metrics": True}, None, 200),
+    )
+    for http, authorization, status in cases:
+        production = with_clients(settings, mode="production", http=HttpSettings(**http))
+        app = make_api(production, producer=producer, store=store)
+        headers = {"Authorization": authorization} if authorization else {}
+        async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as api:
+            response = await api.get("/metrics", headers=headers)
+            assert response.status == status, (http, authorization)
+            if status == 401:
+                assert (await response.json())["code"] == "metrics_token_required"
+                assert token not in await response.text()
+            else:
+                assert "gemeentebus_events_accepted_total" in await response.text()
 
 
 async def test_metrics_count_accepted_and_rejected(api: TestClient[Any, Any]) -> None:
