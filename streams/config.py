@@ -398,6 +398,9 @@ class DeliverySettings(BaseModel):
     # no private addresses; demo and test: http, and loopback)
     allow_http: bool | None = None
     allowed_private_sinks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
+    # what the bus calls itself in the CloudEvents webhook handshake (WebHook-Request-Origin):
+    # its public DNS name, which a sink answers in WebHook-Allowed-Origin
+    webhook_origin: str = Field(default="gemeentebus", pattern=r"^[A-Za-z0-9.-]{1,253}$")
     # the largest event a courier POSTs; a larger deliver-topic record is dead-lettered
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
