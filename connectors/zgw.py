@@ -13,7 +13,9 @@ twice keeps its id and dedupes downstream. A notificatie names no system, so `so
 derived: `urn:nld:oin:00000001<bronorganisatie>000:systeem:<client id>`. The OIN-stelsel gives
 an organisation with an RSIN the OIN `00000001` + RSIN + `000`, and the client id names the
 component that sent it. When bronorganisatie is no RSIN, the placeholder OIN of twenty zeros
-is used so that only that one error is reported.
+is used so that only that one error is reported. Because the source speaks for that
+organisation, the API lets a client notify only for the RSINs of its grant (`publish.rsins`,
+`streams.auth.authorize_bronorganisatie`).
 
 Errors are reported in the Notificaties API's shape (`invalidParams`), named after the
 notificatie's own fields. Pure: no HTTP or Kafka here.

@@ -5,6 +5,8 @@ Two credentials, both as `Authorization: Bearer <credential>`:
   hash (the token itself is never stored, logged or echoed);
 - a ZGW JWT (HS256) whose `client_id` claim names the client; its secret comes from the
   environment variable the client's `jwt_secret_env` names, as Open Zaak and its peers send.
+  It needs `iat`, is refused once `exp` passed or `iat` is `security.jwt_max_age_s` old,
+  and may come from a clock up to `JWT_LEEWAY_S` ahead or behind.
 
 A Kafka publisher is known by its principal instead: the broker authenticates it, and the
 ACL on its own ingress topic (`<prefix>.ingress.<client id>`) lets no one else write there,
@@ -21,6 +23,7 @@ import hashlib
 import hmac
 import logging
 import os
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ __all__ = [
     "Client",
     "Forbidden",
     "Unauthorized",
+    "authorize_bronorganisatie",
     "authorize_publish",
     "kafka_publishers",
     "matches",
@@ -110,6 +114,20 @@ def authorize_publish(client: Client, event_type: str, source: str | None) -> No
         )
 
 
+def authorize_bronorganisatie(client: Client, rsin: str, *, required: bool) -> None:
+    """`Forbidden` (`bronorganisatie_not_granted`) unless `client` may publish zaken of the
+    organisation `rsin`: it is in the grant's `rsins`. A grant without `rsins` is unbound
+    unless `required` (a ZGW notificatie: its source is made from this very RSIN)."""
+    grant = client.publish
+    rsins = grant.rsins if grant is not None else ()
+    if rsin not in rsins and (rsins or required):
+        raise Forbidden(
+            "bronorganisatie_not_granted",
+            f"client {client.id} may not publish zaken of bronorganisatie {rsin} "
+            "(publish.rsins of its grant)",
+        )
+
+
 def kafka_publishers(settings: Settings) -> dict[str, Client]:
     """Every Kafka publisher by client id (`ClientConfig.kafka_publisher`), as a `Client`
     whose credential is its Kafka principal."""
@@ -135,6 +153,7 @@ class Authenticator:
             for c in settings.clients
         )
         self._by_id = {c.id: c for c in settings.clients if c.jwt_secret_env}
+        self._jwt_max_age_s = settings.security.jwt_max_age_s
         # Read at each request, so a rotated secret needs no restart.
         self._environ = environ if environ is not None else os.environ
         self._warned: set[str] = set()
@@ -184,10 +203,13 @@ class Authenticator:
             )
             raise invalid
         self._warn_short(config, secret)
+        iat_invalid = Unauthorized(
+            "jwt_iat_invalid", "the JWT's iat is missing, not a number or in the future"
+        )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
-                jwt.decode(
+                verified = jwt.decode(
                     token,
                     secret,
                     algorithms=list(_JWT_ALGORITHMS),
@@ -197,13 +219,20 @@ class Authenticator:
         except jwt.ExpiredSignatureError:
             raise Unauthorized("jwt_expired", "the JWT has expired (exp)") from None
         except (jwt.ImmatureSignatureError, jwt.InvalidIssuedAtError):
-            raise Unauthorized(
-                "jwt_iat_invalid", "the JWT's iat is missing, not a number or in the future"
-            ) from None
+            raise iat_invalid from None
         except jwt.MissingRequiredClaimError as exc:
             raise Unauthorized("jwt_claim_missing", f"the JWT has no {exc.claim} claim") from None
         except jwt.PyJWTError:
             raise invalid from None
+        iat = verified["iat"]
+        if isinstance(iat, bool) or not isinstance(iat, int | float):
+            raise iat_invalid  # PyJWT takes "123" too
+        # Without `exp` a JWT would hold forever: its age is bounded as Open Zaak bounds it.
+        if iat < time.time() - self._jwt_max_age_s - JWT_LEEWAY_S:
+            raise Unauthorized(
+                "jwt_too_old",
+                f"the JWT was issued (iat) more than {self._jwt_max_age_s:g} s ago; send a new one",
+            )
         return _client(config, "jwt")
 
     def _warn_short(self, config: ClientConfig, secret: str) -> None:

@@ -13,7 +13,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -64,6 +64,7 @@ ENV = {
     "state_home": "XDG_STATE_HOME",
     "secrets_key": "GEMEENTEBUS_SECURITY__SECRETS_KEY",
     "previous_keys": "GEMEENTEBUS_SECURITY__PREVIOUS_KEYS",
+    "metrics_token": "GEMEENTEBUS_HTTP__METRICS_TOKEN",
 }
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -272,6 +273,8 @@ class SecuritySettings(BaseModel):
     secrets_key_file: Path | None = None
     previous_keys: tuple[SecretStr, ...] = ()
     previous_keys_file: Path | None = None
+    # A ZGW JWT older than this (`iat`) is refused even without `exp` (Open Zaak's JWT_EXPIRY).
+    jwt_max_age_s: float = Field(default=3600.0, gt=0)
 
     def pseudonym_key_bytes(self) -> bytes:
         """The HMAC key for BSN pseudonyms; raises ConfigurationError when unset."""
@@ -350,11 +353,31 @@ class HttpSettings(BaseModel):
     """The HTTP server of a `run` process: the API, or in a `worker` or `delivery` process
     only `/health`, `/ready` and `/metrics`. Give each process on one host its own port."""
 
-    model_config = _FROZEN
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_event_bytes: int = Field(default=64 * 1024, ge=1024)
+    # `GET /metrics` answers anyone only when public (None: by `mode`, production: not);
+    # else a scraper sends `Authorization: Bearer <metrics_token>` (or the file's first line).
+    public_metrics: bool | None = None
+    metrics_token: SecretStr | None = None
+    metrics_token_file: Path | None = None
+
+    def metrics_token_value(self) -> str | None:
+        """The token `/metrics` asks for, or None when neither setting is given."""
+        if self.metrics_token is not None and self.metrics_token.get_secret_value():
+            if self.metrics_token_file is not None:
+                raise ConfigurationError(
+                    "set http.metrics_token or http.metrics_token_file, not both"
+                )
+            return self.metrics_token.get_secret_value()
+        if self.metrics_token_file is None:
+            return None
+        lines = _lines_of(self.metrics_token_file, "http.metrics_token_file")
+        if not lines:
+            raise ConfigurationError(f"http.metrics_token_file {self.metrics_token_file} is empty")
+        return lines[0]
 
 
 class DeliverySettings(BaseModel):
@@ -375,6 +398,9 @@ class DeliverySettings(BaseModel):
     # no private addresses; demo and test: http, and loopback)
     allow_http: bool | None = None
     allowed_private_sinks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
+    # what the bus calls itself in the CloudEvents webhook handshake (WebHook-Request-Origin):
+    # its public DNS name, which a sink answers in WebHook-Allowed-Origin
+    webhook_origin: str = Field(default="gemeentebus", pattern=r"^[A-Za-z0-9.-]{1,253}$")
     # the largest event a courier POSTs; a larger deliver-topic record is dead-lettered
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
@@ -414,12 +440,16 @@ class HealthSettings(BaseModel):
 
 
 class PublishGrant(BaseModel):
-    """What a publisher may publish: type patterns (`nl.brp.*`) and sources (`*` for any)."""
+    """What a publisher may publish: type patterns (`nl.brp.*`) and sources (`*` for any).
+
+    `rsins` binds a ZGW client: the organisations (RSIN, 9 digits) whose zaken it may notify
+    over `/api/v1/notificaties`; a notificatie for any other `bronorganisatie` is refused."""
 
     model_config = _FROZEN
 
     types: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
+    rsins: tuple[Annotated[str, Field(pattern=r"^[0-9]{9}$")], ...] = ()
 
 
 class SubscribeGrant(BaseModel):

@@ -20,15 +20,18 @@ not ready, `/health` (liveness) says so too, and `run` exits non-zero.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
-__all__ = ["Health", "Progress", "RoleState", "add_health_routes", "health_app"]
+from streams.config import Settings
+
+__all__ = ["Health", "Progress", "RoleState", "add_health_routes", "guarded_metrics", "health_app"]
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +197,44 @@ def add_health_routes(app: web.Application, health: Health, *, liveness: bool = 
         app.router.add_get("/health", alive)
 
 
-def health_app(health: Health, *, metrics: _Handler) -> web.Application:
-    """The HTTP server of a process without the API: `/health`, `/ready`, `/metrics`."""
+def guarded_metrics(settings: Settings, handler: _Handler) -> _Handler:
+    """`handler` (`GET /metrics`) as the settings allow it: to anyone when
+    `http.public_metrics` (by default outside production), else only to a request with
+    `Authorization: Bearer <http.metrics_token>`, 401 otherwise (the metrics name roles,
+    subscriptions and clients: what an attacker maps first)."""
+    public = settings.http.public_metrics
+    if public if public is not None else settings.mode != "production":
+        return handler
+    token = settings.http.metrics_token_value()
+    expected = token.encode() if token else None
+    if expected is None:
+        log.warning("/metrics answers 401: set http.metrics_token or http.public_metrics: true")
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        scheme, _, given = request.headers.get(hdrs.AUTHORIZATION, "").strip().partition(" ")
+        credential = given.strip().encode("utf-8", "replace")
+        if (
+            expected is not None
+            and scheme.lower() == "bearer"
+            and hmac.compare_digest(credential, expected)
+        ):
+            return await handler(request)
+        message = "send Authorization: Bearer <http.metrics_token>"
+        if expected is None:
+            message = "no http.metrics_token is set, and http.public_metrics is false"
+        return web.json_response(
+            {"status": 401, "code": "metrics_token_required", "message": message},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="gemeentebus-metrics"'},
+        )
+
+    return guarded
+
+
+def health_app(health: Health, *, metrics: _Handler, settings: Settings) -> web.Application:
+    """The HTTP server of a process without the API: `/health`, `/ready`, and `/metrics` as
+    `guarded_metrics` allows it."""
     app = web.Application()
     add_health_routes(app, health)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", guarded_metrics(settings, metrics))
     return app

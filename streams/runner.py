@@ -256,7 +256,7 @@ async def _serve(bus: Bus, roles: tuple[str, ...]) -> None:
                 body=metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE}
             )
 
-        app = health_app(bus.health, metrics=serve_metrics)
+        app = health_app(bus.health, metrics=serve_metrics, settings=settings)
     # No access log: volgindicatie URLs carry a BSN.
     bus.runner = web.AppRunner(app, access_log=None)
     await bus.runner.setup()

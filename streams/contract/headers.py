@@ -7,8 +7,9 @@ at all) and go through `raw_headers`, `header` or `header_text`, which never rai
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, overload
 
 __all__ = [
     "ATTEMPTS_HEADER",
@@ -16,6 +17,7 @@ __all__ = [
     "ERROR_HEADER",
     "ORDER_HEADER",
     "ORIGIN_HEADER",
+    "REDACTED",
     "REDRIVEN_HEADER",
     "TRUNCATED_HEADER",
     "RawHeaders",
@@ -23,6 +25,7 @@ __all__ = [
     "header_name",
     "header_text",
     "raw_headers",
+    "redacted",
 ]
 
 # On a dead letter: the stable error code, and the human-readable detail (no personal data).
@@ -42,6 +45,46 @@ REDRIVEN_HEADER: Final = "gemeentebus_redriven"
 
 # Headers as the bus keeps them: text names, values as bytes or null (as Kafka allows).
 RawHeaders = tuple[tuple[str, bytes | None], ...]
+
+# What a dead letter's header holds instead of a value that may be personal data.
+REDACTED: Final = b"redacted"
+# Context attributes (and the Kafka content type) the NL GOV profile keeps free of personal
+# data: a dead letter keeps them as they came, to say what the input claimed to be.
+_KEPT: Final = frozenset(
+    {"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_dataschema",
+     "ce_datacontenttype", "ce_sequence", "content-type"}
+)  # fmt: skip
+_TRACEPARENT: Final = re.compile(rb"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+# Kept when the value has this form, which leaves no room for a BSN.
+_KEPT_IF: Final = {
+    "ce_subject": re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"),
+    "ce_traceparent": _TRACEPARENT,
+    "traceparent": _TRACEPARENT,
+}
+# A header name with a run of digits this long might be a BSN (or an 8-digit old one).
+_DIGITS_IN_NAME: Final = re.compile(r"[0-9]{8}")
+
+
+def _redacted(name: str, value: bytes | None) -> tuple[str, bytes | None]:
+    if name in _KEPT:
+        return name, value
+    form = _KEPT_IF.get(name)
+    if form is not None:
+        return name, value if value is None or form.fullmatch(value) else REDACTED
+    if _DIGITS_IN_NAME.search(name):
+        name = "redacted"
+    return name, None if value is None else REDACTED
+
+
+@overload
+def redacted(headers: tuple[tuple[str, bytes], ...]) -> tuple[tuple[str, bytes], ...]: ...
+@overload
+def redacted(headers: RawHeaders) -> RawHeaders: ...
+def redacted(headers: RawHeaders) -> RawHeaders:
+    """A client's headers for a dead letter: names and order kept, and every value that may
+    carry a BSN (the subject unless a UUID, every extension attribute and every other header
+    but the profile's plain context attributes) replaced by `REDACTED`; null stays null."""
+    return tuple(_redacted(name, value) for name, value in headers)
 
 
 def header_name(name: Any) -> tuple[str, bool]:

@@ -28,13 +28,19 @@ from aiokafka.errors import KafkaError
 from multidict import CIMultiDict
 
 from connectors import zgw
-from streams.auth import Authenticator, AuthError, Client, Forbidden
+from streams.auth import (
+    Authenticator,
+    AuthError,
+    Client,
+    Forbidden,
+    authorize_bronorganisatie,
+)
 from streams.config import Settings
 from streams.contract import codec
 from streams.contract.attributes import ZAAK_GEMUTEERD
 from streams.contract.record import KafkaRecord
 from streams.exceptions import FieldError, InvalidEvent, KafkaUnavailable, RoutingFailed
-from streams.health import Health, add_health_routes
+from streams.health import Health, add_health_routes, guarded_metrics
 from streams.http import openapi
 from streams.http.audit import add_audit_routes
 from streams.http.kit import (
@@ -143,6 +149,7 @@ class _Api:
                 count = sum(1 for i in inputs if i.errors)
                 message = f"{len(errors)} errors in {count} of {len(inputs)} events; none published"
                 raise Failure(400, "invalid_event", message, errors)
+            self._authorize_organisations(client, inputs)
             accepted = [i.accepted for i in inputs if i.accepted is not None]
             await self._publish(accepted)
         except AuthError as exc:
@@ -218,6 +225,25 @@ class _Api:
         if errors:
             raise Failure(403, errors[0]["code"], errors[0]["message"], errors)
 
+    @staticmethod
+    def _authorize_organisations(client: Client, inputs: list[_Input]) -> None:
+        """403 for every valid zaak event of an organisation outside the grant's `rsins`."""
+        errors: list[dict[str, Any]] = []
+        for item in inputs:
+            rsin = item.accepted.event.extensions.get("bronorganisatie") if item.accepted else None
+            if rsin is None:
+                continue
+            try:
+                authorize_bronorganisatie(client, rsin, required=False)
+            except Forbidden as exc:
+                path = "data.bronorganisatie"
+                errors.append(
+                    {"index": item.index, "path": path, "code": exc.code, "message": exc.message}
+                )
+                metrics.observe(event_type=item.claimed[0], via=VIA, code=exc.code)
+        if errors:
+            raise Failure(403, errors[0]["code"], errors[0]["message"], errors)
+
     def _judge(self, item: _Input) -> None:
         """Decode and validate one input; its errors or its accepted record."""
         if item.errors:
@@ -243,14 +269,13 @@ class _Api:
         """Write each rejected input to the invalid topic, so operators see every one of them."""
         rejected: list[Rejected] = []
         for item in inputs:
-            headers = (
-                *item.headers,
+            ours = (
                 ("content-type", item.content_type.encode()),
                 ("gemeentebus_via", VIA.encode()),
                 ("gemeentebus_client", client_id.encode()),
             )
-            record = KafkaRecord(key=None, headers=headers, value=item.value)
-            rejected.append(self.gate.reject(record, item.errors))
+            record = KafkaRecord(key=None, headers=item.headers, value=item.value)
+            rejected.append(self.gate.reject(record, item.errors, annotations=ours))
             metrics.observe(event_type=item.claimed[0], via=VIA, code=item.errors[0].code)
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -333,10 +358,14 @@ class _Api:
         item.claimed = (event.type, event.source)
         self.auth.authorize_publish(client, event.type, event.source)
         try:
-            return self.gate.accept(event)
+            accepted = self.gate.accept(event)
         except InvalidEvent as exc:
             item.errors = list(exc.errors)
             return None
+        # The source names this organisation: only its own zaaksystemen may speak for it.
+        rsin = accepted.event.extensions["bronorganisatie"]
+        authorize_bronorganisatie(client, rsin, required=True)
+        return accepted
 
     # -- GET /health, GET /metrics ----------------------------------------------------------
 
@@ -385,7 +414,7 @@ def make_api(
     app.router.add_post("/events", api.events)
     app.router.add_post("/api/v1/notificaties", api.notificaties)
     app.router.add_get("/health", api.health)
-    app.router.add_get("/metrics", api.metrics)
+    app.router.add_get("/metrics", guarded_metrics(settings, api.metrics))
     app.router.add_get(OPENAPI_PATH, _openapi)
     if health is None:  # an API on its own (tests, tools): ready while it runs
         health = Health()

@@ -222,12 +222,15 @@ def _paths() -> dict[str, Any]:
         "/metrics": {
             "get": {
                 "summary": "Prometheus text format",
+                "description": "In production only with `Authorization: Bearer` and the "
+                "token of `http.metrics_token`, unless `http.public_metrics` is true",
                 "security": [],
                 "responses": {
                     "200": {
                         "description": "metrics",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    "401": _answer("no or a wrong metrics token", {"type": "object"}),
                 },
             }
         },

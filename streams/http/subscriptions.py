@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 CALLBACK_CHECK_TYPE: Final = "nl.gemeentebus.callback-check"
 CALLBACK_CHECK_SOURCE: Final = "urn:gemeentebus:callback-check"
 CALLBACK_CHECK_TIMEOUT_S: Final = 5.0
+# The CloudEvents webhook validation handshake's headers (abuse protection, §4).
+REQUEST_ORIGIN: Final = "WebHook-Request-Origin"
+ALLOWED_ORIGIN: Final = "WebHook-Allowed-Origin"
 
 
 class _Volgindicatie(BaseModel):
@@ -243,36 +246,28 @@ class _Subscriptions:
             raise Failure(400, exc.code, f"sink: {exc.reason}", [error]) from None
 
     async def _callback_check(self, subscription: Subscription) -> None:
-        """POST a test event to an HTTP sink, through the sink policy; anything but a 2xx
-        answer is a 400 that says only that the check failed (what the sink did, or that
-        its name led to an address the policy refuses, is for the operator's log: a client
-        must not map the network with it)."""
+        """Probe an HTTP sink, through the sink policy: POST a test event (`callbackCheck`
+        true; a 2xx passes) or the CloudEvents webhook validation handshake (`"handshake"`:
+        OPTIONS with `WebHook-Request-Origin`, passed by a 2xx whose `WebHook-Allowed-Origin`
+        is that origin or `*`). Failing is a 400 that says only that the check failed (what
+        the sink did, or that its name led to an address the policy refuses, is for the
+        operator's log: a client must not map the network with it)."""
         if subscription.protocol != "HTTP" or not subscription.callback_check:
             return
-        event = {
-            "specversion": "1.0",
-            "id": str(uuid.uuid4()),
-            "source": CALLBACK_CHECK_SOURCE,
-            "type": CALLBACK_CHECK_TYPE,
-            "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-            "datacontenttype": "application/json",
-            "data": {"subscriptionId": subscription.id},
-        }
-        headers = {hdrs.CONTENT_TYPE: STRUCTURED_CONTENT_TYPE}
+        headers: dict[str, str] = {}
         if subscription.sink_credential is not None:
             token = subscription.sink_credential.access_token.get_secret_value()
             headers[hdrs.AUTHORIZATION] = f"Bearer {token}"
         why: str | None = None
         try:
             timeout = aiohttp.ClientTimeout(total=CALLBACK_CHECK_TIMEOUT_S)
-            async with (
-                aiohttp.ClientSession(timeout=timeout, connector=self.sinks.connector()) as session,
-                session.post(
-                    subscription.sink, data=dump_json(event), headers=headers, allow_redirects=False
-                ) as response,
-            ):
-                if not 200 <= response.status < 300:
-                    why = f"HTTP {response.status}"
+            async with aiohttp.ClientSession(
+                timeout=timeout, connector=self.sinks.connector()
+            ) as session:
+                if subscription.callback_check == "handshake":
+                    why = await self._handshake(session, subscription.sink, headers)
+                else:
+                    why = await self._test_post(session, subscription, headers)
         except aiohttp.ClientConnectorError as exc:
             refused = isinstance(exc.os_error, SinkRefused)
             why = "an address the sink policy refuses" if refused else type(exc).__name__
@@ -286,6 +281,41 @@ class _Subscriptions:
             )
             error = {"path": "sink", "code": "callback_check_failed", "message": "failed"}
             raise Failure(400, "callback_check_failed", message, [error])
+
+    @staticmethod
+    async def _test_post(
+        session: aiohttp.ClientSession, subscription: Subscription, headers: dict[str, str]
+    ) -> str | None:
+        event = {
+            "specversion": "1.0",
+            "id": str(uuid.uuid4()),
+            "source": CALLBACK_CHECK_SOURCE,
+            "type": CALLBACK_CHECK_TYPE,
+            "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "datacontenttype": "application/json",
+            "data": {"subscriptionId": subscription.id},
+        }
+        headers = {**headers, hdrs.CONTENT_TYPE: STRUCTURED_CONTENT_TYPE}
+        async with session.post(
+            subscription.sink, data=dump_json(event), headers=headers, allow_redirects=False
+        ) as response:
+            return None if 200 <= response.status < 300 else f"HTTP {response.status}"
+
+    async def _handshake(
+        self, session: aiohttp.ClientSession, sink: str, headers: dict[str, str]
+    ) -> str | None:
+        """CloudEvents "HTTP 1.1 Web Hooks for Event Delivery" §4.2: the validation request."""
+        origin = self.settings.delivery.webhook_origin
+        headers = {**headers, REQUEST_ORIGIN: origin}
+        async with session.options(sink, headers=headers, allow_redirects=False) as response:
+            if not 200 <= response.status < 300:
+                return f"HTTP {response.status}"
+            allowed = response.headers.get(ALLOWED_ORIGIN)
+            if allowed is None:
+                return f"no {ALLOWED_ORIGIN} in the answer"
+            if allowed.strip() not in (origin, "*"):
+                return f"{ALLOWED_ORIGIN} is not {origin}"
+            return None
 
     async def _write(self, write: Awaitable[object]) -> None:
         """Wait for a store write to be durable and visible here, or answer 503."""

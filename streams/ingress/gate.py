@@ -30,6 +30,7 @@ from streams.contract.headers import (
     ORDER_HEADER,
     TRUNCATED_HEADER,
     header_text,
+    redacted,
 )
 from streams.contract.record import KafkaRecord, Unreadable
 from streams.contract.rules import Verdict, examine
@@ -203,8 +204,16 @@ class Gate:
         except InvalidEvent as exc:
             return self.reject(record, exc.errors)
 
-    def reject(self, original: KafkaRecord | Unreadable, errors: Sequence[FieldError]) -> Rejected:
-        """The record for the invalid topic: the input byte for byte, plus error headers."""
+    def reject(
+        self,
+        original: KafkaRecord | Unreadable,
+        errors: Sequence[FieldError],
+        *,
+        annotations: tuple[tuple[str, bytes], ...] = (),
+    ) -> Rejected:
+        """The record for the invalid topic: the input's value byte for byte, its headers with
+        every value that may carry a BSN redacted (`headers.redacted`), then `annotations`
+        (what the bus itself says of the input) and the error headers."""
         errors = tuple(errors) or (FieldError("event", "invalid", "rejected"),)
         detail = "; ".join(f"{e.path}: {e.code}: {e.message}" for e in errors)
         ours = (
@@ -214,14 +223,16 @@ class Gate:
         # The publisher's key is not kept: it may be anything, a BSN included.
         record: KafkaRecord | Unreadable
         if isinstance(original, Unreadable):
-            raw = tuple((k, v) for k, v in original.headers if k not in _OURS)
+            raw = redacted(tuple((k, v) for k, v in original.headers if k not in _OURS))
             # Kafka takes no record without both key and value: a tombstone's dead letter
             # (its key dropped) has an empty value, and the code `null_value` says so.
             value = b"" if original.value is None else original.value
-            record = Unreadable(key=None, headers=(*raw, *ours), value=value, error=errors[0])
+            raw = (*raw, *annotations, *ours)
+            record = Unreadable(key=None, headers=raw, value=value, error=errors[0])
         else:
-            kept = tuple((k, v) for k, v in original.headers if k not in _OURS)
-            record = KafkaRecord(key=None, headers=(*kept, *ours), value=original.value)
+            kept = redacted(tuple((k, v) for k, v in original.headers if k not in _OURS))
+            kept = (*kept, *annotations, *ours)
+            record = KafkaRecord(key=None, headers=kept, value=original.value)
         return Rejected(errors=errors, topic=self._topics.invalid, record=record)
 
     @staticmethod

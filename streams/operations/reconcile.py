@@ -122,7 +122,9 @@ async def reconcile(
     if subscription is None:
         raise LookupError(f"no subscription {sub_id}")
     topics = Topics(settings.kafka.topic_prefix)
-    matcher = Matcher(subscription, settings.security.pseudonym_key_bytes())
+    # published for this subscription: a followed person's events only once followed
+    since = store.followed_since(sub_id)
+    matcher = Matcher(subscription, settings.security.pseudonym_key_bytes(), followed_since=since)
     delivered, dead, types = await _delivery_log(settings, topics, sub_id, start)
     in_window: set[str] = set()  # every event accepted in the window, matching or not
     published: set[str] = set()

@@ -268,7 +268,10 @@ class Replayer:
         subscription = self.store.get(status.subscription)
         if subscription is None or not subscription.active:
             raise ReplayError(f"subscription {status.subscription} is gone or retired")
-        matcher, ids = Matcher(subscription, self._key), set(status.request.get("ids") or ())
+        # a volgindicatie opens no past from before it was set
+        since = self.store.followed_since(subscription.id)
+        matcher = Matcher(subscription, self._key, followed_since=since)
+        ids = set(status.request.get("ids") or ())
         status.state, status.started_at = "running", status.started_at or datetime.now(UTC)
         await self._leases.confirm(status, await self._leases.save(status))
         starts = {tp_of(n): status.positions.get(n, o) for n, o in status.starts.items()}

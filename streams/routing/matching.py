@@ -11,7 +11,7 @@ events topic (replays, reconciliation).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Final
@@ -196,10 +196,26 @@ def _pins(subscription: Subscription) -> frozenset[Pin] | None:
 class Matcher:
     """The subscription's current definition applied to events read from an events topic."""
 
-    def __init__(self, subscription: Subscription, key: bytes) -> None:
+    def __init__(
+        self,
+        subscription: Subscription,
+        key: bytes,
+        *,
+        followed_since: Mapping[str, int] | None = None,
+    ) -> None:
+        """`followed_since`: per followed pseudonym, since when (epoch ms) the subscription
+        follows that person (`SubscriptionStore.followed_since`); an event recorded before
+        then matches only by the filters, never by the volgindicatie alone (None: any time)."""
         self.subscription, self._key = subscription, key
         self._index = SubscriptionIndex([subscription])
         self._today: date = dutch_today()
+        self._since = followed_since
+
+    def _before_followed(self, record: ConsumerRecord[bytes, bytes], person: str | None) -> bool:
+        if self._since is None or person is None or person not in self.subscription.volgindicaties:
+            return False
+        since = self._since.get(person)
+        return since is None or record.timestamp < since
 
     def match(self, record: ConsumerRecord[bytes, bytes]) -> CloudEvent | None:
         """The event, projected, if the subscription receives it (unreadable or undecodable:
@@ -216,4 +232,8 @@ class Matcher:
             person = attributes.pseudonym(str(event.data["bsn"]), self._key)
         if not self._index.match(event, person, self._today):
             return None
+        if self._before_followed(record, person) and not self._index.match(
+            event, None, self._today
+        ):
+            return None  # the volgindicatie is younger: this past is not the subscriber's
         return event.with_data(projection(self.subscription, event.type)(event.data))

@@ -65,7 +65,7 @@ from streams.kafka.topics import (
 from streams.retry import RetryPolicy
 from streams.routing import retirements
 from streams.routing.matching import SubscriptionIndex
-from streams.routing.records import Records
+from streams.routing.records import Applied, Records
 from streams.routing.sealing import Keyring, SealRefused
 from streams.routing.subscriptions import Subscription
 
@@ -110,6 +110,8 @@ class SubscriptionStore:
         self._name = name
         self._records = Records(Keyring.from_settings(settings), accept_clear=accept_clear)
         self.refused: dict[str, str] = {}
+        # When each volgindicatie was set (ms, its record's time): replays start no earlier.
+        self._since: dict[str, dict[str, int]] = {}
         self._all = self._records.subscriptions  # retired ones too (the index has active only)
         self._producer: AIOKafkaProducer = make_producer(settings, f"{name}-writer", linger_ms=0)
         self._consumer = make_consumer(settings, f"{name}-reader")
@@ -187,6 +189,12 @@ class SubscriptionStore:
     def get(self, subscription_id: str) -> Subscription | None:
         """The subscription with this id as this process knows it (retired ones included)."""
         return self._all.get(subscription_id)
+
+    def followed_since(self, subscription_id: str) -> Mapping[str, int]:
+        """Per followed pseudonym, when this subscription began to follow that person
+        (epoch ms: the time of the record that set the volgindicatie, the earliest still in
+        the topic; an einddatum changed later, once compacted, moves it later, never earlier)."""
+        return self._since.get(subscription_id, {})
 
     def __iter__(self) -> Iterator[Subscription]:
         return iter(list(self._all.values()))
@@ -431,6 +439,7 @@ class SubscriptionStore:
             )
             return
         subscription_id, subscription = applied.subscription_id, applied.subscription
+        self._note_since(applied, record)
         if applied.pseudonym is None:
             self.refused.pop(subscription_id, None)
         if applied.pseudonym is not None:
@@ -442,6 +451,21 @@ class SubscriptionStore:
         else:
             self.index.upsert(subscription)
         self._announce(subscription_id, subscription)
+
+    def _note_since(self, applied: Applied, record: ConsumerRecord[bytes, bytes]) -> None:
+        since = self._since.setdefault(applied.subscription_id, {})
+        if applied.pseudonym is not None:
+            if record.value is None:
+                since.pop(applied.pseudonym, None)
+            else:
+                since.setdefault(applied.pseudonym, record.timestamp)
+        elif applied.subscription is None:
+            since.clear()
+        else:  # volgindicaties in the subscription's own record (written before the split)
+            for pseudonym in applied.subscription.volgindicaties:
+                since.setdefault(pseudonym, record.timestamp)
+        if not since:
+            del self._since[applied.subscription_id]
 
     def _apply_retirement(self, record: ConsumerRecord[bytes, bytes], where: str) -> None:
         try:

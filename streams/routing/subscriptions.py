@@ -97,7 +97,9 @@ class Subscription(BaseModel):
     fields: tuple[str, ...] | None = None
     owner: str = Field(min_length=1)
     purpose: str = Field(min_length=1)
-    callback_check: bool = True
+    # true: a test event is POSTed to an HTTP sink when the subscription is written;
+    # "handshake": the CloudEvents webhook validation handshake (OPTIONS) instead; false: none
+    callback_check: bool | Literal["handshake"] = True
     volgindicaties: dict[str, date | None] = Field(default_factory=dict)
     volgindicaties_only: bool = False
     created: datetime = Field(default_factory=lambda: datetime.now(UTC))

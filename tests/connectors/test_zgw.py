@@ -162,16 +162,27 @@ def zgw_jwt(secret: str = SECRET, client_id: str = "open-zaak") -> str:
 async def api(
     settings: Settings, bus_topics: Topics, store: SubscriptionStore
 ) -> AsyncIterator[TestClient[Any, Any]]:
-    client = ClientConfig(
-        id="open-zaak",
-        jwt_secret_env="OPENZAAK_JWT_SECRET",
-        publish={"types": ["nl.overheid.zaken.*"], "sources": ["*"]},  # type: ignore[arg-type]
+    clients = (
+        ClientConfig(
+            id="open-zaak",
+            jwt_secret_env="OPENZAAK_JWT_SECRET",
+            publish={  # type: ignore[arg-type]
+                "types": ["nl.overheid.zaken.*"],
+                "sources": ["*"],
+                "rsins": [NOTIFICATIE["kenmerken"]["bronorganisatie"]],
+            },
+        ),
+        ClientConfig(  # a ZGW client bound to no organisation: it may notify for none
+            id="unbound",
+            jwt_secret_env="OPENZAAK_JWT_SECRET",
+            publish={"types": ["nl.overheid.zaken.*"], "sources": ["*"]},  # type: ignore[arg-type]
+        ),
     )
     producer = make_producer(settings, "zgw-test")
     await producer.start()
     try:
         app = make_api(
-            settings.model_copy(update={"clients": (client,)}),
+            settings.model_copy(update={"clients": clients}),
             producer=producer,
             environ={"OPENZAAK_JWT_SECRET": SECRET},
             store=store,
@@ -261,3 +272,57 @@ async def test_contract_violation_is_400_with_invalid_params(api: TestClient[Any
     assert [(p["name"], p["code"]) for p in params] == [
         ("kenmerken.bronorganisatie", "rsin_elfproef")
     ]
+
+
+# Another organisation's RSIN (it passes the elfproef): not among open-zaak's `rsins`.
+OTHER_RSIN = "002220659"
+
+
+@pytest.mark.kafka
+async def test_a_zaaksysteem_may_not_notify_in_another_organisations_name(
+    api: TestClient[Any, Any], settings: Settings
+) -> None:
+    kenmerken = {**NOTIFICATIE["kenmerken"], "bronorganisatie": OTHER_RSIN}
+    sent = notificatie(aanmaakdatum=_now(), kenmerken=kenmerken)
+    response = await api.post(
+        "/api/v1/notificaties", json=sent, headers={"Authorization": f"Bearer {zgw_jwt()}"}
+    )
+    assert response.status == 403, await response.text()
+    body = await response.json()
+    assert body["code"] == "bronorganisatie_not_granted"
+    assert body["type"].endswith("/ref/fouten/PermissionDenied/")
+    # unbound: no RSIN at all, so not even the first organisation's
+    token = zgw_jwt(client_id="unbound")
+    response = await api.post(
+        "/api/v1/notificaties",
+        json=notificatie(aanmaakdatum=_now()),
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status == 403
+    assert (await response.json())["code"] == "bronorganisatie_not_granted"
+    # its own organisation still goes through, and is the only event in the events topic
+    own = notificatie(aanmaakdatum=_now())
+    response = await api.post(
+        "/api/v1/notificaties", json=own, headers={"Authorization": f"Bearer {zgw_jwt()}"}
+    )
+    assert response.status == 201
+    [record] = await consume(
+        settings, Topics(settings.kafka.topic_prefix).events(ZAAK_GEMUTEERD), 1
+    )
+    event = codec.from_kafka(
+        KafkaRecord(key=record.key, headers=tuple(record.headers), value=record.value)
+    )
+    assert event.extensions["bronorganisatie"] == NOTIFICATIE["kenmerken"]["bronorganisatie"]
+
+
+@pytest.mark.kafka
+async def test_a_zgw_jwt_without_exp_ages_out(api: TestClient[Any, Any]) -> None:
+    claims = {"iss": "open-zaak", "client_id": "open-zaak", "iat": int(time.time()) - 2 * 3600}
+    token = jwt.encode(claims, SECRET, algorithm="HS256")
+    response = await api.post(
+        "/api/v1/notificaties",
+        json=notificatie(aanmaakdatum=_now()),
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status == 401
+    assert (await response.json())["code"] == "jwt_too_old"

@@ -130,6 +130,12 @@ def test_zgw_jwt_with_exp_in_the_future_is_fine(authenticator: Authenticator) ->
         (lambda: zgw_jwt(client_id=None), "invalid_jwt"),
         (lambda: zgw_jwt(iat=int(time.time()) + 3600), "jwt_iat_invalid"),
         (lambda: zgw_jwt(iat=None), "jwt_claim_missing"),
+        (lambda: zgw_jwt(iat=str(int(time.time()))), "jwt_iat_invalid"),
+        # no exp: valid for the maximum age (1 h, plus the leeway) after iat, not forever
+        (lambda: zgw_jwt(iat=int(time.time()) - 2 * 3600), "jwt_too_old"),
+        (lambda: zgw_jwt(iat=int(time.time()) - 400 * 86400), "jwt_too_old"),
+        # an exp far ahead does not lift the maximum age
+        (lambda: zgw_jwt(iat=int(time.time()) - 7200, exp=int(time.time()) + 86400), "jwt_too_old"),
         (lambda: zgw_jwt(exp=int(time.time()) - 3600, iat=int(time.time()) - 7200), "jwt_expired"),
         (
             lambda: jwt.encode(
@@ -144,6 +150,20 @@ def test_bad_zgw_jwt_is_unauthorized(authenticator: Authenticator, token: Any, c
     with pytest.raises(Unauthorized) as caught:
         authenticator.authenticate(f"Bearer {token()}")
     assert caught.value.code == code
+
+
+def test_jwt_max_age_is_a_setting_and_counts_from_iat() -> None:
+    settings = _settings()
+    security = settings.security.model_copy(update={"jwt_max_age_s": 60.0})
+    authenticator = Authenticator(settings.model_copy(update={"security": security}), environ=ENV)
+    leeway = auth_module.JWT_LEEWAY_S
+    fresh = zgw_jwt(iat=int(time.time()) - leeway - 30)  # within 60 s plus the leeway
+    assert authenticator.authenticate(f"Bearer {fresh}").id == "open-zaak"
+    with pytest.raises(Unauthorized) as caught:
+        authenticator.authenticate(f"Bearer {zgw_jwt(iat=int(time.time()) - leeway - 90)}")
+    assert caught.value.code == "jwt_too_old"
+    assert "60 s" in caught.value.message
+    assert Settings().security.jwt_max_age_s == 3600  # Open Zaak's JWT_EXPIRY
 
 
 def test_jwt_secret_missing_from_the_environment_is_unauthorized() -> None:

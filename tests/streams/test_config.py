@@ -168,6 +168,19 @@ def test_a_kafka_publisher_needs_only_its_principal() -> None:
         load_settings(clients=[{"id": "nobody", "publish": {"types": ["*"]}}])
 
 
+def test_a_zgw_clients_rsins_are_nine_digit_strings(tmp_path: Path) -> None:
+    config = tmp_path / "gemeentebus.yaml"
+    grant = '{types: ["nl.overheid.zaken.*"], sources: ["*"], rsins: [%s]}'
+    client = "[{id: open-zaak, jwt_secret_env: X, publish: %s}]"
+    config.write_text("clients: " + client % (grant % '"002220647"') + "\n")
+    [open_zaak] = load_settings(config).clients
+    assert open_zaak.publish is not None and open_zaak.publish.rsins == ("002220647",)
+    for wrong in ("002220647", '"2220647"', '"*"'):  # unquoted YAML drops the leading zeros
+        config.write_text("clients: " + client % (grant % wrong) + "\n")
+        with pytest.raises(ConfigurationError, match="rsins"):
+            load_settings(config)
+
+
 @pytest.mark.parametrize(
     "principal", ["brp-publisher", "User:", "Group:brp", "User:brp publisher", "User:*", "User:a;b"]
 )
@@ -236,3 +249,19 @@ def test_a_client_whose_consumer_groups_would_include_anothers_is_refused() -> N
             {"id": "zaken", "token_sha256": "0" * 64},  # no Kafka principal: no groups
         ]
     )
+
+
+def test_the_metrics_token_comes_from_the_environment_or_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GEMEENTEBUS_HTTP__METRICS_TOKEN", "from-env")
+    assert load_settings().http.metrics_token_value() == "from-env"
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    with pytest.raises(ConfigurationError, match="not both"):
+        load_settings(http={"metrics_token_file": token_file}).http.metrics_token_value()
+    monkeypatch.delenv("GEMEENTEBUS_HTTP__METRICS_TOKEN")
+    assert load_settings(http={"metrics_token_file": token_file}).http.metrics_token_value() == (
+        "from-file"
+    )
+    assert load_settings().http.metrics_token_value() is None

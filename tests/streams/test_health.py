@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from streams.config import HttpSettings, Settings
 from streams.health import Health, add_health_routes, health_app
 from streams.ingress import metrics
 
@@ -93,7 +95,8 @@ async def served() -> AsyncIterator[tuple[Health, str]]:
     async def serve_metrics(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render())
 
-    runner = web.AppRunner(health_app(health, metrics=serve_metrics))
+    app = health_app(health, metrics=serve_metrics, settings=Settings(mode="test"))
+    runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -157,3 +160,38 @@ async def test_the_api_answers_ready_with_its_own_health() -> None:
     health = Health()
     add_health_routes(app, health, liveness=False)
     assert [r.resource.canonical for r in app.router.routes() if r.method == "GET"] == ["/ready"]
+
+
+async def test_a_worker_or_delivery_process_guards_its_metrics_in_production(
+    tmp_path: Path,
+) -> None:
+    """As `run --role worker` serves them: public outside production, else behind a token."""
+    token_file = tmp_path / "metrics-token"
+    token_file.write_text("scrape-me-7a2c\n")
+    health = Health()
+
+    async def serve_metrics(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render())
+
+    async def status(settings: Settings, authorization: str | None) -> int:
+        app = health_app(health, metrics=serve_metrics, settings=settings)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
+        headers = {"Authorization": authorization} if authorization else {}
+        try:
+            async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as answer:
+                return answer.status
+        finally:
+            await runner.cleanup()
+
+    guarded = Settings(mode="production", http=HttpSettings(metrics_token_file=token_file))
+    assert await status(guarded, None) == 401
+    assert await status(guarded, "Bearer scrape-me-7a2") == 401
+    assert await status(guarded, "Basic scrape-me-7a2c") == 401
+    assert await status(guarded, "Bearer scrape-me-7a2c") == 200
+    assert await status(Settings(mode="production"), "Bearer scrape-me-7a2c") == 401
+    assert await status(Settings(mode="demo"), None) == 200
+    assert await status(Settings(mode="production", http={"public_metrics": True}), None) == 200  # type: ignore[arg-type]

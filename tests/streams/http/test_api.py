@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from kafka_reading import consume
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.config import ClientConfig, Settings
+from streams.config import ClientConfig, HttpSettings, Settings
 from streams.contract import codec
 from streams.contract.attributes import VERHUISD, ZAAK_GEMUTEERD, partition_key
 from streams.contract.headers import ERROR_HEADER
@@ -217,6 +217,29 @@ async def test_batch_with_one_bad_event_publishes_nothing_and_dead_letters_the_b
     assert await topic_size(settings, topics.events(VERHUISD)) == 0
 
 
+async def test_a_bsn_in_a_binary_mode_header_stays_out_of_the_invalid_topics_headers(
+    api: TestClient[Any, Any], settings: Settings
+) -> None:
+    [event] = events(1, seed=8)
+    data = event.pop("data")
+    bsn = data["bsn"]
+    headers = {
+        f"ce-{k}": quote(str(v), safe=":/") for k, v in event.items() if k != "datacontenttype"
+    }
+    headers.update({"ce-subject": bsn, "ce-persoon": bsn, "Content-Type": "application/json"})
+    response = await api.post("/events", data=json.dumps(data), headers={**headers, **auth("brp")})
+    assert response.status == 400
+    assert bsn not in await response.text()
+    [dead] = await consume(settings, Topics(settings.kafka.topic_prefix).invalid, 1)
+    found = headers_of(dead)
+    assert found["ce_subject"] == found["ce_persoon"] == "redacted"
+    assert found["ce_id"] == event["id"]  # what it claimed to be stays readable
+    assert found["ce_type"] == VERHUISD
+    assert found["gemeentebus_client"] == "brp"
+    assert [k for k, v in dead.headers if bsn.encode() in bytes(v) or bsn in k] == []
+    assert json.loads(dead.value) == data  # the input itself is kept as it came
+
+
 async def test_three_broken_rules_give_three_errors(api: TestClient[Any, Any]) -> None:
     [event] = events(1, seed=6)
     bsn = event["data"]["bsn"]
@@ -288,6 +311,28 @@ async def test_source_not_granted_is_403_naming_the_source(api: TestClient[Any, 
     assert event["source"] in body["message"]
 
 
+async def test_a_grant_with_rsins_binds_the_bronorganisatie_of_zaak_events(
+    settings: Settings, producer: AIOKafkaProducer, store: SubscriptionStore
+) -> None:
+    event = zaak_event()
+    own = event["data"]["bronorganisatie"]
+    other = "002220659" if own != "002220659" else "002220660"
+    zaaksysteem = ClientConfig(
+        id="zaaksysteem",
+        token_sha256=_sha(TOKENS["all"]),
+        publish={"types": ["nl.overheid.zaken.*"], "sources": ["*"], "rsins": [other]},  # type: ignore[arg-type]
+    )
+    app = make_api(with_clients(settings, clients=(zaaksysteem,)), producer=producer, store=store)
+    async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as api:
+        response = await post(api, [event], client="all", mode=BATCH)
+        assert response.status == 403, await response.text()
+        body = await response.json()
+        assert body["code"] == "bronorganisatie_not_granted"
+        assert body["errors"][0]["path"] == "data.bronorganisatie"
+    events_topic = Topics(settings.kafka.topic_prefix).events(ZAAK_GEMUTEERD)
+    assert await topic_size(settings, events_topic) == 0
+
+
 async def test_a_subscriber_may_not_publish(api: TestClient[Any, Any]) -> None:
     response = await post(api, events(1)[0], client="reader")
     assert response.status == 403
@@ -340,6 +385,32 @@ async def test_unconfirmed_publish_is_503_and_health_says_so(
     assert body["code"] == "kafka_unavailable"
     assert "ids" not in body
     assert (await api.get("/health")).status == 503
+
+
+async def test_metrics_in_production_answer_only_the_metrics_token(
+    settings: Settings, producer: AIOKafkaProducer, store: SubscriptionStore
+) -> None:
+    token = "metrics-token-5e1d"
+    cases = (  # (http settings, Authorization, status)
+        ({}, None, 401),  # production: no token set, so nobody
+        ({"metrics_token": token}, None, 401),
+        ({"metrics_token": token}, "Bearer metrics-token-5e1e", 401),
+        ({"metrics_token": token}, f"Bearer {TOKENS['all']}", 401),  # a client's is not it
+        ({"metrics_token": token}, f"bearer {token}", 200),
+        ({"public_metrics": True}, None, 200),
+    )
+    for http, authorization, status in cases:
+        production = with_clients(settings, mode="production", http=HttpSettings(**http))
+        app = make_api(production, producer=producer, store=store)
+        headers = {"Authorization": authorization} if authorization else {}
+        async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as api:
+            response = await api.get("/metrics", headers=headers)
+            assert response.status == status, (http, authorization)
+            if status == 401:
+                assert (await response.json())["code"] == "metrics_token_required"
+                assert token not in await response.text()
+            else:
+                assert "gemeentebus_events_accepted_total" in await response.text()
 
 
 async def test_metrics_count_accepted_and_rejected(api: TestClient[Any, Any]) -> None:

@@ -77,9 +77,17 @@ class Sink:
     status: int = 200
     received: list[tuple[dict[str, str], Any]] = field(default_factory=list)
 
+    allowed_origin: str | None = None  # what it answers a webhook validation request
+    validations: list[dict[str, str]] = field(default_factory=list)
+
     async def handle(self, request: web.Request) -> web.Response:
         self.received.append((dict(request.headers), await request.json()))
         return web.Response(status=self.status)
+
+    async def validate(self, request: web.Request) -> web.Response:
+        self.validations.append(dict(request.headers))
+        allowed = {"WebHook-Allowed-Origin": self.allowed_origin} if self.allowed_origin else {}
+        return web.Response(status=self.status, headers=allowed)
 
 
 @pytest.fixture
@@ -87,6 +95,7 @@ async def sink() -> AsyncIterator[Sink]:
     receiver = Sink()
     app = web.Application()
     app.router.add_post("/events", receiver.handle)
+    app.router.add_route("OPTIONS", "/events", receiver.validate)
     server = TestServer(app, host="127.0.0.1", port=0)
     await server.start_server()
     receiver.url = str(server.make_url("/events"))
@@ -325,6 +334,31 @@ async def test_callback_check(api: TestClient[Any, Any], sink: Sink) -> None:
     created = await create(api, agreed)
     assert created["callbackCheck"] is False
     assert len(sink.received) == 2  # the skipped check sent nothing
+
+
+async def test_the_cloudevents_webhook_handshake_instead_of_the_test_post(
+    api: TestClient[Any, Any], sink: Sink
+) -> None:
+    handshake = body(sink, callbackCheck="handshake")
+    failures = []
+    for allowed, status in ((None, 200), ("elders.example", 200), ("gemeentebus", 403)):
+        sink.allowed_origin, sink.status = allowed, status
+        failed = await api.post("/subscriptions", json=handshake, headers=auth("gemeente"))
+        assert failed.status == 400, allowed
+        failures.append(await failed.json())
+    assert all(f["code"] == "callback_check_failed" for f in failures)
+    assert len({f["message"] for f in failures}) == 1  # failed, and nothing more
+    assert len(await (await api.get("/subscriptions", headers=auth("gemeente"))).json()) == 0
+
+    sink.status = 200
+    for allowed in ("gemeentebus", "*"):  # the origin the bus sent, or anyone's
+        sink.allowed_origin = allowed
+        created = await create(api, handshake)
+        assert created["callbackCheck"] == "handshake"
+    assert sink.received == []  # no test event was POSTed
+    asked = sink.validations[-1]
+    assert asked["WebHook-Request-Origin"] == "gemeentebus"  # delivery.webhook_origin
+    assert asked["Authorization"] == "Bearer sink-token-abc"
 
 
 async def test_a_subscription_survives_a_restart(

@@ -10,7 +10,7 @@ from streams.config import PublishGrant
 from streams.contract import codec
 from streams.contract.attributes import VERHUISD
 from streams.contract.envelope import CloudEvent
-from streams.contract.headers import DETAIL_HEADER, ERROR_HEADER
+from streams.contract.headers import DETAIL_HEADER, ERROR_HEADER, REDACTED
 from streams.contract.record import KafkaRecord
 from streams.contract.rules import dutch_today
 from streams.demo.generators import BRP_SOURCE, EventFactory
@@ -73,3 +73,29 @@ def test_the_grant_comes_before_validation() -> None:
     assert isinstance(outcome, Rejected)
     assert outcome.code == "type_not_granted"
     assert isinstance(_gate().from_record(broken), Rejected)  # invalid anyway
+
+
+def test_a_dead_letter_keeps_no_header_value_that_may_be_a_bsn() -> None:
+    event = EventFactory(4, today=TODAY).zaak_gemuteerd()
+    record = _record(event)
+    bsn = "123456782"
+    traceparent = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    sent = (
+        *record.headers,
+        ("ce_traceparent", traceparent),
+        ("ce_tracestate", bsn.encode()),
+        ("x-klant", bsn.encode()),
+        (f"ce_{bsn}", b"1"),  # an extension named like a BSN
+    )
+    outcome = _gate().reject(replace(record, headers=sent), [])
+    kept = dict(outcome.record.headers)
+    assert kept["ce_id"] == event.id.encode()
+    assert event.subject is not None
+    assert kept["ce_subject"] == event.subject.encode()  # a zaak's UUID, no BSN
+    assert kept["ce_traceparent"] == traceparent
+    assert kept["ce_tracestate"] == kept["x-klant"] == kept["redacted"] == REDACTED
+    assert kept["ce_bronorganisatie"] == REDACTED  # any extension: 9 digits, like a BSN
+    assert all(bsn not in name and bsn.encode() not in value for name, value in kept.items())
+    # a subject that is no UUID goes too
+    person = replace(record, headers=(*record.headers, ("ce_subject", bsn.encode())))
+    assert dict(_gate().reject(person, []).record.headers)["ce_subject"] == REDACTED

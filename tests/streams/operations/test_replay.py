@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import RecordsToDelete
 
 from streams.config import Settings
-from streams.contract.attributes import OVERLEDEN, VERHUISD, ZAAK_GEMUTEERD
+from streams.contract.attributes import OVERLEDEN, VERHUISD, ZAAK_GEMUTEERD, pseudonym
 from streams.contract.rules import dutch_today
 from streams.demo.generators import EventFactory
 from streams.ingress.gate import Accepted, Gate
@@ -278,6 +278,58 @@ async def test_a_move_and_a_death_in_one_millisecond_come_back_in_acceptance_ord
     await finished(replayer, await replayer.submit(sub.id, request, actor="beheer"))
     records = await read_topic(bus_topics.deliver(sub.id), count=2)
     assert [e["id"] for e in replayed(records)] == [e.id for e in events]
+
+
+async def test_a_volgindicatie_opens_no_past_from_before_it_was_set(
+    settings: Settings, store: SubscriptionStore, bus_topics: Topics, replayers: Any,
+    read_topic: Any,
+) -> None:  # fmt: skip
+    """A new volgindicatie plus a replay of the whole retention used to deliver that person's
+    past; the past still comes where the subscription's filters match it anyway."""
+    only = await store.put(subscription("s7", volgindicatiesOnly=True))
+    deaths = await store.put(subscription("s8", filters=[{"exact": {"type": OVERLEDEN}}]))
+    factory = EventFactory(9, today=TODAY)
+    old_move, old_death, new_move = factory.verhuisd(), factory.overleden(), factory.verhuisd()
+    bsn = old_move.data["bsn"]
+    old_death = old_death.with_data({**old_death.data, "bsn": bsn})
+    new_move = new_move.with_data({**new_move.data, "bsn": bsn})
+    gate = Gate(bus_topics, KEY)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        acks="all",
+        **security_options(settings.kafka),
+    )
+    start = datetime.now(UTC) - timedelta(minutes=2)
+    an_hour_ago = int((datetime.now(UTC) - timedelta(hours=1)).timestamp() * 1000)
+    await producer.start()
+    try:
+
+        async def send(accepted: Accepted, timestamp_ms: int | None = None) -> None:
+            record = accepted.record
+            await (
+                await producer.send(
+                    accepted.topic, record.value, key=record.key,
+                    headers=list(record.headers), timestamp_ms=timestamp_ms,
+                )
+            )  # fmt: skip
+
+        for event in (old_move, old_death):  # recorded an hour before anyone followed
+            await send(gate.accept(event, today=TODAY), an_hour_ago)
+        person = pseudonym(bsn, settings.security.pseudonym_key_bytes())
+        for sub in (only, deaths):
+            await store.follow(sub.id, person, None)
+        await send(gate.accept(new_move, today=TODAY))
+    finally:
+        await producer.stop()
+    end = datetime.now(UTC) + timedelta(seconds=1)
+    replayer = await replayers()
+    window = ReplayRequest(start=start - timedelta(hours=2), end=end)
+    expected = {only.id: [new_move.id], deaths.id: [old_death.id, new_move.id]}
+    for sub_id, ids in expected.items():
+        done = await finished(replayer, await replayer.submit(sub_id, window, actor="beheer"))
+        assert done.matched == len(ids), sub_id
+        records = await read_topic(bus_topics.deliver(sub_id), count=len(ids))
+        assert [e["id"] for e in replayed(records)] == ids
 
 
 def test_one_owner_at_a_time_a_claim_counts_only_after_the_lease() -> None:
