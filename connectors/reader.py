@@ -25,6 +25,17 @@ a lane and delivers; the reader does for all couriers what a courier's own consu
   and its position set back to the first record not taken, or to the stopped courier's
   lowest unfinished offset, so a courier started for it later misses nothing.
 
+Idle partitions cost next to nothing: a fetch carries every partition it reads, both ways,
+in pure Python (aiokafka has no incremental fetch sessions, KIP-227), so with thousands of
+idle subscriptions every record waited for a fetch of thousands of partitions. A partition
+whose courier is idle and that brought nothing for `_COOL_S` *cools*: the consumer pauses
+it, and a second, group-less consumer (the *watcher*) long-polls every cool partition from
+the same position, `_WATCH_WAIT_MS` at a time. The moment the watcher sees a record of one,
+it is paused there and resumed in the consumer, which reads it (the watcher's copy is
+dropped): the consumer's fetches carry only the partitions that are busy, and the idle ones
+are one fetch every few seconds. Back-pressure, commits and reports look only at the busy
+partitions' couriers (an idle courier has nothing to pause, seek or commit).
+
 A topic added to or removed from the subscription waits at most `_RESUBSCRIBE_S` (so many
 subscriptions added at once are one rebalance, not one each). The first time the group
 takes a partition it has no committed offset for, it starts where the subscription's own
@@ -56,7 +67,14 @@ __all__ = ["Reader", "Taker"]
 log = logging.getLogger(__name__)
 
 _POLL_MS: Final = 100  # how long one getmany waits for records at most
-_FETCH_WAIT_MS: Final = 500  # how long the broker holds a fetch with nothing new (not latency)
+# how long the broker holds a fetch of the busy partitions with nothing new: a partition the
+# watcher wakes joins the consumer's fetches when the one in flight is back
+_FETCH_WAIT_MS: Final = 200
+_FETCHER_WAKE_MS: Final = 1000  # aiokafka's fetcher walks every partition when it wakes idle
+_COOL_S: Final = 3.0  # a partition with nothing for this long (courier idle) is watched
+_SWEEP_S: Final = 1.0  # how often partitions are checked for cooling
+_WATCH_WAIT_MS: Final = 5_000  # how long the broker holds the watcher's fetch of cool ones
+_REPORT_ALL_S: Final = 10.0  # idle couriers report this often (busy ones every second)
 _MAX_POLL: Final = 500  # a courier holds at most its cap plus one fetch
 _COMMIT_EVERY_S: Final = 0.5
 _PROGRESS_EVERY_S: Final = 1.0
@@ -116,9 +134,24 @@ class Reader:
             "delivery",
             group=self._groups.delivery,
             fetch_max_wait_ms=_FETCH_WAIT_MS,
+            consumer_timeout_ms=_FETCHER_WAKE_MS,
             max_poll_records=_MAX_POLL,
             metadata_max_age_ms=30_000,  # also notices partitions added later
         )
+        # reads nothing to deliver: tells which cool partition has a record (`_watch`)
+        self._watcher = make_consumer(
+            settings,
+            "delivery-watch",
+            group=None,
+            fetch_max_wait_ms=_WATCH_WAIT_MS,
+            consumer_timeout_ms=_WATCH_WAIT_MS,
+            request_timeout_ms=int(settings.kafka.request_timeout_s * 1000) + _WATCH_WAIT_MS,
+        )
+        self._hot: dict[TopicPartition, float] = {}  # read by the consumer -> last record at
+        self._cool: dict[TopicPartition, int] = {}  # watched from this offset, paused here
+        self._reading: set[TopicPartition] | None = None  # not paused here, as last set
+        self._seen: set[TopicPartition] = set()  # the assignment `_reading` was set for
+        self._by_topic: dict[str, list[TopicPartition]] = {}  # of the assignment `_seen`
         self._couriers: dict[str, Taker] = {}  # deliver topic -> its courier
         self._subscribed: frozenset[str] = frozenset()
         self._subscribed_at = 0.0
@@ -128,6 +161,7 @@ class Reader:
         self._starting: set[TopicPartition] = set()  # assigned, start not settled yet
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._health = health
         self._progress: Progress | None = (
             health.part("delivery", "reader") if health is not None else None
@@ -138,21 +172,25 @@ class Reader:
 
     async def start(self) -> None:
         await self._consumer.start()
+        await self._watcher.start()
         self._task = asyncio.create_task(self._run(), name="delivery-reader")
+        self._watch_task = asyncio.create_task(self._watch(), name="delivery-watcher")
 
     async def halt(self) -> None:
         """Stop fetching (couriers may still commit through `commit`)."""
         self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()  # a fetch or a wait for metadata: nothing to finish
-            await asyncio.wait({self._task})
+        tasks = {t for t in (self._task, self._watch_task) if t is not None}
+        for task in tasks:
+            task.cancel()  # a fetch or a wait for metadata: nothing to finish
+        if tasks:
+            await asyncio.wait(tasks)
 
     async def close(self, deadline_s: float) -> None:
         """Leave the group and close (after `halt` and the couriers' stops)."""
         await self.halt()
         try:
             async with asyncio.timeout(max(0.05, deadline_s)):
-                await self._consumer.stop()
+                await asyncio.gather(self._consumer.stop(), self._watcher.stop())
         except TimeoutError:
             log.warning("the delivery reader's consumer did not close in time")
         if self._health is not None:
@@ -167,6 +205,7 @@ class Reader:
             offset = self._unheld.pop(tp)
             if tp in assigned:  # (revoked meanwhile: its new owner starts from the commit)
                 self._consumer.seek(tp, offset)  # paused until back-pressure says
+        self._heat(self.assigned(topic))
         self._changed.set()
 
     def detach(self, courier: Taker) -> None:
@@ -176,10 +215,12 @@ class Reader:
         topic = courier.topic
         if self._couriers.get(topic) is courier:
             del self._couriers[topic]
-        for tp in self.assigned(topic):
+        mine = self.assigned(topic)
+        for tp in mine:
             offset = courier.restart_offset(tp.partition)
             if offset is not None:
                 self._unheld[tp] = min(offset, self._unheld.get(tp, offset))
+        self._heat(mine)  # no longer watched: paused here until a courier takes them
         self._changed.set()
 
     # -- what couriers ask --------------------------------------------------------------
@@ -190,15 +231,19 @@ class Reader:
 
     def assigned(self, topic: str) -> list[TopicPartition]:
         """The partitions of `topic` this process reads now."""
-        return [tp for tp in self._consumer.assignment() if tp.topic == topic]
+        return list(self._partitions().get(topic, ()))
 
     def highwater(self, tp: TopicPartition) -> int | None:
         value: int | None = self._consumer.highwater(tp)
         return value
 
     def paused(self, topic: str) -> frozenset[int]:
-        """The partitions of `topic` not being read now."""
-        return frozenset(tp.partition for tp in self._consumer.paused() if tp.topic == topic)
+        """The partitions of `topic` not being read now (a cool one is: by the watcher)."""
+        return frozenset(
+            tp.partition
+            for tp in self._consumer.paused()
+            if tp.topic == topic and tp not in self._cool
+        )
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         """Commit those of `offsets` whose partitions are still assigned here; those
@@ -212,7 +257,7 @@ class Reader:
     # -- reading ------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        last_commit = last_progress = time.monotonic()
+        last_commit = last_progress = last_sweep = last_report_all = time.monotonic()
         while not self._stopping.is_set():
             try:
                 await self._follow_topics()
@@ -230,9 +275,15 @@ class Reader:
                     await self._commit_all()
                     last_commit = now
                 if now - last_progress >= _PROGRESS_EVERY_S:
-                    for courier in self._couriers.values():
+                    everyone = now - last_report_all >= _REPORT_ALL_S
+                    for courier in self._couriers.values() if everyone else self._busy():
                         courier.report()
                     last_progress = now
+                    if everyone:
+                        last_report_all = now
+                if now - last_sweep >= _SWEEP_S:
+                    await self._sweep(now)
+                    last_sweep = now
             except KafkaError as exc:
                 log.warning("delivery reader: Kafka error (%s); retrying", type(exc).__name__)
                 if not KAFKA_READ.retriable(exc):  # e.g. not authorised: retried, and visible
@@ -306,42 +357,132 @@ class Reader:
                 self._unheld[tp] = records[0].offset
                 self._consumer.seek(tp, records[0].offset)
             return
+        if records:
+            self._hot[tp] = time.monotonic()
         for message in records:
             courier.take(tp.partition, message)  # never raises
 
-    def _back_pressure(self) -> None:
-        """Seek and pause what the couriers ask (`Holding.to_seek`, `Holding.to_pause`),
-        pause the partitions no courier takes now, resume the others."""
+    def _partitions(self) -> dict[str, list[TopicPartition]]:
+        """The assignment by topic (rebuilt when it changed)."""
         assigned = self._consumer.assignment()
-        by_topic: dict[str, list[TopicPartition]] = {}
-        for tp in assigned:
-            by_topic.setdefault(tp.topic, []).append(tp)
+        if assigned != self._seen:
+            self._seen = set(assigned)
+            self._by_topic = {}
+            for tp in assigned:
+                self._by_topic.setdefault(tp.topic, []).append(tp)
+            self._reading = None  # what is paused is looked at again
+        return self._by_topic
+
+    def _heat(self, tps: Iterable[TopicPartition]) -> None:
+        """Read `tps` here again (no longer watched), from now on."""
+        now = time.monotonic()
+        for tp in tps:
+            self._hot[tp] = now
+            self._cool.pop(tp, None)
+
+    def _busy(self) -> list[Taker]:
+        """The couriers of the partitions read here (a cool partition's courier is idle)."""
+        return [c for t in {tp.topic for tp in self._hot} if (c := self._couriers.get(t))]
+
+    def _back_pressure(self) -> None:
+        """Seek and pause what the couriers of the partitions read here ask
+        (`Holding.to_seek`, `Holding.to_pause`), pause the partitions no courier takes now
+        and the cool ones (watched), resume the others."""
+        by_topic = self._partitions()
+        assigned = self._seen
         # a courier detached while a rebalance was revoking: what is no longer ours is not
         # to be paused, nor sought back (its new owner starts from the commit)
         for gone in [tp for tp in self._unheld if tp not in assigned]:
             del self._unheld[gone]
+        for gone in [tp for tp in self._hot if tp not in assigned]:
+            del self._hot[gone]
         self._starting &= assigned
-        wanted: set[TopicPartition] = set(self._unheld) | self._starting
-        for topic, tps in by_topic.items():
+        held_back: set[TopicPartition] = set(self._unheld) | self._starting
+        reading: set[TopicPartition] = set()
+        for topic in {tp.topic for tp in self._hot}:
             courier = self._couriers.get(topic)
             if courier is None or courier.stopping:
-                wanted.update(tps)
                 continue
+            tps = [tp for tp in by_topic.get(topic, ()) if tp in self._hot]
             if courier.idle:
+                reading.update(tps)
                 continue
             seeks, waiting = courier.back_pressure(tps)
             for tp, offset in seeks.items():
                 self._consumer.seek(tp, offset)
-            wanted |= waiting
+            reading.update(tp for tp in tps if tp not in waiting)
+        reading -= held_back
+        if reading == self._reading:
+            return  # nothing changed: the consumer is as it was set
+        self._reading = reading
         paused = self._consumer.paused()
+        wanted = assigned - reading
         if wanted - paused:
             self._consumer.pause(*(wanted - paused))
         if paused - wanted:
             self._consumer.resume(*(paused - wanted))
 
+    async def _sweep(self, now: float) -> None:
+        """Hand the partitions that brought nothing for `_COOL_S`, of idle couriers, to the
+        watcher, from where the consumer stands."""
+        idle: dict[str, bool] = {}
+        cooling = []
+        for tp, last in self._hot.items():
+            if now - last < _COOL_S or tp in self._unheld or tp in self._starting:
+                continue
+            if tp.topic not in idle:
+                courier = self._couriers.get(tp.topic)
+                idle[tp.topic] = courier is not None and not courier.stopping and courier.idle
+            if idle[tp.topic]:
+                cooling.append(tp)
+        if not cooling:
+            return
+        for tp in cooling:
+            del self._hot[tp]
+        self._back_pressure()  # paused here: records fetched and not taken are dropped
+        offsets = {tp: await self._consumer.position(tp) for tp in cooling if tp in self._seen}
+        self._partitions()  # (a rebalance while waiting: only what is still ours is watched)
+        self._cool.update(
+            (tp, o) for tp, o in offsets.items() if tp in self._seen and tp not in self._hot
+        )
+        self._rewatch()
+
+    def _rewatch(self) -> None:
+        """Let the watcher long-poll the cool partitions (and only those) from their
+        offsets."""
+        assigned = sorted(self._consumer.assignment())
+        self._cool = {tp: o for tp, o in self._cool.items() if tp in self._seen}
+        # every assigned partition, so that a change of the cool ones asks no new metadata;
+        # a new assignment also ends the fetch in flight, which misses a partition just cool
+        self._watcher.assign(assigned)
+        for tp in assigned:
+            self._watcher.seek(tp, self._cool.get(tp, 0))
+        others = [tp for tp in assigned if tp not in self._cool]
+        if others:
+            self._watcher.pause(*others)
+        log.debug("delivery reader: %d partitions watched", len(self._cool))
+
+    async def _watch(self) -> None:
+        """Wake the cool partitions the watcher saw a record of: read here again."""
+        while not self._stopping.is_set():
+            try:
+                batches = await self._watcher.getmany(timeout_ms=_WATCH_WAIT_MS)
+                woken = [tp for tp, records in batches.items() if records and tp in self._cool]
+                if woken:
+                    self._watcher.pause(*woken)  # before its next fetch is sent
+                    self._heat(woken)
+                    self._back_pressure()  # resumed here now: the next fetch reads them
+            except KafkaError as exc:
+                log.warning("delivery watcher: Kafka error (%s); retrying", type(exc).__name__)
+                await pause(self._stopping, KAFKA_READ.delay(1))
+            except Exception:  # a bug here would leave idle partitions unread: visible, retried
+                log.exception("delivery watcher: watching failed; retrying")
+                self._trouble("watching idle partitions failed (see the log)")
+                await pause(self._stopping, KAFKA_READ.delay(1))
+
     async def _commit_all(self) -> None:
         offsets: dict[TopicPartition, int] = {}
-        couriers = [c for c in self._couriers.values() if not c.idle]
+        couriers = [c for c in self._busy() if not c.idle]
         for courier in couriers:
             offsets.update(courier.to_commit())
         if offsets:
@@ -369,11 +510,16 @@ class Reader:
             self._unheld.pop(tp, None)
             self._started_from.discard(tp)
             self._starting.discard(tp)
+            self._hot.pop(tp, None)
+            self._cool.pop(tp, None)
 
     async def _assigned(self, assigned: set[TopicPartition]) -> None:
         # fetching may begin before this runs: records of a partition whose start is not
         # settled yet are handed to no courier (`_hand_out`) until `_settle_starts`
         self._starting |= assigned - self._started_from
+        self._heat(assigned)  # read here until they bring nothing for a while
+        self._reading = None  # a new assignment is unpaused: set again
+        self._rewatch()
 
     async def _settle_starts(self) -> None:
         """Start the partitions the group has no committed offset for where the

@@ -3,6 +3,9 @@
 A role whose broker is frozen or gone sees no input and fails nothing, so its own parts
 look fine: `ClusterWatch` asks the cluster for its metadata every
 `health.probe_interval_s` and reports the answer as the shared part `kafka` of `Health`.
+It asks about the bus's topics alone (never creating one): the metadata of every topic of a
+cluster of thousands of subscriptions is megabytes, and decoding it every probe was a good
+part of an idle delivery process's CPU.
 - no answer within `ANSWER_TIMEOUT_S`: not ready (the broker may come back: never fatal);
 - a topic the bus needs is gone: not ready, and once that lasted `health.give_up_after_s`,
   `Health.fail` (the process exits non-zero: a supervisor restarts it, and the start says
@@ -17,11 +20,13 @@ import logging
 import time
 from collections.abc import Sequence
 
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaClient
+from aiokafka.errors import KafkaError, NodeNotReadyError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from streams.config import Settings
 from streams.health import Health
-from streams.kafka.clients import make_consumer
+from streams.kafka.transport import security_options
 
 __all__ = ["ANSWER_TIMEOUT_S", "ClusterWatch"]
 
@@ -38,11 +43,17 @@ class ClusterWatch:
         self.health = health
         self.topics = tuple(topics)
         self.part = health.shared("kafka")
-        self._consumer = make_consumer(settings, "watch")
+        kafka = settings.kafka
+        self._client = AIOKafkaClient(
+            bootstrap_servers=kafka.bootstrap_servers,
+            client_id=f"{kafka.client_id}-watch",
+            request_timeout_ms=int(ANSWER_TIMEOUT_S * 1000),
+            **security_options(kafka),
+        )
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self._consumer.start()
+        await self._client.bootstrap()
         self._task = asyncio.create_task(self._watch(), name="cluster-watch")
 
     async def stop(self) -> None:
@@ -51,7 +62,16 @@ class ClusterWatch:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self._consumer.stop()
+        await self._client.close()
+
+    async def _present(self) -> set[str]:
+        """Which of the bus's topics the cluster has (asked without creating any)."""
+        node = self._client.get_random_node()
+        if node is None:
+            raise NodeNotReadyError("no broker known")
+        request = MetadataRequest(list(self.topics), allow_auto_topic_creation=False)
+        response = await self._client.send(node, request)
+        return {t["topic"] for t in response.to_object()["topics"] if t["error_code"] == 0}
 
     async def _watch(self) -> None:
         missing_since: float | None = None
@@ -59,7 +79,7 @@ class ClusterWatch:
         while True:
             try:
                 async with asyncio.timeout(ANSWER_TIMEOUT_S):
-                    present = await self._consumer.topics()
+                    present = await self._present()
             except (KafkaError, OSError, TimeoutError) as exc:
                 if self.part.broken_reason is None:
                     log.warning("the Kafka cluster at %s does not answer", where)

@@ -668,3 +668,48 @@ async def test_a_subscription_added_while_others_deliver_redelivers_nothing(
         await dispatcher.stop()
     seqs = [r.event["data"]["seq"] for r in first.accepted]
     assert sorted(seqs) == list(range(110))  # once each
+
+
+async def test_an_idle_subscription_is_watched_not_fetched_and_its_next_events_arrive(
+    settings: Settings,
+    store: SubscriptionStore,
+    writer: Writer,
+    receivers: list[Receiver],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Partitions that bring nothing leave the consumer's fetches (a second consumer
+    long-polls them): the first events after a quiet spell are still delivered, once each,
+    in key order, and committed."""
+    monkeypatch.setattr("connectors.reader._COOL_S", 0.5)
+    monkeypatch.setattr("connectors.reader._SWEEP_S", 0.2)
+    receiver = await Receiver().start()
+    receivers.append(receiver)
+    await store.put(subscription("quiet", receiver.url))
+    dispatcher = await dispatcher_for(settings, store, fast())
+    deliver = Topics(settings.kafka.topic_prefix).deliver("quiet")
+    reader = dispatcher._reader
+    try:
+        await writer.write("quiet", [(i, pseudonym(i % 5)) for i in range(20)])
+        await until(lambda: len(receiver.accepted) >= 20)
+
+        def cool() -> bool:  # every partition paused in the consumer, none for back-pressure
+            mine = {tp for tp in reader._consumer.assignment() if tp.topic == deliver}
+            return (
+                len(mine) == 3 and mine <= reader._consumer.paused() and not reader.paused(deliver)
+            )
+
+        await until(cool)
+        await writer.write("quiet", [(i, pseudonym(i % 5)) for i in range(20, 60)])
+        await until(lambda: len(receiver.accepted) >= 60)
+    finally:
+        await dispatcher.stop()
+    seqs = [r.event["data"]["seq"] for r in receiver.accepted]
+    assert sorted(seqs) == list(range(60))  # once each
+    assert in_key_order(receiver.accepted, lambda seq: pseudonym(seq % 5))
+    admin = make_admin(settings.kafka)
+    await admin.start()
+    try:
+        now = await admin.list_consumer_group_offsets(Groups(settings.kafka.topic_prefix).delivery)
+    finally:
+        await admin.close()
+    assert sum(o.offset for tp, o in now.items() if tp.topic == deliver) == 60
