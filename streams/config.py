@@ -12,6 +12,7 @@ import binascii
 import ipaddress
 import os
 import re
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -453,12 +454,28 @@ class PublishGrant(BaseModel):
 
 
 class SubscribeGrant(BaseModel):
-    """What a subscriber may receive: its purpose binding."""
+    """What a subscriber may receive: its purpose binding (`streams.routing.grants`).
+
+    `types` are glob patterns. `fields` bounds, per event type (its exact name), the data
+    fields (dotted paths) its subscriptions may see: one asking for more is refused, one asking
+    for none gets these. `filters`, per event type, are filter expressions ANDed with every
+    subscription's own (gemeente-0363 receives moves that involve 0363 only, whatever it
+    sends). `volgindicaties`: whether it may follow persons (BRP afnemersindicaties)."""
 
     model_config = _FROZEN
 
     types: tuple[str, ...] = ()
     purpose: str = ""
+    fields: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    filters: dict[str, tuple[dict[str, Any], ...]] = Field(default_factory=dict)
+    volgindicaties: bool = False
+
+    @model_validator(mode="after")
+    def _bounds_granted_types(self) -> SubscribeGrant:
+        for key in (*self.fields, *self.filters):
+            if not any(fnmatchcase(key, pattern) for pattern in self.types):
+                raise ValueError(f"subscribe: {key} has fields or filters but is not in types")
+        return self
 
 
 # A Kafka principal as `StandardAuthorizer` names a user (a SASL name, a certificate's

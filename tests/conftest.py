@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from aiokafka.structs import ConsumerRecord
+from clients import SUBSCRIBERS
 from keys import PSEUDONYM_KEY, SECRETS_KEY
 from sweeper import Sweeper
 
@@ -124,8 +125,9 @@ def sweeper(kafka_cluster: KafkaSettings) -> Iterator[Sweeper]:
 def settings(
     kafka_cluster: KafkaSettings, topics: Topics, tmp_path: Path, sweeper: Sweeper
 ) -> Iterator[Settings]:
-    """Settings for one test: the session broker, this test's topics, the test keys. Its
-    topics are deleted some time after it ends."""
+    """Settings for one test: the session broker, this test's topics, the test keys, and the
+    subscribers of `clients` (owners with a grant of everything). Its topics are deleted
+    some time after it ends."""
     yield Settings(
         mode="test",
         # one broker: one replica, said explicitly (production refuses it otherwise)
@@ -138,6 +140,7 @@ def settings(
             deliver_partitions=3,
         ),
         security={"pseudonym_key": PSEUDONYM_KEY, "secrets_key": SECRETS_KEY},  # type: ignore[arg-type]
+        clients=SUBSCRIBERS,
     )
     sweeper.finished(topics.prefix)
 

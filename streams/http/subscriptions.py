@@ -2,7 +2,8 @@
 
 `add_subscription_routes(app, settings=..., store=...)` mounts the routes on the app that
 `make_api` builds. A subscriber sees and changes only its own subscriptions, an operator all
-of them; the types of a subscription must lie within its owner's purpose binding. Every
+of them; a subscription must lie within its owner's grant (`streams.routing.grants`: types,
+fields, volgindicaties), also when an operator writes it. Every
 write waits for the store (durable, and visible in this process) before answering.
 The signing secret is answered once, when the subscription is created. A volgindicatie's BSN
 is kept only as its pseudonym and never answered, logged or echoed.
@@ -39,6 +40,7 @@ from streams.http.kit import (
     parse_json,
     read_body,
 )
+from streams.routing.grants import Grants
 from streams.routing.intake import (
     check_purpose,
     client_of,
@@ -79,6 +81,8 @@ class _Subscriptions:
         self.max_body = settings.http.max_event_bytes
         self.timeout_s = settings.kafka.request_timeout_s
         self.sinks = SinkPolicy.from_settings(settings)
+        # intake holds a subscription to its owner's grant; the store binds what it hands out
+        self.grants = Grants.from_settings(settings)
         # read-modify-write of one subscription, one request at a time (in this process)
         self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -102,6 +106,7 @@ class _Subscriptions:
             "signingSecret": secret,
         }
         subscription = self._validate(body, server)
+        self.grants.check(subscription)
         self._check_sink(subscription)
         await self._callback_check(subscription)
         await self._write(self.store.put(subscription))
@@ -132,6 +137,8 @@ class _Subscriptions:
             # removes, so a replace cannot undo a volgindicatie set meanwhile elsewhere
             server = {name: record[name] for name in kept if name in record}
             subscription = self._validate(_unmasked(body, existing), server)
+            # the owner's grant, also when an operator writes it
+            self.grants.check(subscription)
             self._check_sink(subscription)
             await self._callback_check(subscription)
             await self._write(self.store.put(subscription))
@@ -153,6 +160,7 @@ class _Subscriptions:
     async def follow(self, request: web.Request) -> web.Response:
         client = self._caller(request)
         existing = await self._own(request, client)
+        self.grants.check_volgindicaties(existing)
         key = self._pseudonym(request)
         einddatum = await self._einddatum(request)
         # one record per volgindicatie: no read-modify-write, so no lock and no lost update

@@ -2,9 +2,10 @@
 
 These work on a `SubscriptionStore` directly, with operator rights, where the Kafka cluster is
 reachable. An entry has the JSON shape of the HTTP API plus `id` (required for `apply`) and
-`owner` (a configured client); `purpose` defaults as in the API. The owner's purpose binding
-must cover every type. Fields only the bus sets (`created`, `status`, `volgindicaties`,
-`signingSecret`) are ignored; an existing subscription keeps them. No callback check is made.
+`owner` (a configured client); `purpose` defaults as in the API. The owner's grant must cover
+it (`streams.routing.grants`: types, fields, volgindicaties), as in the API. Fields only the
+bus sets (`created`, `status`, `volgindicaties`, `signingSecret`) are ignored; an existing
+subscription keeps them. No callback check is made.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from streams.auth import Authenticator, Forbidden
 from streams.config import Settings
 from streams.delivery.sinks import SinkPolicy, SinkRefused
 from streams.exceptions import GemeentebusError, TopicsRefused
+from streams.routing.grants import Grants
 from streams.routing.intake import (
     check_purpose,
     client_of,
@@ -110,6 +112,7 @@ def prepare(
     if not isinstance(entries, list):
         raise InvalidSubscriptions(["the file must hold a list of subscriptions"])
     auth = Authenticator(settings)
+    grants = Grants.from_settings(settings)
     plans: list[Applied] = []
     errors: list[str] = []
     seen: set[str] = set()
@@ -123,7 +126,7 @@ def prepare(
         if isinstance(sub_id, str) and sub_id in seen:
             errors.append(f"{where}: id: listed twice")
         seen.add(str(sub_id))
-        found = _plan(settings, auth, entry, sub_id, existing)
+        found = _plan(settings, auth, grants, entry, sub_id, existing)
         if isinstance(found, Applied):
             plans.append(found)
         else:
@@ -136,6 +139,7 @@ def prepare(
 def _plan(
     settings: Settings,
     auth: Authenticator,
+    grants: Grants,
     entry: Mapping[str, Any],
     sub_id: object,
     existing: Mapping[str, Subscription],
@@ -164,6 +168,10 @@ def _plan(
     except ValidationError as exc:
         found = validation_errors(exc, given)
         return [f"{e['path'] or 'subscription'}: {e['message']}" for e in found]
+    try:  # the owner's grant binds the operator too (`streams.routing.grants`)
+        grants.check(subscription)
+    except Forbidden as exc:
+        return [f"{exc.code}: {exc.message}"]
     if subscription.protocol == "HTTP":
         try:  # the API's rule (`streams.delivery.sinks`): operators are held to it too
             SinkPolicy.from_settings(settings).check_url(subscription.sink)

@@ -4,9 +4,10 @@
 pairs their compiled filters pin (`Filter.pins`: every match carries one of them). An event
 looks up its own attribute values, so a thousand subscriptions for other gemeenten cost
 nothing; subscriptions without pins are checked with their compiled predicate. Volgindicaties
-add a followed person's events regardless of filters (SPEC §4). A `Matcher` applies one
-subscription's *current* filters, volgindicaties and fields to records read back from an
-events topic (replays, reconciliation).
+add a followed person's events regardless of its own filters (SPEC §4), never past the
+filters its owner's grant requires (`Subscription.filter_for`, `required_for`). A `Matcher`
+applies one subscription's *current* filters, volgindicaties and fields to records read back
+from an events topic (replays, reconciliation).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class SubscriptionIndex:
     def __init__(self, subscriptions: Iterable[Subscription] = ()) -> None:
         self._subscriptions: dict[str, Subscription] = {}
         self._by_type: dict[str, _TypeIndex] = {}
-        self._pins: dict[str, frozenset[Pin] | None] = {}
+        self._pins: dict[str, dict[str, frozenset[Pin] | None]] = {}  # id -> type -> pins
         self._followers: dict[str, dict[str, Subscription]] = {}
         self.predicates_evaluated = 0
         for subscription in subscriptions:
@@ -100,9 +101,9 @@ class SubscriptionIndex:
             self._followers.setdefault(pseudonym, {})[subscription.id] = subscription
         if subscription.volgindicaties_only:
             return
-        pins = _pins(subscription)
-        self._pins[subscription.id] = pins
+        by_type = self._pins[subscription.id] = {}
         for event_type in subscription.types:
+            pins = by_type[event_type] = _pins(subscription, event_type)
             bucket = self._by_type.setdefault(event_type, _TypeIndex())
             if pins is None:
                 bucket.unpinned[subscription.id] = subscription
@@ -137,13 +138,13 @@ class SubscriptionIndex:
                 self._followers.pop(pseudonym, None)
         if subscription.volgindicaties_only:
             return
-        pins = self._pins.pop(subscription_id)
+        by_type = self._pins.pop(subscription_id)
         for event_type in subscription.types:
             bucket = self._by_type.get(event_type)
             if bucket is None:
                 continue
             bucket.unpinned.pop(subscription_id, None)
-            for name, value in pins or ():
+            for name, value in by_type[event_type] or ():
                 by_value = bucket.pinned[name]
                 by_value[value].pop(subscription_id, None)
                 if not by_value[value]:
@@ -161,6 +162,7 @@ class SubscriptionIndex:
         """
         found: dict[str, Subscription] = {}
         bucket = self._by_type.get(event.type)
+        attributes: dict[str, str] | None = None
         if bucket is not None:
             attributes = event_attributes(event)
             candidates = dict(bucket.unpinned)
@@ -172,7 +174,7 @@ class SubscriptionIndex:
                 if subscription.source is not None and subscription.source != event.source:
                     continue
                 self.predicates_evaluated += 1
-                if subscription.filter(attributes):
+                if subscription.filter_for(event.type)(attributes):
                     found[subscription.id] = subscription
         if pseudonym is not None:
             for subscription in self._followers.get(pseudonym, {}).values():
@@ -180,14 +182,22 @@ class SubscriptionIndex:
                     continue
                 if subscription.source is not None and subscription.source != event.source:
                     continue
-                if subscription.volgindicatie_active(pseudonym, today):
-                    found[subscription.id] = subscription
+                if not subscription.volgindicatie_active(pseudonym, today):
+                    continue
+                # the grant's required filter binds a followed person's events as well
+                required = subscription.required_for(event.type)
+                if required is not None:
+                    attributes = attributes or event_attributes(event)
+                    if not required(attributes):
+                        continue
+                found[subscription.id] = subscription
         return [found[key] for key in sorted(found)]
 
 
-def _pins(subscription: Subscription) -> frozenset[Pin] | None:
-    """The (attribute, value) pairs to index a subscription under; None: check it always."""
-    pins = subscription.filter.pins
+def _pins(subscription: Subscription, event_type: str) -> frozenset[Pin] | None:
+    """The (attribute, value) pairs to index a subscription under for one type (its filters
+    and its grant's); None: check it always."""
+    pins = subscription.filter_for(event_type).pins
     if pins is None and subscription.source is not None:
         return frozenset({("source", subscription.source)})  # `source` is an exact match too
     return pins

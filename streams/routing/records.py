@@ -39,6 +39,7 @@ from typing import Final
 
 from pydantic import TypeAdapter
 
+from streams.routing.grants import Grants
 from streams.routing.retirements import Retirement, version_of
 from streams.routing.sealing import Keyring, open_record, seal_record
 from streams.routing.subscriptions import Subscription
@@ -69,8 +70,12 @@ class Applied:
 class Records:
     """The subscription set as the records read so far make it (one reader owns it)."""
 
-    def __init__(self, keyring: Keyring, *, accept_clear: bool = False) -> None:
+    def __init__(
+        self, keyring: Keyring, *, accept_clear: bool = False, grants: Grants | None = None
+    ) -> None:
         self.keyring = keyring
+        # what it hands out is bound to its owner's current grant (None: unbound)
+        self.grants = grants
         self._accept_clear = accept_clear  # clear-text secrets let through: `secrets rotate`
         self.subscriptions: dict[str, Subscription] = {}  # with their volgindicaties
         self.sealed_with: dict[str, frozenset[str]] = {}  # the key ids of each record's secrets
@@ -114,9 +119,25 @@ class Records:
         self.versions[subscription_id] = version_of(bytes(value or b""), place)
         followed = {**subscription.volgindicaties, **self._followed.get(subscription_id, {})}
         update = {"volgindicaties": followed, "status": self._status(subscription_id)}
-        merged = subscription.model_copy(update=update)
+        merged = self._bind(subscription.model_copy(update=update))
         self.subscriptions[subscription_id] = merged
         return Applied(subscription_id, merged)
+
+    def regrant(self, grants: Grants) -> list[Subscription]:
+        """Bind every subscription to `grants` from now on; those whose binding changed, as
+        handed out now."""
+        before, self.grants = self.grants, grants
+        changed = []
+        for subscription_id, current in list(self.subscriptions.items()):
+            if before is not None and before.owner(current.owner) == grants.owner(current.owner):
+                continue  # the same grant binds it the same way
+            rebound = grants.bind(current)
+            self.subscriptions[subscription_id] = rebound
+            changed.append(rebound)
+        return changed
+
+    def _bind(self, subscription: Subscription) -> Subscription:
+        return subscription if self.grants is None else self.grants.bind(subscription)
 
     def retire(self, retirement: Retirement) -> Subscription | None:
         """Fold one retirement in (a `version` of None withdraws it); the subscription as
@@ -168,6 +189,11 @@ class Records:
             live[pseudonym] = self._records[subscription_id].volgindicaties[pseudonym]
         else:
             live.pop(pseudonym, None)
+        if self.grants is not None and self.grants.volgindicaties_matter(merged):
+            rebound = self.grants.bind(merged)  # followed persons its grant does not allow
+            if rebound.suspension != merged.suspension:
+                self.subscriptions[subscription_id] = rebound
+                return Applied(subscription_id, rebound)
         return Applied(subscription_id, merged, pseudonym, following=pseudonym in live)
 
     # -- writing ----------------------------------------------------------------------------

@@ -112,10 +112,11 @@ class Router:
         outputs: list[Output] = []
         encoded: dict[tuple[str, ...] | None, KafkaRecord] = {}  # same fields, same bytes
         for subscription in self.store.index.match(event, person, today):
-            record = encoded.get(subscription.fields)
+            fields = subscription.fields_for(event.type)
+            record = encoded.get(fields)
             if record is None:
                 record = delivery_record(self._projected(event, subscription), key)
-                encoded[subscription.fields] = record
+                encoded[fields] = record
             outputs.append((self.topics.deliver(subscription.id), record))
         return outputs
 

@@ -22,6 +22,10 @@ Consistency, in offsets of those topics:
   per batch, so an event published after `put` returned is matched against that `put`);
 - `put`/`delete` return only once their own write is applied here (read-your-writes).
 
+What the store hands out is bound to each owner's current grant (`streams.routing.grants`,
+from `settings.clients`; `regrant` for a changed configuration): a subscription the grant
+no longer covers is suspended, out of the index, until it is covered again.
+
 Webhook secrets are sealed (`streams.routing.sealing`, key `security.secrets_key`): a
 record whose secret does not open is refused and not applied. The store keeps what it had
 for that id, logs the id and the reason code (never the value), counts it in
@@ -64,6 +68,7 @@ from streams.kafka.topics import (
 )
 from streams.retry import RetryPolicy
 from streams.routing import retirements
+from streams.routing.grants import Grants
 from streams.routing.matching import SubscriptionIndex
 from streams.routing.records import Applied, Records
 from streams.routing.sealing import Keyring, SealRefused
@@ -108,7 +113,10 @@ class SubscriptionStore:
         self.index = SubscriptionIndex()
         self.changes: list[Change] = []
         self._name = name
-        self._records = Records(Keyring.from_settings(settings), accept_clear=accept_clear)
+        self.grants = Grants.from_settings(settings)
+        self._records = Records(
+            Keyring.from_settings(settings), accept_clear=accept_clear, grants=self.grants
+        )
         self.refused: dict[str, str] = {}
         # When each volgindicatie was set (ms, its record's time): replays start no earlier.
         self._since: dict[str, dict[str, int]] = {}
@@ -229,6 +237,15 @@ class SubscriptionStore:
         async with self._moved:
             await self._moved.wait_for(lambda: check(self._all.get(subscription_id)))
         return self._all.get(subscription_id)
+
+    def regrant(self, settings: Settings) -> None:
+        """Bind every subscription to the grants of `settings.clients` from now on (a changed
+        configuration): a subscription its owner's grant no longer covers is suspended at
+        once, one covered again resumes; the change listeners hear of each."""
+        self.grants = Grants.from_settings(settings)
+        for subscription in self._records.regrant(self.grants):
+            self.index.upsert(subscription)
+            self._announce(subscription.id, subscription)
 
     # -- writing ------------------------------------------------------------------------
 

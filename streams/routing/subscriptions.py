@@ -6,13 +6,21 @@ every `fields` entry names a field of one of its types, its filters compile (onc
 Volgindicaties (BRP afnemersindicaties) are stored only as BSN pseudonyms, never as BSNs; a
 followed person's events reach the subscription whatever its filters, and a subscription with
 `volgindicatiesOnly` receives nothing else (the BRP afnemer who follows named persons only).
+
+A subscription as the subscription set hands it out is *bound* to its owner's current grant
+(`streams.routing.grants`, `Binding`): per type, the grant's required filters ANDed with its
+own (`filter_for`, `required_for`) and the fields it receives (`fields_for`); or it is
+suspended (`suspension`), and then not `active`: nothing is routed, replayed or delivered.
+A binding is never stored: `record_dict` is what the client and the operator gave.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
@@ -34,9 +42,11 @@ from streams.routing.filters import Filter, compile_filters
 
 __all__ = [
     "CONTENT_TYPES",
+    "Binding",
     "Projection",
     "SinkCredential",
     "Subscription",
+    "Suspension",
     "new_subscription_id",
     "projection",
     "schema_fields",
@@ -81,6 +91,29 @@ class SinkCredential(BaseModel):
     access_token_expires_utc: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Suspension:
+    """Why a subscription receives nothing now: its owner's current grant does not cover it.
+    `code` is stable (`owner_unknown`, `not_a_subscriber`, `type_not_granted`,
+    `fields_not_granted`, `volgindicaties_not_granted`); `message` names no personal data."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Binding:
+    """What the owner's current grant makes of a subscription, per event type: `filters` the
+    subscription's own ANDed with the grant's, `required` the grant's alone (they bind a
+    volgindicatie's events too), `fields` what it receives (None: the whole record).
+    A type missing from a mapping is unbound. `suspension` set: it receives nothing."""
+
+    filters: Mapping[str, Filter] = dataclasses.field(default_factory=dict)
+    required: Mapping[str, Filter] = dataclasses.field(default_factory=dict)
+    fields: Mapping[str, tuple[str, ...] | None] = dataclasses.field(default_factory=dict)
+    suspension: Suspension | None = None
+
+
 class Subscription(BaseModel):
     """One subscription; build it with `Subscription.model_validate(json)` or keywords."""
 
@@ -109,6 +142,7 @@ class Subscription(BaseModel):
 
     _filter: Filter = PrivateAttr()
     _projections: dict[str, Projection] = PrivateAttr(default_factory=dict)
+    _binding: Binding | None = PrivateAttr(default=None)
 
     @field_validator("types")
     @classmethod
@@ -162,8 +196,36 @@ class Subscription(BaseModel):
 
     @property
     def active(self) -> bool:
-        """Whether the subscription receives events at all."""
-        return self.status == "active"
+        """Whether the subscription receives events at all (not retired, not suspended)."""
+        return self.status == "active" and self.suspension is None
+
+    @property
+    def suspension(self) -> Suspension | None:
+        """Why the owner's current grant suspends it (None: it does not)."""
+        return self._binding.suspension if self._binding is not None else None
+
+    def bound(self, binding: Binding) -> Subscription:
+        """A copy bound to its owner's current grant (sharing the live volgindicaties)."""
+        copy = self.model_copy()
+        copy._binding, copy._projections = binding, {}
+        return copy
+
+    def filter_for(self, event_type: str) -> Filter:
+        """The filter an event of this type must pass: its own, ANDed with the grant's."""
+        if self._binding is not None and event_type in self._binding.filters:
+            return self._binding.filters[event_type]
+        return self._filter
+
+    def required_for(self, event_type: str) -> Filter | None:
+        """The grant's required filter of this type alone (None: there is none)."""
+        return self._binding.required.get(event_type) if self._binding is not None else None
+
+    def fields_for(self, event_type: str) -> tuple[str, ...] | None:
+        """The fields of an event of this type it receives (None: the whole record): its
+        own `fields`, or, asking for none, the grant's set."""
+        if self._binding is not None and event_type in self._binding.fields:
+            return self._binding.fields[event_type]
+        return self.fields
 
     def volgindicatie_active(self, pseudonym: str, today: date) -> bool:
         """Whether this subscription follows the person with this pseudonym on `today`."""
@@ -190,6 +252,10 @@ class Subscription(BaseModel):
         public = self.model_dump(mode="json", exclude={"volgindicaties", "signing_secret"})
         if self.sink_credential is not None:
             public["sinkCredential"]["accessToken"] = MASK
+        suspension = self.suspension
+        if suspension is not None and self.status == "active":
+            public["status"] = "suspended"
+            public["suspension"] = {"code": suspension.code, "message": suspension.message}
         return public
 
     def record_dict(self) -> dict[str, Any]:
@@ -211,18 +277,19 @@ class Subscription(BaseModel):
 def projection(subscription: Subscription, event_type: str) -> Projection:
     """The function that strips an event's data to the fields this subscription may see.
 
-    `fields=None` keeps everything the client's purpose allows (the whole record); otherwise
+    The fields are `Subscription.fields_for` the type: None keeps the whole record; otherwise
     only listed fields stay, nested records keep only their listed sub-fields, and `bsn`
     goes unless listed. Compiled once per (subscription, type).
     """
     cached = subscription._projections.get(event_type)
     if cached is not None:
         return cached
-    if subscription.fields is None:
+    fields = subscription.fields_for(event_type)
+    if fields is None:
         compiled: Projection = dict
     else:
         known = schema_fields(event_type)
-        tree = _tree(path for path in subscription.fields if path in known)
+        tree = _tree(path for path in fields if path in known)
         compiled = _compile_tree(tree)
     subscription._projections[event_type] = compiled
     return compiled

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiokafka.structs import ConsumerRecord
+from clients import OWNER
 from standardwebhooks import Webhook
 
 from connectors.dispatcher import Dispatcher
@@ -159,7 +160,7 @@ def subscription(sub_id: str, sink: str) -> Subscription:
         "protocol": "HTTP",
         "sinkCredential": {"accessToken": f"token-{sub_id}"},
         "types": [VERHUISD, ZAAK],
-        "owner": sub_id,
+        "owner": OWNER,
         "purpose": f"purpose of {sub_id}",
         "callbackCheck": False,
     }
@@ -713,3 +714,37 @@ async def test_an_idle_subscription_is_watched_not_fetched_and_its_next_events_a
     finally:
         await admin.close()
     assert sum(o.offset for tp, o in now.items() if tp.topic == deliver) == 60
+
+
+# -- revocation --------------------------------------------------------------------------------
+
+
+async def test_nothing_is_delivered_while_the_owners_grant_is_gone_and_all_once_it_is_back(
+    settings: Settings,
+    store: SubscriptionStore,
+    writer: Writer,
+    receivers: list[Receiver],
+) -> None:
+    """It used to deliver on: the courier never looked at the owner's grant again."""
+    control, revoked = (await Receiver().start(), await Receiver().start())
+    receivers.extend([control, revoked])
+    await store.put(subscription("control", control.url))
+    owned = subscription("revoked", revoked.url).model_copy(update={"owner": "gemeente-0363"})
+    await store.put(owned)
+    without = tuple(c for c in settings.clients if c.id != "gemeente-0363")
+    store.regrant(settings.model_copy(update={"clients": without}))  # the client is removed
+    suspended = store.get("revoked")
+    assert suspended is not None and suspended.suspension is not None
+    assert suspended.suspension.code == "owner_unknown"
+    dispatcher = await dispatcher_for(settings, store, fast())
+    try:
+        events = [(i, pseudonym(i)) for i in range(20)]
+        await writer.write("revoked", events)  # routed before the grant went
+        await writer.write("control", events)
+        await until(lambda: len(control.accepted) == 20)
+        assert revoked.requests == []  # no courier runs for it
+        store.regrant(settings)
+        await until(lambda: len(revoked.accepted) == 20)
+        assert sorted(r.event["data"]["seq"] for r in revoked.accepted) == list(range(20))
+    finally:
+        await dispatcher.stop()

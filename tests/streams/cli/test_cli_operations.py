@@ -10,6 +10,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from clients import clients_env
 from kafka_reading import transport_env
 from keys import PSEUDONYM_KEY, SECRETS_KEY
 
@@ -36,6 +37,8 @@ def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
         "GEMEENTEBUS_SECURITY__PSEUDONYM_KEY": PSEUDONYM_KEY,
         "GEMEENTEBUS_SECURITY__SECRETS_KEY": SECRETS_KEY,
     }
+    if "--config" not in args:  # the owners: their grants bind replays and reconciliations
+        env |= clients_env(settings)
     return subprocess.run(
         [sys.executable, "-m", "streams.cli", *args],
         capture_output=True,

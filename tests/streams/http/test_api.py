@@ -12,6 +12,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaProducer, TopicPartition
+from clients import OWNER
 from kafka_reading import consume
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -445,7 +446,7 @@ async def test_a_routing_failure_is_500_and_publishes_nothing(
                 "sink": "gemeentebus.deliver.alles",
                 "protocol": "KAFKA",
                 "types": [VERHUISD],
-                "owner": "alles",
+                "owner": OWNER,
                 "purpose": "test",
             }
         )

@@ -42,7 +42,11 @@ def bearer(client: str) -> dict[str, str]:
 def op_settings(settings: Settings) -> Settings:
     clients = [
         {"id": name, "token_sha256": hashlib.sha256(token.encode()).hexdigest()}
-        | ({"operator": True} if name == "beheer" else {"subscribe": {"types": [VERHUISD]}})
+        | (
+            {"operator": True}
+            if name == "beheer"
+            else {"subscribe": {"types": [VERHUISD, OVERLEDEN]}}
+        )
         for name, token in TOKENS.items()
     ]
     return settings.model_copy(update={"clients": Settings(clients=clients).clients})  # type: ignore[arg-type]

@@ -48,7 +48,7 @@ def with_clients(settings: Settings) -> Settings:
         ClientConfig(
             id="gemeente-0363",
             token_sha256=_sha(TOKENS["gemeente"]),
-            subscribe={"types": ["nl.brp.*"], "purpose": PURPOSE},  # type: ignore[arg-type]
+            subscribe={"types": ["nl.brp.*"], "purpose": PURPOSE, "volgindicaties": True},  # type: ignore[arg-type]
         ),
         ClientConfig(
             id="gemeente-0344",

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import RecordsToDelete
+from clients import OWNER
 
 from streams.config import Settings
 from streams.contract.attributes import OVERLEDEN, VERHUISD, ZAAK_GEMUTEERD, pseudonym
@@ -43,7 +44,7 @@ def subscription(id_: str, **extra: Any) -> Subscription:
             "sink": f"deliver.{id_}",
             "protocol": "KAFKA",
             "types": [VERHUISD, OVERLEDEN, ZAAK_GEMUTEERD],
-            "owner": id_,
+            "owner": OWNER,
             "purpose": "test",
             "fields": FIELDS,
             **extra,

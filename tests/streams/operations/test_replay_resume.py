@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from clients import clients_env
 from kafka_reading import transport_env
 from keys import PSEUDONYM_KEY, SECRETS_KEY
 from test_replay import publish, replayed, subscription
@@ -42,6 +43,7 @@ OPERATOR = {
 @asynccontextmanager
 async def api_process(settings: Settings, log: Path) -> AsyncIterator[tuple[Any, str]]:
     """`gemeentebus run --role api` with slow replays and a 2 s lease; yields (process, URL)."""
+    owners = clients_env(settings)
     env = {
         **os.environ,
         **transport_env(settings),
@@ -54,7 +56,8 @@ async def api_process(settings: Settings, log: Path) -> AsyncIterator[tuple[Any,
         "GEMEENTEBUS_REPLAY__RATE": "150",
         "GEMEENTEBUS_REPLAY__CHECKPOINT_EVERY": "25",
         "GEMEENTEBUS_REPLAY__LEASE_S": "2",
-        "GEMEENTEBUS_CLIENTS": json.dumps([OPERATOR]),
+        # the operator, and the owners of the test's subscriptions (their grants bind replays)
+        "GEMEENTEBUS_CLIENTS": json.dumps([OPERATOR, *json.loads(owners["GEMEENTEBUS_CLIENTS"])]),
     }
     with log.open("ab") as stderr:
         process = await asyncio.create_subprocess_exec(

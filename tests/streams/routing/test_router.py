@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from clients import OWNER
 
 from streams.config import Settings
 from streams.contract import codec
@@ -66,7 +67,7 @@ def subscription(id_: str, types: list[str], **extra: Any) -> Subscription:
             "sink": f"gemeentebus.deliver.{id_}",
             "protocol": "KAFKA",
             "types": types,
-            "owner": id_,
+            "owner": OWNER,
             "purpose": "test",
             **extra,
         }

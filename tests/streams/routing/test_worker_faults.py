@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from clients import OWNER
 
 from streams.chaos.rawnames import RawName, send_raw_named
 from streams.config import HttpSettings, Settings
@@ -108,7 +109,7 @@ def _subscription(id_: str, types: list[str], **extra: Any) -> Subscription:
             "sink": f"gemeentebus.deliver.{id_}",
             "protocol": "KAFKA",
             "types": types,
-            "owner": id_,
+            "owner": OWNER,
             "purpose": "test",
             **extra,
         }

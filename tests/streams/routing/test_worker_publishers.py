@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from clients import OWNER, subscriber
 
 from streams.config import ClientConfig, Settings
 from streams.contract.attributes import OVERLEDEN, VERHUISD
@@ -44,7 +45,8 @@ def _publisher(id_: str) -> ClientConfig:
 async def publishing(settings: Settings) -> AsyncIterator[Settings]:
     """This test's settings with two Kafka publishers, `brp` and `brp-b` (moves from the BRP
     only), and every bus topic created, theirs included."""
-    settings = settings.model_copy(update={"clients": (_publisher("brp"), _publisher("brp-b"))})
+    clients = (subscriber(OWNER), _publisher("brp"), _publisher("brp-b"))
+    settings = settings.model_copy(update={"clients": clients})
     ids = [c.id for c in settings.kafka_publishers()]
     await create_topics(settings.kafka, bus_topics(settings.kafka, registry().types(), ids))
     yield settings
@@ -58,7 +60,7 @@ def _subscription(id_: str, protocol: str, types: list[str]) -> Subscription:
             "sink": sink,
             "protocol": protocol,
             "types": types,
-            "owner": id_,
+            "owner": OWNER,
             "purpose": "test",
         }
     )
