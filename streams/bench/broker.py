@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaError
 from pydantic import SecretStr
 
 from connectors.kafka_local import LocalKafka, fetch_jars, free_port_range
-from streams.config import ENV, SecuritySettings, Settings
+from streams.config import ENV, ClientConfig, SecuritySettings, Settings, SubscribeGrant
 from streams.contract import codec
 from streams.contract.attributes import partition_key
 from streams.contract.rules import dutch_today
@@ -52,6 +52,14 @@ log = logging.getLogger(__name__)
 
 # Synthetic data only: the bench never needs (or sees) the production pseudonym key.
 BENCH_PSEUDONYM_KEY: Final = "gemeentebus-bench"
+# The owner of the bench's subscriptions: routing binds each to its owner's grant, so the
+# bench's settings configure it (every type, volgindicaties; its token is never used).
+BENCH_OWNER: Final = "bench"
+_BENCH_CLIENT: Final = ClientConfig(
+    id=BENCH_OWNER,
+    token_sha256="0" * 64,
+    subscribe=SubscribeGrant(types=("*",), purpose="bench", volgindicaties=True),
+)
 # The key its subscriptions' webhook secrets are sealed with: 32 bytes, base64 (bench only).
 BENCH_SECRETS_KEY: Final = "Z2VtZWVudGVidXMtYmVuY2gtc2VjcmV0cy1rZXktMzI="
 _PUBLISHER_KEY: Final = b"bench"
@@ -62,7 +70,8 @@ AIOKAFKA_WAIT_MS: Final = 500
 
 
 def namespace(settings: Settings, bootstrap: str, role: str, token: str) -> Settings:
-    """`settings` on `bootstrap`, with topics and groups of this run alone, and the bench key."""
+    """`settings` on `bootstrap`, with topics and groups of this run alone, the bench key, and
+    the bench's subscriber (`BENCH_OWNER`)."""
     prefix = f"{settings.kafka.topic_prefix[:16]}-bench-{token}-{role}"
     # The bench runs on one local broker: one replica, said explicitly.
     kafka = settings.kafka.model_copy(
@@ -82,7 +91,10 @@ def namespace(settings: Settings, bootstrap: str, role: str, token: str) -> Sett
     delivery = settings.delivery.model_copy(
         update={"allow_http": True, "allowed_private_sinks": LOOPBACK}
     )
-    return settings.model_copy(update={"kafka": kafka, "security": security, "delivery": delivery})
+    clients = (*(c for c in settings.clients if c.id != BENCH_OWNER), _BENCH_CLIENT)
+    return settings.model_copy(
+        update={"kafka": kafka, "security": security, "delivery": delivery, "clients": clients}
+    )
 
 
 async def publish(settings: Settings, topics: Sequence[str], n: int) -> None:

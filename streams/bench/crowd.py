@@ -46,7 +46,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from streams.bench.broker import delete_namespace, namespace
+from streams.bench.broker import BENCH_OWNER, delete_namespace, namespace
 from streams.bench.core import BenchContext, Figure
 from streams.bench.delivery import paced, percentiles, until
 from streams.bench.workers import cpu_s, rss_mb, spawn, stop
@@ -119,7 +119,7 @@ def subscription(
 ) -> Subscription:
     """A signed HTTP subscription of the bench."""
     return Subscription.model_validate(
-        {"id": sid, "sink": sink, "protocol": "HTTP", "types": types, "owner": "bench",
+        {"id": sid, "sink": sink, "protocol": "HTTP", "types": types, "owner": BENCH_OWNER,
          "purpose": "bench", "signingSecret": _SECRET, "filters": filters or []}
     )  # fmt: skip
 

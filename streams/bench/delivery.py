@@ -36,6 +36,7 @@ from aiohttp import web
 from connectors.attempts import CONCURRENCY
 from streams.bench.broker import (
     AIOKAFKA_WAIT_MS,
+    BENCH_OWNER,
     Clock,
     delete_topics,
     namespace,
@@ -205,7 +206,7 @@ async def _bus(
         secret = "whsec_" + b64encode(secrets.token_bytes(24)).decode()
         await store.put(Subscription.model_validate(
             {"id": _SUBSCRIPTION, "sink": receiver.url, "protocol": "HTTP",
-             "types": list(registry().types()), "owner": "bench", "purpose": "bench",
+             "types": list(registry().types()), "owner": BENCH_OWNER, "purpose": "bench",
              "signingSecret": secret}
         ))  # fmt: skip
         processes = [*await spawn(settings, 1, "worker"), *await spawn(settings, 1, "delivery")]

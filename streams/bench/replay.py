@@ -15,7 +15,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from streams.bench.broker import delete_topics, namespace, raw_read_seconds
+from streams.bench.broker import BENCH_OWNER, delete_topics, namespace, raw_read_seconds
 from streams.bench.core import BenchContext, Figure
 from streams.config import Settings
 from streams.contract.rules import dutch_today
@@ -73,7 +73,7 @@ async def replay_scenario(ctx: BenchContext) -> list[Figure]:
         await store.ready()
         subscription = Subscription.model_validate(
             {"id": "bench-replay", "sink": "bench-replay", "protocol": "KAFKA",
-             "types": list(registry().types()), "owner": "bench", "purpose": "bench"}
+             "types": list(registry().types()), "owner": BENCH_OWNER, "purpose": "bench"}
         )  # fmt: skip
         await store.put(subscription)
         replayer = Replayer(settings, store, rate=_UNLIMITED)

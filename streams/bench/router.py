@@ -16,7 +16,7 @@ import asyncio
 from datetime import date, datetime, timedelta
 from typing import Any, Final
 
-from streams.bench.broker import namespace
+from streams.bench.broker import BENCH_OWNER, namespace
 from streams.bench.codec import best_of
 from streams.bench.core import BenchContext, Figure
 from streams.contract.attributes import OVERLEDEN, VERHUISD
@@ -46,7 +46,7 @@ def _subscription(id_: str, **extra: Any) -> Subscription:
             "sink": f"gemeentebus.deliver.{id_}",
             "protocol": "KAFKA",
             "types": [VERHUISD, OVERLEDEN],
-            "owner": id_,
+            "owner": BENCH_OWNER,
             "purpose": "bench",
             **extra,
         }

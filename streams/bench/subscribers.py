@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from streams.bench.broker import BENCH_OWNER
 from streams.contract import gemeenten
 from streams.contract.attributes import OVERLEDEN, VERHUISD, ZAAK_GEMUTEERD
 from streams.contract.envelope import CloudEvent
@@ -165,7 +166,7 @@ def subscriptions(plan: Plan, base: str) -> list[Subscription]:
     secret = "whsec_" + b64encode(secrets.token_bytes(24)).decode()
     return [
         Subscription.model_validate({**body, "sink": f"{base}/{body['id']}", "protocol": "HTTP",
-                                     "owner": "bench", "purpose": "bench: national simulation",
+                                     "owner": BENCH_OWNER, "purpose": "bench: national simulation",
                                      "signingSecret": secret})
         for body in plan.bodies
     ]  # fmt: skip

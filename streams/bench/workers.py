@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -90,6 +91,10 @@ def _worker_env(settings: Settings) -> dict[str, str]:
         f"{ENV['prefix']}DELIVERY__ALLOWED_PRIVATE_SINKS": '["127.0.0.0/8", "::1/128"]',
         # every process serves /health and /ready: each on a port of its own
         f"{ENV['prefix']}HTTP__PORT": "0",
+        # the owners of the bench's subscriptions: routing binds each to its owner's grant
+        f"{ENV['prefix']}CLIENTS": json.dumps(
+            [c.model_dump(mode="json", exclude_none=True) for c in settings.clients]
+        ),
         ENV["pseudonym_key"]: BENCH_PSEUDONYM_KEY,
         ENV["secrets_key"]: BENCH_SECRETS_KEY,
     }

@@ -2,7 +2,8 @@
 
 `write_config` writes the YAML (JSON, which YAML reads) every process of a scenario reads:
 the brokers, a topic prefix of its own, a pseudonym key for synthetic data, and clients with
-tokens for the publisher, the subscribers and the operator. `Bus` starts role processes
+tokens for the publisher, the subscribers (granted every type and volgindicaties), the crowd
+and the operator. `Bus` starts role processes
 (each its own HTTP port on 127.0.0.1, stdout and stderr in a log file), kills, stops and
 restarts them by their own handles, and notes every exit it did not ask for.
 """
@@ -28,10 +29,12 @@ from connectors.kafka_local import free_port_range
 from streams.config import KafkaSettings
 from streams.contract.schemas import registry
 
-__all__ = ["OPERATOR", "PUBLISHER", "Bus", "Proc", "token", "write_config"]
+__all__ = ["CROWD", "OPERATOR", "PUBLISHER", "Bus", "Proc", "token", "write_config"]
 
 PUBLISHER: Final = "chaos-publisher"
 OPERATOR: Final = "chaos-operator"
+# The owner of the subscriptions a scenario writes into the store itself (`spread`).
+CROWD: Final = "chaos-crowd"
 PSEUDONYM_KEY: Final = "gemeentebus-chaos"  # synthetic data only
 _START_S: Final = 180.0  # a restart may wait out its group's session timeout first
 
@@ -75,7 +78,11 @@ def write_config(
     clients = [
         _client(PUBLISHER, publish={"types": types, "sources": ["*"]}),
         _client(OPERATOR, operator=True),
-        *(_client(s, subscribe={"types": types, "purpose": f"chaos {s}"}) for s in subscribers),
+        # every subscription's owner is a client whose grant covers it, or routing suspends it
+        *(
+            _client(s, subscribe={"types": types, "purpose": f"chaos {s}", "volgindicaties": True})
+            for s in (*subscribers, CROWD)
+        ),
     ]
     config = {
         "mode": "test",

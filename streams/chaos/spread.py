@@ -26,6 +26,7 @@ from typing import Final
 from aiohttp import web
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
+from streams.chaos.bus import CROWD
 from streams.chaos.checker import Arrival, Sent, Tally, tally
 from streams.chaos.core import ChaosContext, Outcome, Stage
 from streams.chaos.kills import exits_check, load_for, standard_sinks
@@ -94,7 +95,7 @@ def crowd_subscriptions(crowd: Crowd, n: int) -> list[Subscription]:
                 "protocol": "HTTP",
                 "types": types,
                 "filters": [{"suffix": {"id": suffix}}],
-                "owner": "chaos-crowd",
+                "owner": CROWD,
                 "purpose": "chaos crowd",
                 "callbackCheck": False,
                 "signingSecret": _SECRET,
