@@ -17,6 +17,7 @@ from pydantic.json_schema import models_json_schema
 
 from streams.operations.replay_log import ReplayStatus
 from streams.operations.replay_request import ReplayRequest
+from streams.routing.grants import CODES as GRANT_CODES
 from streams.routing.subscriptions import Subscription
 
 __all__ = ["OPENAPI_PATH", "document"]
@@ -47,7 +48,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
     why = {
         400: "invalid input: `code` says which, `errors` lists every field-level error",
         401: "no or an unknown bearer token",
-        403: "the client may not do this (its grant or role)",
+        403: "the client may not do this (its grant or role; a subscription beyond its "
+        "owner's grant: types, fields, volgindicaties)",
         404: "no such subscription (or not yours)",
         409: "refused in the current state",
         413: "the body is too large",
@@ -94,6 +96,17 @@ def _components() -> dict[str, Any]:
     found["SubscriptionRequest"] = request
     answer = found["Subscription"]
     answer["properties"].pop("volgindicaties", None)  # never shown (pseudonyms of persons)
+    # the owner's current grant may suspend it (`streams.routing.grants`), never stored
+    answer["properties"]["status"]["enum"] = ["active", "retired", "suspended"]
+    answer["properties"]["suspension"] = {
+        "type": "object",
+        "description": "why it receives nothing now: its owner's grant no longer covers it",
+        "required": ["code", "message"],
+        "properties": {
+            "code": {"type": "string", "enum": list(GRANT_CODES)},
+            "message": {"type": "string"},
+        },
+    }
     created = copy.deepcopy(answer)
     created["title"] = "CreatedSubscription"
     created["properties"]["signingSecret"] = {
@@ -106,7 +119,11 @@ def _components() -> dict[str, Any]:
         "required": ["status", "code", "message"],
         "properties": {
             "status": {"type": "integer"},
-            "code": {"type": "string", "description": "stable, for programs"},
+            "code": {
+                "type": "string",
+                "description": "stable, for programs; a 403 for a subscription beyond its "
+                "owner's grant: " + ", ".join(GRANT_CODES),
+            },
             "message": {"type": "string", "description": "for people"},
             "errors": {"type": "array", "items": {"type": "object"}},
         },
