@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import TopicPartition
+from clients import clients_env
 from kafka_reading import transport_env
 from keys import PSEUDONYM_KEY, SECRETS_KEY
 from test_dispatcher import Receiver, Writer, fast, pseudonym, record, subscription, until
@@ -162,6 +163,7 @@ async def spawn_delivery(settings: Settings, log: Path) -> asyncio.subprocess.Pr
     env = {
         **os.environ,
         **transport_env(settings),
+        **clients_env(settings),  # the owners: delivery binds each subscription to its grant
         "GEMEENTEBUS_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
         "GEMEENTEBUS_KAFKA__PARTITIONS": str(settings.kafka.partitions),
         "GEMEENTEBUS_KAFKA__DELIVER_PARTITIONS": str(settings.kafka.deliver_partitions),
