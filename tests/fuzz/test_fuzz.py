@@ -3,7 +3,7 @@
 - HTTP: hypothesis-drawn bad CloudEvents (structured, batch, binary, not JSON, wrong media
   type, too large, rules broken) posted to a running bus: every one a 4xx with a code, none
   a 5xx, none accepted. The schemathesis run over the whole API is in
-  tests/streams/http/test_openapi.py (`GEMEENTEBUS_FUZZ_INPUTS` sizes both).
+  tests/streams/http/test_openapi.py (`GEMEENTEBUS_SCHEMATHESIS_EXAMPLES` sizes it).
 - Kafka: hypothesis-drawn bad records into ingress (null, non-UTF-8 and missing headers,
   unknown types, truncated, trailing and random Avro, tombstones, oversize values, broken
   rules): every one in the invalid topic with its reason, none in an events topic, and the
