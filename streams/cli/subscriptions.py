@@ -23,7 +23,7 @@ def table(subscriptions: Iterable[Subscription]) -> str:
     """The subscriptions as an aligned text table, one line each."""
     header = ("ID", "OWNER", "PROTOCOL", "STATUS", "TYPES", "SINK")
     rows = [header] + [
-        (s.id, s.owner, s.protocol, s.status, ",".join(s.types), s.sink)
+        (s.id, s.owner, s.protocol, _status(s), ",".join(s.types), s.sink)
         for s in sorted(subscriptions, key=lambda s: (s.owner, s.id))
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
@@ -31,6 +31,12 @@ def table(subscriptions: Iterable[Subscription]) -> str:
         "  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]])
         for row in rows
     )
+
+
+def _status(subscription: Subscription) -> str:
+    suspension = subscription.suspension
+    shown = subscription.shown_status
+    return f"{shown} ({suspension.code})" if suspension and shown == "suspended" else shown
 
 
 def describe(applied: subs.Applied) -> str:

@@ -204,6 +204,14 @@ class Subscription(BaseModel):
         """Why the owner's current grant suspends it (None: it does not)."""
         return self._binding.suspension if self._binding is not None else None
 
+    @property
+    def shown_status(self) -> str:
+        """The status its owner and operators see: `suspended` while the owner's grant does
+        not cover it (never stored), else `status`."""
+        return (
+            "suspended" if self.suspension is not None and self.status == "active" else self.status
+        )
+
     def bound(self, binding: Binding) -> Subscription:
         """A copy bound to its owner's current grant (sharing the live volgindicaties)."""
         copy = self.model_copy()
@@ -253,7 +261,7 @@ class Subscription(BaseModel):
         if self.sink_credential is not None:
             public["sinkCredential"]["accessToken"] = MASK
         suspension = self.suspension
-        if suspension is not None and self.status == "active":
+        if suspension is not None and self.shown_status == "suspended":
             public["status"] = "suspended"
             public["suspension"] = {"code": suspension.code, "message": suspension.message}
         return public
