@@ -18,6 +18,8 @@ from streams.contract.envelope import CloudEvent
 from streams.exceptions import ConfigurationError
 from streams.routing.grants import Grants, covered
 from streams.routing.matching import SubscriptionIndex
+from streams.routing.records import Records, volgindicatie_key
+from streams.routing.sealing import Keyring
 from streams.routing.subscriptions import Subscription, projection
 
 KEY = b"test-pseudonym-key"
@@ -163,3 +165,20 @@ def test_a_grant_that_does_not_fit_its_types_is_refused_at_start() -> None:
     with pytest.raises(ConfigurationError, match="unknown type"):
         Grants((client("x", types=["nl.*"], fields={"nl.brp.bestaat-niet": ["bsn"]}),))
     Grants.from_settings(Settings(mode="test", clients=(GEMEENTE,)))  # a good one starts
+
+
+def test_a_volgindicatie_record_its_grant_does_not_allow_suspends_and_its_removal_resumes() -> None:
+    """A volgindicatie read after its subscription's record (compaction may order them so)."""
+    not_following = Grants((client("gemeente-0363", types=["*"]),))
+    records = Records(Keyring(bytes(32)), grants=not_following)
+    subscription = sub(types=[OVERLEDEN])
+    for key, value in records.put(subscription):
+        records.apply(key, value)
+    assert records.subscriptions["s"].active
+    person = pseudonym(BSN, KEY)
+    followed = records.apply(volgindicatie_key("s", person), b'{"einddatum": null}')
+    assert followed.pseudonym is None and followed.subscription is not None  # a whole change
+    assert followed.subscription.suspension is not None
+    assert followed.subscription.suspension.code == "volgindicaties_not_granted"
+    removed = records.apply(volgindicatie_key("s", person), None)
+    assert removed.subscription is not None and removed.subscription.active
