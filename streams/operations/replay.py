@@ -294,6 +294,7 @@ class Replayer:
                     else None
                 )
                 if event is not None:
+                    self._still_active(subscription.id)  # its owner's grant may have gone
                     status.matched += 1
                     await pace.take()
                     out = delivery_record(event.with_extensions(replay=status.id), record.key)
@@ -312,6 +313,14 @@ class Replayer:
             await reader.stop()
         status.state, status.finished_at = "done", datetime.now(UTC)
         await self._leases.save(status)
+
+    def _still_active(self, subscription_id: str) -> None:
+        """`ReplayError` once the subscription is retired, gone or suspended (its owner's
+        current grant no longer covers it): the replay stops, `failed`, saying why."""
+        current = self.store.get(subscription_id)
+        if current is None or not current.active:
+            why = current.shown_status if current is not None else "gone"
+            raise ReplayError(f"subscription {subscription_id} is {why}: the replay stopped")
 
     async def _checkpoint(self, status: ReplayStatus, pending: list[asyncio.Future[Any]]) -> None:
         await asyncio.gather(*pending)  # every record up to the positions is in the topic

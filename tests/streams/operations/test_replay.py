@@ -25,7 +25,7 @@ from streams.kafka.topics import Topics
 from streams.kafka.transport import security_options
 from streams.operations.replay import Replayer
 from streams.operations.replay_log import ReplayStatus, supersedes
-from streams.operations.replay_request import BeyondRetention, ReplayRequest
+from streams.operations.replay_request import BeyondRetention, ReplayError, ReplayRequest
 from streams.routing.store import SubscriptionStore
 from streams.routing.subscriptions import Subscription
 
@@ -370,3 +370,24 @@ async def test_a_missing_replays_topic_is_a_clear_error_naming_it(settings: Sett
             await log.start()
     finally:
         await producer.stop()
+
+
+async def test_a_replay_stops_once_its_owners_grant_is_gone(
+    settings: Settings, store: SubscriptionStore, bus_topics: Topics, replayers: Any
+) -> None:
+    """It used to run to the end: a replay never looked at the owner's grant again."""
+    sub = await store.put(subscription("s-revoked"))
+    start = datetime.now(UTC) - timedelta(seconds=1)
+    accepted = await publish(settings, bus_topics, 300, seed=5)
+    replayer = await replayers(rate=200.0, checkpoint_every=20)
+    request = ReplayRequest.model_validate({"from": start.isoformat()})
+    status = await replayer.submit(sub.id, request, actor="beheer")
+    await until(lambda: status.written >= 20)
+    without = tuple(c for c in settings.clients if c.id != OWNER)
+    store.regrant(settings.model_copy(update={"clients": without}))
+    async with asyncio.timeout(DEADLINE_S):
+        done = await replayer.wait(status.id)
+    assert done.state == "failed" and "suspended" in (done.error or "")
+    assert done.matched < len(accepted)
+    with pytest.raises(ReplayError, match="no active subscription"):
+        await replayer.submit(sub.id, request, actor="beheer")
