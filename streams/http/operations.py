@@ -115,8 +115,11 @@ class _Operations:
             ]
             raise Failure(400, "invalid_replay", "not a replay request", errors) from None
         replayer = self.app[REPLAYER]
+
+        def running() -> list[str]:
+            return [r.subscription for r in replayer.unfinished()]
+
         try:
-            running = lambda: [r.subscription for r in replayer.unfinished()]  # noqa: E731
             async with self.slots.slot(subscription.owner, running):
                 status = await replayer.submit(subscription.id, replay_request, actor=client.id)
         except BeyondRetention as exc:

@@ -185,6 +185,13 @@ async def test_filters_too_deep_or_too_large_are_400_and_make_no_topic(
             "POST", base + "/subscriptions", "gemeente", json=kafka_body(filters=[wide])
         )
         assert (status, body["code"]) == (400, "filter_too_large")
+        # invalid, or outside the grant: refused before any topic is made as well
+        data = kafka_body(filters=[{"regex": {"gemeentevan": ".*"}}])
+        status, body, _ = await call("POST", base + "/subscriptions", "gemeente", json=data)
+        assert status == 400, body
+        data = kafka_body(types=[OVERLEDEN])
+        status, body, _ = await call("POST", base + "/subscriptions", "buur", json=data)
+        assert status == 403, body
         assert await topics_of(settings) == before
         assert [s.id for s in store] == []
         # within the limits: made, with its topics
