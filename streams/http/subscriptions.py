@@ -40,6 +40,7 @@ from streams.http.kit import (
     parse_json,
     read_body,
 )
+from streams.http.limits import SubscriptionQuota, check_filters
 from streams.routing.grants import Grants
 from streams.routing.intake import (
     check_purpose,
@@ -83,6 +84,7 @@ class _Subscriptions:
         self.sinks = SinkPolicy.from_settings(settings)
         # intake holds a subscription to its owner's grant; the store binds what it hands out
         self.grants = Grants.from_settings(settings)
+        self.quota = SubscriptionQuota(settings.limits, store)
         # read-modify-write of one subscription, one request at a time (in this process)
         self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -97,6 +99,7 @@ class _Subscriptions:
     async def create(self, request: web.Request) -> web.Response:
         client = self._caller(request)
         body = await self._body(request)
+        check_filters(self.settings.limits, body.get("filters"))
         check_purpose(self.auth, client, body.get("types"))
         secret = new_signing_secret()
         server = {
@@ -108,8 +111,9 @@ class _Subscriptions:
         subscription = self._validate(body, server)
         self.grants.check(subscription)
         self._check_sink(subscription)
-        await self._callback_check(subscription)
-        await self._write(self.store.put(subscription))
+        async with self.quota.room(subscription.owner):
+            await self._callback_check(subscription)
+            await self._write(self.store.put(subscription))
         log.info("client %s created subscription %s", client.id, subscription.id)
         answer = {**subscription.public_dict(), "signingSecret": secret}
         location = {hdrs.LOCATION: f"/subscriptions/{subscription.id}"}
@@ -126,6 +130,7 @@ class _Subscriptions:
         async with self.locks[request.match_info["id"]]:
             existing = await self._own(request, client)
             body = await self._body(request)
+            check_filters(self.settings.limits, body.get("filters"))
             owner = (
                 client if client.id == existing.owner else client_of(self.settings, existing.owner)
             )
