@@ -124,8 +124,8 @@ class Records:
         return Applied(subscription_id, merged)
 
     def regrant(self, grants: Grants) -> list[Subscription]:
-        """Bind every subscription to `grants` from now on; those whose binding changed, as
-        handed out now."""
+        """Bind every subscription to `grants` from now on; those whose owner's grant changed,
+        as handed out now."""
         before, self.grants = self.grants, grants
         changed = []
         for subscription_id, current in list(self.subscriptions.items()):
