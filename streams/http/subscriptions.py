@@ -30,6 +30,7 @@ from streams.contract.codec import STRUCTURED_CONTENT_TYPE
 from streams.contract.values import elfproef
 from streams.delivery.sinks import SinkPolicy, SinkRefused
 from streams.exceptions import KafkaUnavailable, TopicsRefused
+from streams.http.auditing import audited, note
 from streams.http.kit import (
     AUTHENTICATOR,
     Failure,
@@ -101,6 +102,7 @@ class _Subscriptions:
             "purpose": purpose_of(client),
             "signingSecret": secret,
         }
+        note(request, target=server["id"])
         subscription = self._validate(body, server)
         self._check_sink(subscription)
         await self._callback_check(subscription)
@@ -360,9 +362,9 @@ def add_subscription_routes(
     one = "/subscriptions/{id}"
     volgindicatie = one + "/volgindicaties/{bsn}"
     app.router.add_get("/subscriptions", answering(api.listing))
-    app.router.add_post("/subscriptions", answering(api.create))
+    app.router.add_post("/subscriptions", audited("subscription_create", api.create))
     app.router.add_get(one, answering(api.get))
-    app.router.add_put(one, answering(api.replace))
-    app.router.add_delete(one, answering(api.delete))
-    app.router.add_put(volgindicatie, answering(api.follow))
-    app.router.add_delete(volgindicatie, answering(api.unfollow))
+    app.router.add_put(one, audited("subscription_update", api.replace))
+    app.router.add_delete(one, audited("subscription_delete", api.delete))
+    app.router.add_put(volgindicatie, audited("volgindicatie_set", api.follow))
+    app.router.add_delete(volgindicatie, audited("volgindicatie_unset", api.unfollow))
