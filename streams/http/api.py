@@ -43,7 +43,6 @@ from streams.exceptions import FieldError, InvalidEvent, KafkaUnavailable, Routi
 from streams.health import Health, add_health_routes, guarded_metrics
 from streams.http import openapi
 from streams.http.audit import add_audit_routes
-from streams.http.auditing import add_auditing
 from streams.http.kit import (
     AUTHENTICATOR,
     RETRY_AFTER_S,
@@ -424,5 +423,4 @@ def make_api(
     add_subscription_routes(app, settings=settings, store=store)
     add_operation_routes(app, settings=settings, store=store)
     add_audit_routes(app, settings=settings, store=store)
-    add_auditing(app, settings=settings)  # the audit trail of the routes above, GET /audit
     return app

@@ -19,7 +19,7 @@ from streams.auth import Client, Forbidden
 from streams.config import Settings
 from streams.contract.values import elfproef
 from streams.delivery.dlq import list_dead_letters, redrive
-from streams.http.auditing import AUDITOR, audited, note
+from streams.http.auditing import AUDITOR, add_auditing, audited, note
 from streams.http.kit import AUTHENTICATOR, Failure, answering, caller, parse_json, read_body
 from streams.operations.logboek import deliveries_of, person_deliveries
 from streams.routing.store import SubscriptionStore
@@ -32,6 +32,7 @@ _MAX_LIMIT = 1000
 
 def add_audit_routes(app: web.Application, *, settings: Settings, store: SubscriptionStore) -> None:
     """Mount the audit routes on an API app built by `make_api`."""
+    add_auditing(app, settings=settings)
 
     async def deliveries(request: web.Request) -> web.Response:
         client = caller(request)

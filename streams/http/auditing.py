@@ -10,7 +10,8 @@ knows with `note(request, target=..., **details)` (a person only as the BSN's ps
 
     GET /audit?since=&until=&actor=&action=&target=&limit=   the trail, oldest first: operators
 
-`add_auditing(app, settings=...)` mounts `GET /audit` and starts and stops the `Auditor`.
+`add_auditing(app, settings=...)` mounts `GET /audit` and starts and stops the `Auditor`; every
+`add_*_routes` with audited routes calls it (once per app, whichever comes first).
 """
 
 from __future__ import annotations
@@ -122,7 +123,10 @@ def _time(value: str | None, name: str) -> datetime | None:
 
 
 def add_auditing(app: web.Application, *, settings: Settings) -> None:
-    """Start and stop the app's `Auditor` with it, and mount `GET /audit` (operators)."""
+    """Start and stop the app's `Auditor` with it, and mount `GET /audit` (operators); a second
+    call on the same app does nothing."""
+    if AUDITOR in app:
+        return
     auditor = Auditor(settings)
     app[AUDITOR] = auditor
 

@@ -27,7 +27,7 @@ from pydantic import TypeAdapter, ValidationError
 from streams.auth import Client, Forbidden
 from streams.config import Settings
 from streams.contract.headers import header_text
-from streams.http.auditing import audited, note
+from streams.http.auditing import add_auditing, audited, note
 from streams.http.kit import AUTHENTICATOR, Failure, answering, caller, parse_json, read_body
 from streams.kafka.topics import partitions
 from streams.kafka.window import consumer, merged, offsets_at
@@ -221,6 +221,7 @@ def add_operation_routes(
     app: web.Application, *, settings: Settings, store: SubscriptionStore
 ) -> None:
     """Mount replays, reconciliation and the pull endpoint; `store` started while serving."""
+    add_auditing(app, settings=settings)
     replayer = Replayer(settings, store)
     app[REPLAYER] = replayer
     ops = _Operations(settings, store, app)

@@ -30,7 +30,8 @@ from streams.contract.codec import STRUCTURED_CONTENT_TYPE
 from streams.contract.values import elfproef
 from streams.delivery.sinks import SinkPolicy, SinkRefused
 from streams.exceptions import KafkaUnavailable, TopicsRefused
-from streams.http.auditing import audited, note
+from streams.http.auditing import add_auditing, audited
+from streams.http.auditing import note as audit_note
 from streams.http.kit import (
     AUTHENTICATOR,
     Failure,
@@ -102,7 +103,7 @@ class _Subscriptions:
             "purpose": purpose_of(client),
             "signingSecret": secret,
         }
-        note(request, target=server["id"])
+        audit_note(request, target=server["id"])
         subscription = self._validate(body, server)
         self._check_sink(subscription)
         await self._callback_check(subscription)
@@ -358,6 +359,7 @@ def add_subscription_routes(
 
     `store` must be started (and ready) while the app serves.
     """
+    add_auditing(app, settings=settings)
     api = _Subscriptions(settings, store, app[AUTHENTICATOR])
     one = "/subscriptions/{id}"
     volgindicatie = one + "/volgindicaties/{bsn}"

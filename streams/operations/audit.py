@@ -62,6 +62,7 @@ __all__ = [
     "new_request_id",
     "read_trail",
     "request_id_from",
+    "verdict",
 ]
 
 log = logging.getLogger(__name__)
@@ -334,7 +335,7 @@ async def read_trail(
     await reader.start()
     try:
         tps: list[TopicPartition] = await partitions(settings.kafka, [topic])
-        if since is None:
+        if since is None or since.timestamp() <= 0:  # before any Kafka timestamp: all
             starts = dict(await reader.beginning_offsets(tps)) if tps else {}
         else:
             starts = await offsets_at(reader, tps, since)
@@ -374,5 +375,5 @@ def _wanted(
             at = datetime.fromisoformat(str(entry.get("at")))
         except ValueError:
             return True
-        return at <= until
+        return (at if at.tzinfo else at.replace(tzinfo=UTC)) <= until
     return True

@@ -15,16 +15,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import MessageSizeTooLargeError
-from kafka_reading import consume
+from kafka_reading import consume, limit_record_size
 from test_api_subscriptions import BSN, Sink, auth, body, started, with_clients
 
 from streams.config import Settings
 from streams.contract.attributes import pseudonym
 from streams.http.api import make_api
 from streams.http.auditing import AUDITOR
-from streams.kafka.clients import make_admin, make_producer
+from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics
 from streams.operations.audit import read_trail
 from streams.routing.store import SubscriptionStore
@@ -176,35 +174,6 @@ async def test_every_change_and_operator_action_is_one_record_without_a_bsn(
     assert bad.status == 400
 
 
-async def _audit_topic_max_bytes(settings: Settings, value: int) -> None:
-    """Set the audit topic's `max.message.bytes`, and wait until the broker applies it (a
-    probe, not JSON, over the limit is refused; under it, taken)."""
-    topic = Topics(settings.kafka.topic_prefix).audit
-    admin = make_admin(settings)
-    await admin.start()
-    try:
-        configs = {"max.message.bytes": str(value)}
-        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs)])
-    finally:
-        await admin.close()
-    probe = make_producer(settings, "audit-probe")
-    await probe.start()
-    try:
-        async with asyncio.timeout(DEADLINE_S):
-            while True:
-                try:
-                    await probe.send_and_wait(topic, b"p" * 300, key=b"probe")
-                except MessageSizeTooLargeError:
-                    if value < 300:
-                        return
-                else:
-                    if value >= 300:
-                        return
-                await asyncio.sleep(0.1)
-    finally:
-        await probe.stop()
-
-
 async def _actions(settings: Settings, count: int) -> list[dict[str, Any]]:
     """The first `count` audit records (probes skipped), polled until they are there."""
     async with asyncio.timeout(DEADLINE_S):
@@ -223,7 +192,7 @@ async def test_while_a_record_cannot_be_written_nothing_more_is_done(
     second = await api.post("/subscriptions", json=body(hook), headers=auth("gemeente"))
     gone, kept = (await first.json())["id"], (await second.json())["id"]
     # the broker refuses every audit record now (a real refusal: too large for the topic)
-    await _audit_topic_max_bytes(settings, 100)
+    await limit_record_size(settings, Topics(settings.kafka.topic_prefix).audit, 100)
     auditor = api.app[AUDITOR]
     deleted = await api.delete(f"/subscriptions/{gone}", headers=auth("gemeente"))
     assert deleted.status == 204  # done before its record failed: kept, retried, logged
@@ -233,7 +202,7 @@ async def test_while_a_record_cannot_be_written_nothing_more_is_done(
     assert follow.status == 503 and (await follow.json())["code"] == "audit_unavailable"
     assert subscriptions.get(kept).volgindicaties == {}  # type: ignore[union-attr]
 
-    await _audit_topic_max_bytes(settings, 1048588)
+    await limit_record_size(settings, Topics(settings.kafka.topic_prefix).audit, 1048588)
     async with asyncio.timeout(DEADLINE_S):
         while auditor.pending:  # noqa: ASYNC110 - the background retry, polled
             await asyncio.sleep(0.1)

@@ -152,7 +152,8 @@ async def test_a_subscriber_loss_shows_exactly_and_a_replay_repairs_it(
         "publishedNotDelivered": [], "deliveredNotPublished": [],
         "deliveredNotHeld": [], "publishedNotHeld": [],
     }  # fmt: skip
-    # the audit records of these are written where an actor asks (tests/streams/test_audit.py)
+    # their audit records are written where an actor asks (the API, the CLI): see
+    # tests/streams/http/test_audit_trail.py and tests/streams/cli/test_cli_audit.py
 
 
 async def test_dead_lettered_events_show_as_published_not_delivered(

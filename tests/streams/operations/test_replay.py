@@ -150,7 +150,8 @@ async def test_ids_and_window_replays_arrive_marked_in_per_key_order(
     events = replayed(records, whole.id)
     assert sorted(e["id"] for e in events) == sorted(a.event.id for a in persons)
     assert_per_key_order(events, accepted)
-    # the audit records of replays are written where an actor asks (tests/streams/test_audit.py)
+    # audit records of replays are written where an actor asks (the API, the CLI): see
+    # tests/streams/http/test_audit_trail.py and tests/streams/cli/test_cli_audit.py
 
 
 async def test_a_replay_killed_half_way_resumes_without_loss_or_reordering(
