@@ -103,10 +103,10 @@ class _Subscriptions:
             "purpose": purpose_of(client),
             "signingSecret": secret,
         }
-        audit_note(request, target=server["id"])
         subscription = self._validate(body, server)
         self._check_sink(subscription)
         await self._callback_check(subscription)
+        audit_note(request, target=subscription.id)  # valid: about to exist (or a 503 says maybe)
         await self._write(self.store.put(subscription))
         log.info("client %s created subscription %s", client.id, subscription.id)
         answer = {**subscription.public_dict(), "signingSecret": secret}

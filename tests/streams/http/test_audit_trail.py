@@ -19,7 +19,7 @@ from kafka_reading import consume, limit_record_size
 from test_api_subscriptions import BSN, Sink, auth, body, started, with_clients
 
 from streams.config import Settings
-from streams.contract.attributes import pseudonym
+from streams.contract.attributes import VERHUISD, pseudonym
 from streams.http.api import make_api
 from streams.http.auditing import AUDITOR
 from streams.kafka.clients import make_producer
@@ -108,6 +108,7 @@ async def test_every_change_and_operator_action_is_one_record_without_a_bsn(
         ("post", "/audit/persons", "beheer", {"bsn": OTHER_BSN}, 200),
         ("post", "/audit/persons", "gemeente", {"bsn": BSN}, 403),
         ("delete", one, "gemeente", None, 204),
+        ("post", "/subscriptions", "gemeente", {"types": [VERHUISD]}, 400),  # no sink
     ]
     request_ids = ["req-1"]
     for method, path, who, data, status in calls:
@@ -135,12 +136,13 @@ async def test_every_change_and_operator_action_is_one_record_without_a_bsn(
         ("person_audit", "beheer", "ok", None, 200),
         ("person_audit", "gemeente-0363", "refused", "not_an_operator", 403),
         ("subscription_delete", "gemeente-0363", "ok", None, 204),
+        ("subscription_create", "gemeente-0363", "refused", "invalid_subscription", 400),
     ]
     assert [r["requestId"] for r in records] == request_ids
     assert len(set(request_ids)) == len(request_ids)
     targets = [r["target"] for r in records]
-    assert targets[0] == sub and targets[3] is None
-    assert all(t == sub for i, t in enumerate(targets) if i not in (0, 3, 12, 13))
+    assert targets[0] == sub and targets[3] is None and targets[15] is None  # never made
+    assert all(t == sub for i, t in enumerate(targets) if i not in (0, 3, 12, 13, 15))
     for record in records:
         at = datetime.fromisoformat(record["at"])
         assert at.utcoffset() == timedelta(0) and now - timedelta(minutes=1) < at
