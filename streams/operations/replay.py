@@ -16,7 +16,8 @@ queue (FIFO).
 
 Progress (scanned, matched, written, the next offset per partition) goes to the compacted
 `gemeentebus.replays` topic every `checkpoint_every` records, after the records written so
-far are confirmed (acks=all). Every request is recorded in `gemeentebus.audit`.
+far are confirmed (acks=all). The HTTP API and the CLI record every request in
+the audit trail (`streams.operations.audit`).
 
 Resuming after a crash, with several API processes: the process that accepts a replay owns it
 and holds a lease on it (`replay.lease_s`, default 30 s) that it renews three times a lease,
@@ -53,7 +54,6 @@ from streams.contract.headers import header_text
 from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics, bus_topics, create_topics
 from streams.kafka.window import consumer, merged
-from streams.operations.audit import record_action
 from streams.operations.replay_lease import Leases, Lost
 from streams.operations.replay_log import ReplayLog, ReplayStatus
 from streams.operations.replay_request import (
@@ -190,10 +190,6 @@ class Replayer:
         )
         self._mine[status.id] = status
         await self._leases.save(status)
-        await record_action(
-            self._producer, self.topics, "replay", actor,
-            subscription=subscription_id, replay=status.id, request=status.request,
-        )  # fmt: skip
         self._enqueue(status)
         return status
 
