@@ -132,6 +132,11 @@ def make_producer(settings: Settings | KafkaSettings, name: str, **overrides: An
     return Producer(options)
 
 
+def _appended(batch: Any, record: Writable, headers: list[tuple[str, bytes | None]]) -> bool:
+    found = batch.append(timestamp=None, key=record.key, value=record.value, headers=headers)
+    return found is not None
+
+
 class Producer:
     """An idempotent aiokafka producer that replaces its client once the client is spoiled.
 
@@ -199,6 +204,48 @@ class Producer:
             batch, topic, partition=partition
         )
         return future
+
+    async def send_batched(
+        self, topic: str, records: Sequence[Writable]
+    ) -> list[asyncio.Future[Any]]:
+        """Queue records for one topic as whole batches, a partition at a time (the
+        partitioner's choice by key, as `send` makes it): a fraction of `send`'s cost per
+        record. Per partition the records keep their order. Returns a future per batch,
+        done once the broker has it (raises when not confirmed)."""
+        if not records:
+            return []
+        if self._spoiled is not None:
+            await self._replace()
+        client = self._client
+        partitions = sorted(await self.partitions_for(topic))
+        choose = self._options["partitioner"]
+        groups: dict[int, list[Writable]] = {}
+        for record in records:
+            groups.setdefault(choose(record.key, partitions, partitions), []).append(record)
+        futures: list[asyncio.Future[Any]] = []
+        for partition, group in groups.items():
+            batch = client.create_batch()
+            for record in group:
+                headers = list(record.headers)
+                if _appended(batch, record, headers):
+                    continue
+                if batch.record_count():  # full: it goes, the record starts the next one
+                    futures.append(await client.send_batch(batch, topic, partition=partition))
+                    batch = client.create_batch()
+                    if _appended(batch, record, headers):
+                        continue
+                # larger than a batch: `send` takes it alone, or refuses it with the reason
+                futures.append(
+                    await client.send(
+                        topic, record.value, key=record.key, headers=headers, partition=partition
+                    )
+                )
+                batch = client.create_batch()
+            if batch.record_count():
+                futures.append(await client.send_batch(batch, topic, partition=partition))
+        for future in futures:
+            future.add_done_callback(lambda done: self._check(client, done))
+        return futures
 
     async def partitions_for(self, topic: str) -> set[int]:
         partitions: set[int] = await self._client.partitions_for(topic)

@@ -47,12 +47,13 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from aiokafka.errors import KafkaError
 
 from streams.config import Settings
 from streams.contract.headers import header_text
+from streams.contract.record import KafkaRecord
 from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics, bus_topics, create_topics
 from streams.kafka.window import consumer, merged
@@ -72,6 +73,10 @@ from streams.routing.store import SubscriptionStore
 __all__ = ["Replayer", "replay_to_end"]
 
 log = logging.getLogger(__name__)
+
+
+# Matched records sent together, as whole batches (a checkpoint sends what it has too).
+_SEND_EVERY: Final = 500
 
 
 class _Pace:
@@ -281,7 +286,9 @@ class Replayer:
         starts = {tp_of(n): status.positions.get(n, o) for n, o in status.starts.items()}
         ends = {tp_of(n): o for n, o in status.ends.items()}
         target, pace = self.topics.deliver(subscription.id), _Pace(self.rate)
-        pending: list[asyncio.Future[Any]] = []
+        outs: list[KafkaRecord] = []  # matched, not yet sent: they go in batches
+        pending: list[asyncio.Future[Any]] = []  # sent since the last checkpoint, a future a batch
+        written = 0  # records in `pending` before the ones of `outs`
         names: dict[tuple[str, int], str] = {}  # a partition's name in `positions`, made once
         # one checkpoint in flight while reading goes on; the next waits for it
         checkpoint: asyncio.Future[None] | None = None
@@ -302,24 +309,28 @@ class Replayer:
                 if out is not None:
                     status.matched += 1
                     await pace.take()
-                    pending.append(
-                        await self._producer.send(
-                            target, out.value, key=out.key, headers=out.headers
-                        )
-                    )
+                    outs.append(out)
+                    if len(outs) >= _SEND_EVERY:
+                        pending += await self._producer.send_batched(target, outs)
+                        written, outs = written + len(outs), []
                 where = (record.topic, record.partition)
                 name = names.get(where) or names.setdefault(where, f"{where[0]}:{where[1]}")
                 status.positions[name] = record.offset + 1
                 if status.scanned % self.checkpoint_every == 0:
+                    pending += await self._producer.send_batched(target, outs)
+                    written, outs = written + len(outs), []
                     if checkpoint is not None:
                         await checkpoint
                     at = status.model_copy(update={"positions": dict(status.positions)})
-                    checkpoint = asyncio.ensure_future(self._checkpoint(status, at, pending))
-                    pending = []
+                    checkpoint = asyncio.ensure_future(
+                        self._checkpoint(status, at, pending, written)
+                    )
+                    pending, written = [], 0
+            pending += await self._producer.send_batched(target, outs)
             if checkpoint is not None:
                 await checkpoint
             status.positions = {n: o for n, o in status.ends.items()}
-            await self._checkpoint(status, status, pending)
+            await self._checkpoint(status, status, pending, written + len(outs))
         finally:
             if checkpoint is not None and not checkpoint.done():
                 checkpoint.cancel()
@@ -330,12 +341,16 @@ class Replayer:
         await self._leases.save(status)
 
     async def _checkpoint(
-        self, status: ReplayStatus, at: ReplayStatus, pending: list[asyncio.Future[Any]]
+        self,
+        status: ReplayStatus,
+        at: ReplayStatus,
+        pending: list[asyncio.Future[Any]],
+        written: int,
     ) -> None:
-        """Save `at`, a copy of `status` taken when `pending` was the last of it written, once
-        the broker confirmed all of `pending`; the replay reads on meanwhile."""
+        """Save `at`, a copy of `status` taken when `pending` (`written` records) was the last
+        of it sent, once the broker confirmed all of `pending`; the replay reads on meanwhile."""
         await asyncio.gather(*pending)  # every record up to the positions is in the topic
-        status.written += len(pending)
+        status.written += written
         at.written = status.written
         await self._leases.save(at)
         status.owner, status.saved_at, status.lease_until = at.owner, at.saved_at, at.lease_until

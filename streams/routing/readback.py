@@ -89,6 +89,11 @@ class Readback:
         # per dataschema header: (writer binding, current version, current binding)
         self._bindings: dict[str, _Bindings | None] = {}
         self._good_names: set[str] = set()
+        # read once: each is a pydantic attribute lookup per record otherwise
+        self._filter = subscription.filter
+        self._source = subscription.source
+        self._by_filters = not subscription.volgindicaties_only
+        self._projections = {t: projection(subscription, t) for t in subscription.types}
 
     def deliverable(self, record: ConsumerRecord[bytes, bytes]) -> KafkaRecord | None:
         """The delivery record of this events-topic record for the subscription, or None
@@ -132,10 +137,14 @@ class Readback:
             extensions[name] = text
         if "" in (attrs.get("subject"), attrs.get("sequence")):
             return self._slow(record)
+        text = attrs["time"]
         try:
-            time = format_time(parse_time(attrs["time"]))
+            moment = parse_time(text)
         except ValueError:
             return self._slow(record)
+        # what the gate writes (milliseconds, Z) is already as `format_time` writes it
+        canonical = len(text) == 24 and text[10] == "T" and text[19] == "." and text[-1] == "Z"
+        time = text if canonical else format_time(moment)
         seen = dict(extensions)  # the attributes filters see (`event_attributes`)
         seen.update(
             id=attrs["id"],
@@ -148,10 +157,8 @@ class Readback:
         for optional in ("subject", "sequence"):
             if optional in attrs:
                 seen[optional] = attrs[optional]
-        subscription = self.subscription
-        by_source = subscription.source is None or subscription.source == attrs["source"]
-        matched = by_source and not subscription.volgindicaties_only
-        matched = matched and subscription.filter(seen)
+        by_source = self._source is None or self._source == attrs["source"]
+        matched = by_source and self._by_filters and self._filter(seen)
         maybe_followed = self._follows and by_source and event_type in attributes.PERSON_TYPES
         if not matched and not maybe_followed:
             return None
@@ -175,7 +182,7 @@ class Readback:
         if "sequence" in attrs:
             body["sequence"] = attrs["sequence"]
         body.update(sorted({**extensions, **self._extra}.items()))
-        body["data"] = out_binding.root.to_json(projection(subscription, event_type)(data))
+        body["data"] = out_binding.root.to_json(self._projections[event_type](data))
         headers = (
             ("content-type", _CONTENT_TYPE),
             ("ce_id", found["ce_id"]),
