@@ -249,6 +249,7 @@ class Validator:
         self.progress: Progress = self.health.part("worker", "stream")
         self.max_record_bytes = settings.http.max_event_bytes  # one limit for both channels
         self.processed = 0  # ingress records handled
+        self.batches = 0  # batches they came in
         self.delivered = 0  # records written to delivery topics
         self.failure: WorkerFailed | None = None
         self._failed = asyncio.Event()
@@ -307,6 +308,7 @@ class Validator:
                 plan = await self._write(records, publishers)
                 await batches.ack(batch)
                 self.processed += len(batch)
+                self.batches += 1
                 self.delivered += len(plan.outputs) - len(plan.outcomes)
                 self.progress.advanced()
                 self.progress.waiting(self._lag(batch))
