@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 import faust
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
@@ -40,6 +40,7 @@ __all__ = [
     "fits",
     "make_admin",
     "make_app",
+    "make_client",
     "make_consumer",
     "make_producer",
     "send_all",
@@ -373,6 +374,20 @@ def make_admin(
     }
     options.update(overrides)
     return AIOKafkaAdminClient(**options)
+
+
+def make_client(settings: Settings | KafkaSettings, name: str, **overrides: Any) -> AIOKafkaClient:
+    """A bare cluster client (metadata and single requests, e.g. the cluster watch); call
+    `bootstrap()` and `close()` on it."""
+    kafka = _kafka(settings)
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": f"{kafka.client_id}-{name}",
+        "request_timeout_ms": int(kafka.request_timeout_s * 1000),
+        **security_options(kafka),
+    }
+    options.update(overrides)
+    return AIOKafkaClient(**options)
 
 
 async def send_all(producer: Producer, outputs: Iterable[tuple[str, Writable]]) -> None:

@@ -20,13 +20,12 @@ import logging
 import time
 from collections.abc import Sequence
 
-from aiokafka import AIOKafkaClient
 from aiokafka.errors import KafkaError, NodeNotReadyError
 from aiokafka.protocol.metadata import MetadataRequest
 
 from streams.config import Settings
 from streams.health import Health
-from streams.kafka.transport import security_options
+from streams.kafka.clients import make_client
 
 __all__ = ["ANSWER_TIMEOUT_S", "ClusterWatch"]
 
@@ -43,12 +42,8 @@ class ClusterWatch:
         self.health = health
         self.topics = tuple(topics)
         self.part = health.shared("kafka")
-        kafka = settings.kafka
-        self._client = AIOKafkaClient(
-            bootstrap_servers=kafka.bootstrap_servers,
-            client_id=f"{kafka.client_id}-watch",
-            request_timeout_ms=int(ANSWER_TIMEOUT_S * 1000),
-            **security_options(kafka),
+        self._client = make_client(
+            settings, "watch", request_timeout_ms=int(ANSWER_TIMEOUT_S * 1000)
         )
         self._task: asyncio.Task[None] | None = None
 
