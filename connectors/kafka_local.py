@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -137,12 +138,32 @@ def _port_free(port: int) -> bool:
         return True
 
 
+# Listening ports are drawn below the kernel's ephemeral range: a port from that range can be
+# taken between the check and the broker's bind by any outgoing connection of any process (a
+# test's Kafka clients make hundreds), which lost a 3-node broker its third node once.
+_LISTEN_FROM = 20000
+_ports = random.SystemRandom()  # not the global one: tests draw hypothesis examples beside it
+
+
+def _ephemeral_start() -> int:
+    try:
+        low = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]
+        return int(low)
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port_range(count: int) -> int:
-    """A port p such that p .. p+count-1 are all free on 127.0.0.1 (for tests and tools)."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
+    """A port p such that p .. p+count-1 are all free on 127.0.0.1 (for tests and tools),
+    below the ephemeral range when the machine leaves room there."""
+    top = _ephemeral_start() - count
+    for _ in range(200):
+        if top > _LISTEN_FROM:
+            port = _ports.randrange(_LISTEN_FROM, top)
+        else:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = int(sock.getsockname()[1])
         if port + count < 65000 and all(_port_free(port + i) for i in range(count)):
             return port
     raise ConfigurationError(f"no {count} adjacent free ports on 127.0.0.1")

@@ -41,6 +41,7 @@ __all__ = [
     "HttpSettings",
     "KafkaPrincipals",
     "KafkaSettings",
+    "LimitsSettings",
     "LocalKafkaSettings",
     "PublishGrant",
     "ReplaySettings",
@@ -358,6 +359,9 @@ class HttpSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_event_bytes: int = Field(default=64 * 1024, ge=1024)
+    # slowloris: a request's headers, and its body, must arrive within these (else 408/closed)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
     # `GET /metrics` answers anyone only when public (None: by `mode`, production: not);
     # else a scraper sends `Authorization: Bearer <metrics_token>` (or the file's first line).
     public_metrics: bool | None = None
@@ -378,6 +382,22 @@ class HttpSettings(BaseModel):
         if not lines:
             raise ConfigurationError(f"http.metrics_token_file {self.metrics_token_file} is empty")
         return lines[0]
+
+
+class LimitsSettings(BaseModel):
+    """Quotas and limits of the HTTP API (`streams.http.limits`), per authenticated client."""
+
+    model_config = _FROZEN
+
+    subscriptions_per_client: int = Field(default=100, ge=0)
+    replays_per_client: int = Field(default=2, ge=1)  # running at once
+    replays_total: int = Field(default=8, ge=1)  # running at once, all clients together
+    requests_per_s: float = Field(default=100.0, gt=0)  # token bucket: refill rate
+    burst: int = Field(default=200, ge=1)  # token bucket: size
+    filter_max_depth: int = Field(default=16, ge=1)  # nesting of all/any/not
+    filter_max_bytes: int = Field(default=16 * 1024, ge=64)  # `filters` as compact JSON
+    max_page: int = Field(default=1000, ge=1)  # the largest `limit` of a paged read
+    scan_max_records: int = Field(default=100_000, ge=1)  # read per call behind a paged read
 
 
 class DeliverySettings(BaseModel):
@@ -528,6 +548,7 @@ class Settings(BaseSettings):
     local_kafka: LocalKafkaSettings = LocalKafkaSettings()
     security: SecuritySettings = SecuritySettings()
     http: HttpSettings = HttpSettings()
+    limits: LimitsSettings = LimitsSettings()
     delivery: DeliverySettings = DeliverySettings()
     replay: ReplaySettings = ReplaySettings()
     run: RunSettings = RunSettings()

@@ -53,6 +53,7 @@ from streams.contract.schemas import registry
 from streams.exceptions import ConfigurationError, KafkaUnavailable
 from streams.health import Health, health_app
 from streams.http.api import METRICS_CONTENT_TYPE, make_api
+from streams.http.limits import GuardedRunner
 from streams.ingress import metrics
 from streams.kafka.clients import make_producer
 from streams.kafka.topics import (
@@ -258,7 +259,7 @@ async def _serve(bus: Bus, roles: tuple[str, ...]) -> None:
 
         app = health_app(bus.health, metrics=serve_metrics, settings=settings)
     # No access log: volgindicatie URLs carry a BSN.
-    bus.runner = web.AppRunner(app, access_log=None)
+    bus.runner = GuardedRunner(app, settings=settings, access_log=None)
     await bus.runner.setup()
     bus.site = web.TCPSite(bus.runner, settings.http.host, settings.http.port)
     await bus.site.start()

@@ -138,6 +138,15 @@ def settings(
             deliver_partitions=3,
         ),
         security={"pseudonym_key": PSEUDONYM_KEY, "secrets_key": SECRETS_KEY},  # type: ignore[arg-type]
+        # generous: fuzzing and schemathesis send thousands of requests as one client;
+        # tests/streams/http/test_api_limits.py tightens them
+        limits={  # type: ignore[arg-type]
+            "requests_per_s": 100_000,
+            "burst": 100_000,
+            "subscriptions_per_client": 10_000,
+            "replays_per_client": 1_000,
+            "replays_total": 1_000,
+        },
     )
     sweeper.finished(topics.prefix)
 

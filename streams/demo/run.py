@@ -111,6 +111,8 @@ def _settings(kafka: dict[str, Any], token: str, receivers: list[Receiver]) -> S
         http={"host": "127.0.0.1", "port": 0},  # type: ignore[arg-type]
         # Quick retries, so the failing receiver's recovery shows within the demo.
         delivery={"initial_backoff_s": 0.5, "max_backoff_s": 2.0},  # type: ignore[arg-type]
+        # one publisher sends half the demo's events one by one, as fast as it can
+        limits={"requests_per_s": 10_000, "burst": 10_000},  # type: ignore[arg-type]
         clients=(
             client("demo-publisher", token, publish={"types": ["*"], "sources": ["*"]}),
             *subscribers,

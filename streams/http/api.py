@@ -45,6 +45,7 @@ from streams.http import openapi
 from streams.http.audit import add_audit_routes
 from streams.http.kit import (
     AUTHENTICATOR,
+    BODY_TIMEOUT_S,
     RETRY_AFTER_S,
     Failure,
     dump_json,
@@ -53,6 +54,7 @@ from streams.http.kit import (
     parse_json,
     read_body,
 )
+from streams.http.limits import rate_limits
 from streams.http.openapi import OPENAPI_PATH
 from streams.http.operations import add_operation_routes
 from streams.http.subscriptions import add_subscription_routes
@@ -407,10 +409,11 @@ def make_api(
     api = _Api(settings, producer, timeout, auth, store)
     # aiohttp's own limit backs up `read_body`'s: never buffer more than a full batch.
     app = web.Application(
-        middlewares=[internal_errors],
+        middlewares=[internal_errors, rate_limits(settings)],
         client_max_size=settings.http.max_event_bytes * BATCH_BODY_FACTOR,
     )
     app[AUTHENTICATOR] = auth
+    app[BODY_TIMEOUT_S] = settings.http.body_timeout_s
     app.router.add_post("/events", api.events)
     app.router.add_post("/api/v1/notificaties", api.notificaties)
     app.router.add_get("/health", api.health)

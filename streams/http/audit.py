@@ -1,6 +1,9 @@
 """Audit and dead-letter routes.
 
-    GET  /subscriptions/{id}/deliveries?limit=   delivery attempts: the owner or an operator
+    GET  /subscriptions/{id}/deliveries?limit=&before=
+                                                 delivery attempts, newest page first; `next`
+                                                 is the `before` of the page older than it:
+                                                 the owner or an operator
     POST /audit/persons  {"bsn": "..."}          who received data about a person: operators;
                                                  POST keeps the BSN out of URLs and access logs
     GET  /subscriptions/{id}/dlq                 dead letters (no data contents): owner/operator
@@ -18,14 +21,13 @@ from streams.auth import Client, Forbidden
 from streams.config import Settings
 from streams.delivery.dlq import list_dead_letters, redrive
 from streams.http.kit import AUTHENTICATOR, Failure, answering, caller, parse_json, read_body
+from streams.http.limits import page_limit
 from streams.operations.audit import record_action_once
-from streams.operations.logboek import deliveries_of, person_deliveries
+from streams.operations.logboek import delivery_page, person_deliveries
 from streams.routing.store import SubscriptionStore
 from streams.routing.subscriptions import Subscription
 
 __all__ = ["add_audit_routes"]
-
-_MAX_LIMIT = 1000
 
 
 def add_audit_routes(app: web.Application, *, settings: Settings, store: SubscriptionStore) -> None:
@@ -34,12 +36,19 @@ def add_audit_routes(app: web.Application, *, settings: Settings, store: Subscri
     async def deliveries(request: web.Request) -> web.Response:
         client = caller(request)
         subscription = _own(client, request)
-        try:
-            limit = min(int(request.query.get("limit", "100")), _MAX_LIMIT)
-        except ValueError:
-            raise Failure(400, "invalid_limit", "limit is a whole number") from None
-        attempts = await deliveries_of(settings, subscription.id, limit=max(limit, 1))
-        return web.json_response({"deliveries": [a.as_dict() for a in attempts]})
+        limit = page_limit(request, settings.limits)
+        before: int | None = None
+        if "before" in request.query:
+            text = request.query["before"]
+            if not (text.isdigit() and len(text) <= 19):
+                raise Failure(400, "invalid_cursor", "before: a `next` this API gave")
+            before = int(text)
+        page = await delivery_page(settings, subscription.id, limit=limit, before=before)
+        answer = {
+            "deliveries": [a.as_dict() for a in page.attempts],
+            "next": None if page.before is None else str(page.before),
+        }
+        return web.json_response(answer)
 
     async def person(request: web.Request) -> web.Response:
         auth = request.app[AUTHENTICATOR]

@@ -8,6 +8,7 @@ answer but success; `answering` turns those into the JSON error answer of SPEC Â
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -19,6 +20,7 @@ from streams.auth import Authenticator, AuthError, Client
 
 __all__ = [
     "AUTHENTICATOR",
+    "BODY_TIMEOUT_S",
     "RETRY_AFTER_S",
     "Failure",
     "Handler",
@@ -36,18 +38,28 @@ log = logging.getLogger(__name__)
 # Every route authenticates with the same clients.
 AUTHENTICATOR: Final = web.AppKey("authenticator", Authenticator)
 RETRY_AFTER_S: Final = "5"
+# how long a request's body may take to arrive (`http.body_timeout_s`; unset: no bound)
+BODY_TIMEOUT_S: Final = web.AppKey("body_timeout_s", float)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Failure(Exception):
-    """Any answer but success: status, stable code, why, and per-event errors."""
+    """Any answer but success: status, stable code, why, per-event errors, and for a 429 or
+    503 when to try again (seconds)."""
 
     def __init__(
-        self, status: int, code: str, message: str, errors: Iterable[dict[str, Any]] = ()
+        self,
+        status: int,
+        code: str,
+        message: str,
+        errors: Iterable[dict[str, Any]] = (),
+        *,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.errors = status, code, message, list(errors)
+        self.retry_after = retry_after
 
 
 def caller(request: web.Request) -> Client:
@@ -73,27 +85,42 @@ def dump_json(obj: Any) -> bytes:
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The body, or a 413 as soon as it is known to be over `limit` bytes."""
+    """The body, or a 413 as soon as it is known to be over `limit` bytes, or a 408 when it
+    takes over the app's `BODY_TIMEOUT_S` to arrive (a slowly trickled body)."""
     too_large = Failure(413, "payload_too_large", f"the body is over {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     chunks, size = [], 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    timeout_s = request.app.get(BODY_TIMEOUT_S)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError:
+        message = f"the body did not arrive within {timeout_s:g} s"
+        raise Failure(408, "body_timeout", message) from None
     return b"".join(chunks)
 
 
 def error_response(
-    status: int, code: str, message: str, errors: list[dict[str, Any]]
+    status: int,
+    code: str,
+    message: str,
+    errors: list[dict[str, Any]],
+    *,
+    retry_after: int | None = None,
 ) -> web.Response:
-    """The JSON error answer: `status`, `code`, `message`, and `errors` (always on a 400)."""
+    """The JSON error answer: `status`, `code`, `message`, and `errors` (always on a 400);
+    `Retry-After` on a 503, and with `retry_after` (seconds) given."""
     body: dict[str, Any] = {"status": status, "code": code, "message": message}
     if errors or status == 400:
         body["errors"] = errors
     headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
+    if retry_after is not None:
+        headers = {"Retry-After": str(retry_after)}
     if status == 401:
         headers = {"WWW-Authenticate": 'Bearer realm="gemeentebus"'}
     return web.json_response(body, status=status, headers=headers)
@@ -108,7 +135,13 @@ def answering(handler: Handler) -> Handler:
         except AuthError as exc:
             return error_response(exc.status, exc.code, exc.message, [])
         except Failure as failure:
-            return error_response(failure.status, failure.code, failure.message, failure.errors)
+            return error_response(
+                failure.status,
+                failure.code,
+                failure.message,
+                failure.errors,
+                retry_after=failure.retry_after,
+            )
 
     return answer
 

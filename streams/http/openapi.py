@@ -42,19 +42,32 @@ def _answer(description: str, schema: dict[str, Any] | None = None) -> dict[str,
     return out
 
 
+_RETRY_AFTER: Final = {
+    "Retry-After": {
+        "description": "whole seconds to wait before trying again",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
-    """The error answers of SPEC §4 (`Error`), with 401 on every authenticated route."""
+    """The error answers of SPEC §4 (`Error`), with 401 and 429 on every authenticated route."""
     why = {
         400: "invalid input: `code` says which, `errors` lists every field-level error",
         401: "no or an unknown bearer token",
-        403: "the client may not do this (its grant or role)",
+        403: "the client may not do this (its grant, role or quota)",
         404: "no such subscription (or not yours)",
+        408: "the body did not arrive within `http.body_timeout_s` (`body_timeout`)",
         409: "refused in the current state",
         413: "the body is too large",
         415: "unsupported content type",
+        429: "over the client's request rate (`rate_limited`) or, for a replay, too many"
+        " replays at once (`replay_limit`): wait `Retry-After` seconds",
         503: "Kafka is unavailable or did not confirm: nothing was accepted; try again",
     }
-    return {str(s): _answer(why[s], _ref("Error")) for s in (401, *statuses)}
+    answers = {str(s): _answer(why[s], _ref("Error")) for s in sorted({401, 429, *statuses})}
+    answers["429"]["headers"] = _RETRY_AFTER
+    return answers
 
 
 def _id_param() -> dict[str, Any]:
@@ -72,7 +85,8 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
 
 
 _TIME: Final = {"type": "string", "format": "date-time"}
-_LIMIT: Final = {"type": "integer", "minimum": 1}
+# `limits.max_page`, by default 1000: a larger limit is a 400
+_LIMIT: Final = {"type": "integer", "minimum": 1, "maximum": 1000}
 
 
 def _components() -> dict[str, Any]:
@@ -152,6 +166,16 @@ def _components() -> dict[str, Any]:
 def _paths() -> dict[str, Any]:
     one = "/subscriptions/{id}"
     deliveries = {"type": "object", "properties": {"deliveries": {"type": "array"}}}
+    page = {
+        "type": "object",
+        "properties": {
+            "deliveries": {"type": "array"},
+            "next": {
+                "type": ["string", "null"],
+                "description": "`before` of the page of older attempts; null: none",
+            },
+        },
+    }
     return {
         "/events": {
             "post": {
@@ -174,7 +198,7 @@ def _paths() -> dict[str, Any]:
                             "properties": {"ids": {"type": "array", "items": {"type": "string"}}},
                         },
                     ),
-                    **_errors(400, 403, 413, 415, 503),
+                    **_errors(400, 403, 408, 413, 415, 503),
                 },
             }
         },
@@ -191,8 +215,10 @@ def _paths() -> dict[str, Any]:
                             "400": "invalid notificatie",
                             "401": "no or a wrong JWT/token",
                             "403": "not allowed to publish",
+                            "408": "the body did not arrive in time",
                             "413": "too large",
                             "415": "not application/json",
+                            "429": "over the client's request rate: wait Retry-After seconds",
                             "503": "Kafka unavailable",
                         }.items()
                     },
@@ -254,7 +280,7 @@ def _paths() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": _json(_ref("SubscriptionRequest"))},
                 "responses": {
                     "201": _answer("created", _ref("CreatedSubscription")),
-                    **_errors(400, 403, 413, 415, 503),
+                    **_errors(400, 403, 408, 413, 415, 503),
                 },
             },
         },
@@ -266,7 +292,7 @@ def _paths() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": _json(_ref("SubscriptionRequest"))},
                 "responses": {
                     "200": _answer("replaced", _ref("Subscription")),
-                    **_errors(400, 403, 404, 413, 415, 503),
+                    **_errors(400, 403, 404, 408, 413, 415, 503),
                 },
             },
             "delete": {
@@ -284,7 +310,7 @@ def _paths() -> dict[str, Any]:
                 "requestBody": {"required": False, "content": _json(_ref("Volgindicatie"))},
                 "responses": {
                     "204": {"description": "followed"},
-                    **_errors(400, 403, 404, 413, 503),
+                    **_errors(400, 403, 404, 408, 413, 503),
                 },
             },
             "delete": {
@@ -302,7 +328,7 @@ def _paths() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": _json(_ref("ReplayRequest"))},
                 "responses": {
                     "202": _answer("started", _ref("ReplayStatus")),
-                    **_errors(400, 403, 404, 409, 413, 503),
+                    **_errors(400, 403, 404, 408, 409, 413, 503),
                 },
             },
         },
@@ -349,7 +375,7 @@ def _paths() -> dict[str, Any]:
                 },
                 "responses": {
                     "200": _answer("", {"type": "object"}),
-                    **_errors(400, 403, 404, 413, 503),
+                    **_errors(400, 403, 404, 408, 413, 503),
                 },
             },
         },
@@ -360,7 +386,8 @@ def _paths() -> dict[str, Any]:
                 "parameters": [
                     _query(
                         "after",
-                        "a cursor this API gave, an event id, or a time",
+                        "a cursor this API gave, a time, or an event id (searched for among"
+                        " the last `limits.scan_max_records` records only: else a 404)",
                         {"type": "string"},
                     ),
                     _query("limit", "at most this many", _LIMIT),
@@ -381,8 +408,15 @@ def _paths() -> dict[str, Any]:
             "parameters": [_id_param()],
             "get": {
                 "summary": "the delivery log of the subscription",
-                "parameters": [_query("limit", "at most this many", _LIMIT)],
-                "responses": {"200": _answer("", deliveries), **_errors(400, 403, 404, 503)},
+                "description": "The newest attempts first, page by page: each page in time "
+                "order, `next` the `before` of the page older than it. One call reads at most "
+                "`limits.scan_max_records` records of the log: a short page with a `next` ran "
+                "out of them.",
+                "parameters": [
+                    _query("limit", "at most this many", _LIMIT),
+                    _query("before", "the `next` of an earlier page", {"type": "string"}),
+                ],
+                "responses": {"200": _answer("", page), **_errors(400, 403, 404, 503)},
             },
         },
         one + "/dlq": {
@@ -422,7 +456,10 @@ def _paths() -> dict[str, Any]:
                         }
                     ),
                 },
-                "responses": {"200": _answer("", deliveries), **_errors(400, 403, 413, 503)},
+                "responses": {
+                    "200": _answer("", deliveries),
+                    **_errors(400, 403, 408, 413, 503),
+                },
             }
         },
     }

@@ -7,8 +7,10 @@
   (the subscription's owner or an operator);
 - `GET /subscriptions/{id}/events?after=&limit=` (owner or operator): the subscription's
   deliver topic as structured CloudEvents, `{"events": [...], "next": cursor}`. `after` is
-  an earlier `next` (cheap), an event id (its last occurrence; the topic is searched) or an
-  RFC 3339 time (records appended at or after it). Order: by append time, then partition.
+  an earlier `next` (cheap), an event id (its last occurrence, searched for from the end of
+  each partition, at most `limits.scan_max_records` records in all: 404 when not among them)
+  or an RFC 3339 time (records appended at or after it: the broker's time index). `limit`
+  is at most `limits.max_page`. Order: by append time, then partition.
 The replayer starts and stops with the app.
 """
 
@@ -22,14 +24,17 @@ from typing import Any, Final
 
 from aiohttp import hdrs, web
 from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
 from pydantic import TypeAdapter, ValidationError
 
 from streams.auth import Client, Forbidden
 from streams.config import Settings
 from streams.contract.headers import header_text
 from streams.http.kit import AUTHENTICATOR, Failure, answering, caller, parse_json, read_body
+from streams.http.limits import ReplaySlots, page_limit
+from streams.kafka.backwards import backwards
 from streams.kafka.topics import partitions
-from streams.kafka.window import consumer, merged, offsets_at
+from streams.kafka.window import accepted_order, consumer, merged, offsets_at
 from streams.operations.reconcile import reconcile
 from streams.operations.replay import Replayer
 from streams.operations.replay_request import BeyondRetention, ReplayError, ReplayRequest
@@ -39,8 +44,8 @@ from streams.routing.subscriptions import Subscription
 __all__ = ["REPLAYER", "add_operation_routes"]
 
 REPLAYER: Final = web.AppKey("replayer", Replayer)
-MAX_LIMIT: Final = 1000
 DEFAULT_LIMIT: Final = 100
+_SEARCH_CHUNK: Final = 500  # offsets read at a time when looking for an event id
 _TIME = TypeAdapter(datetime)
 
 
@@ -73,6 +78,7 @@ class _Operations:
     def __init__(self, settings: Settings, store: SubscriptionStore, app: web.Application) -> None:
         self.settings, self.store, self.app = settings, store, app
         self.max_body = settings.http.max_event_bytes * 64
+        self.slots = ReplaySlots(settings.limits, store)
 
     def _subscription(self, request: web.Request, *, operator: bool) -> tuple[Client, Subscription]:
         auth = request.app[AUTHENTICATOR]
@@ -108,10 +114,14 @@ class _Operations:
                 for e in exc.errors(include_url=False, include_input=False)
             ]
             raise Failure(400, "invalid_replay", "not a replay request", errors) from None
+        replayer = self.app[REPLAYER]
+
+        def running() -> list[str]:
+            return [r.subscription for r in replayer.unfinished()]
+
         try:
-            status = await self.app[REPLAYER].submit(
-                subscription.id, replay_request, actor=client.id
-            )
+            async with self.slots.slot(subscription.owner, running):
+                status = await replayer.submit(subscription.id, replay_request, actor=client.id)
         except BeyondRetention as exc:
             raise Failure(400, "beyond_retention", str(exc)) from None
         except ReplayError as exc:
@@ -152,12 +162,7 @@ class _Operations:
 
     async def events(self, request: web.Request) -> web.Response:
         _, subscription = self._subscription(request, operator=False)
-        try:
-            limit = int(request.query.get("limit", DEFAULT_LIMIT))
-        except ValueError:
-            raise Failure(400, "invalid_limit", "limit: a whole number") from None
-        if not 1 <= limit <= MAX_LIMIT:
-            raise Failure(400, "invalid_limit", f"limit: 1 to {MAX_LIMIT}")
+        limit = page_limit(request, self.settings.limits, DEFAULT_LIMIT)
         topic = self.store.topics.deliver(subscription.id)
         after = request.query.get("after")
         reader = consumer(self.settings)
@@ -197,12 +202,11 @@ class _Operations:
             at = None
         if at is not None and at.utcoffset() is not None:
             return await offsets_at(reader, tps, at)
-        last = None  # the event id's last occurrence
-        async for record in merged(reader, begins, ends):
-            if header_text(record.headers, "ce_id") == after:
-                last = record
+        last = await self._last_occurrence(reader, tps, begins, ends, after)
         if last is None:
-            raise Failure(404, "unknown_event", "after: no such event in this subscription's topic")
+            budget = self.settings.limits.scan_max_records
+            message = f"after: no such event among the last {budget} of this subscription's topic"
+            raise Failure(404, "unknown_event", message)
         # the merge order is (timestamp, partition): after `last` in every partition
         starts = {}
         for tp in tps:
@@ -211,6 +215,33 @@ class _Operations:
             starts[tp] = ends[tp] if found[tp] is None else found[tp].offset
         starts[TopicPartition(topic, last.partition)] = last.offset + 1
         return starts
+
+    async def _last_occurrence(
+        self,
+        reader: Any,
+        tps: list[TopicPartition],
+        begins: dict[TopicPartition, int],
+        ends: dict[TopicPartition, int],
+        event_id: str,
+    ) -> ConsumerRecord[bytes, bytes] | None:
+        """The event's last record in merge order, each partition read from its end backwards
+        until it is found there or the partition's share of the scan budget is spent."""
+        share = max(1, self.settings.limits.scan_max_records // max(1, len(tps)))
+        found: list[ConsumerRecord[bytes, bytes]] = []
+        for tp in tps:
+            scanned = 0
+            chunk = min(_SEARCH_CHUNK, share)
+            chunks = backwards(reader, tp, begin=begins[tp], end=ends[tp], chunk=chunk)
+            async with contextlib.aclosing(chunks):
+                async for _, records in chunks:
+                    scanned += len(records)
+                    hits = [r for r in records if header_text(r.headers, "ce_id") == event_id]
+                    if hits:
+                        found.append(hits[-1])
+                        break
+                    if scanned >= share:
+                        break
+        return max(found, key=lambda r: (r.timestamp, accepted_order(r), r.partition), default=None)
 
 
 def add_operation_routes(

@@ -39,6 +39,7 @@ from streams.http.kit import (
     parse_json,
     read_body,
 )
+from streams.http.limits import SubscriptionQuota, check_filters
 from streams.routing.intake import (
     check_purpose,
     client_of,
@@ -79,6 +80,7 @@ class _Subscriptions:
         self.max_body = settings.http.max_event_bytes
         self.timeout_s = settings.kafka.request_timeout_s
         self.sinks = SinkPolicy.from_settings(settings)
+        self.quota = SubscriptionQuota(settings.limits, store)
         # read-modify-write of one subscription, one request at a time (in this process)
         self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -93,6 +95,7 @@ class _Subscriptions:
     async def create(self, request: web.Request) -> web.Response:
         client = self._caller(request)
         body = await self._body(request)
+        check_filters(self.settings.limits, body.get("filters"))
         check_purpose(self.auth, client, body.get("types"))
         secret = new_signing_secret()
         server = {
@@ -103,8 +106,9 @@ class _Subscriptions:
         }
         subscription = self._validate(body, server)
         self._check_sink(subscription)
-        await self._callback_check(subscription)
-        await self._write(self.store.put(subscription))
+        async with self.quota.room(subscription.owner):
+            await self._callback_check(subscription)
+            await self._write(self.store.put(subscription))
         log.info("client %s created subscription %s", client.id, subscription.id)
         answer = {**subscription.public_dict(), "signingSecret": secret}
         location = {hdrs.LOCATION: f"/subscriptions/{subscription.id}"}
@@ -121,6 +125,7 @@ class _Subscriptions:
         async with self.locks[request.match_info["id"]]:
             existing = await self._own(request, client)
             body = await self._body(request)
+            check_filters(self.settings.limits, body.get("filters"))
             owner = (
                 client if client.id == existing.owner else client_of(self.settings, existing.owner)
             )

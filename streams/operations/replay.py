@@ -172,6 +172,11 @@ class Replayer:
         """A replay's progress: live if this process runs it, else as last written."""
         return self._mine.get(replay_id) or self._log.statuses.get(replay_id)
 
+    def unfinished(self) -> list[ReplayStatus]:
+        """The replays not yet done or failed, of any process (this one's live)."""
+        every = {**self._log.statuses, **self._mine}
+        return [status for status in every.values() if status.unfinished]
+
     async def submit(
         self, subscription_id: str, request: ReplayRequest, *, actor: str
     ) -> ReplayStatus:
@@ -293,8 +298,8 @@ class Replayer:
         # one checkpoint in flight while reading goes on; the next waits for it
         checkpoint: asyncio.Future[None] | None = None
         reader = consumer(self.settings)
-        await reader.start()
         try:
+            await reader.start()  # in the try: a replay stopped while it connects closes it too
             async for record in merged(reader, starts, ends):
                 if self._mine.get(status.id) is not status:
                     raise Lost(status.id)

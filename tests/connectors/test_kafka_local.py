@@ -240,3 +240,12 @@ def test_three_secure_nodes_print_their_client_settings(tmp_path: Path) -> None:
         down = _cli("kafka", "down", "--secure", "--port", str(port), data_dir=tmp_path)
     assert down.returncode == 0, down.stderr
     assert len(pids) == 3 and not any(_alive(p) for p in pids)
+
+
+def test_free_ports_are_drawn_below_the_ephemeral_range() -> None:
+    # Outgoing connections take their local ports from the ephemeral range; a broker port
+    # from there could be taken between the check and the broker's bind.
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(20):
+        port = free_port_range(6)
+        assert port + 6 <= low, (port, low)
