@@ -140,6 +140,9 @@ class KafkaSettings(BaseModel):
     events_retention_days: int = Field(default=400, ge=1)
     invalid_retention_days: int = Field(default=30, ge=1)
     deliver_retention_days: int = Field(default=14, ge=1)
+    # The audit trail (`gemeentebus.audit`): kept for years, never compacted (an auditor
+    # needs every record; it holds no personal data).
+    audit_retention_days: int = Field(default=3650, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0)
     # How long `run` waits at start for the cluster to answer and its topics to be there.
     start_timeout_s: float = Field(default=30.0, gt=0)

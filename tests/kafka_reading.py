@@ -54,3 +54,36 @@ def transport_config(settings: Settings) -> dict[str, object]:
         secret = getattr(value, "get_secret_value", None)
         out[name] = secret() if secret else value if isinstance(value, bool) else str(value)
     return out
+
+
+async def limit_record_size(settings: Settings, topic: str, max_bytes: int) -> None:
+    """Set `topic`'s `max.message.bytes` and wait until the broker applies it: a probe of 300
+    bytes (not JSON) is refused under the limit, taken at or over it (and then in the topic)."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    from streams.kafka.clients import make_admin, make_producer
+
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        configs = {"max.message.bytes": str(max_bytes)}
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs)])
+    finally:
+        await admin.close()
+    probe = make_producer(settings, "size-probe")
+    await probe.start()
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    await probe.send_and_wait(topic, b"p" * 300, key=b"probe")
+                except MessageSizeTooLargeError:
+                    if max_bytes < 300:
+                        return
+                else:
+                    if max_bytes >= 300:
+                        return
+                await asyncio.sleep(0.1)
+    finally:
+        await probe.stop()

@@ -11,6 +11,7 @@ from typing import Any
 from streams.config import Settings
 from streams.kafka.acls import Acl, AclPlan
 from streams.operations.acls import apply_acls, plan_acls
+from streams.operations.audit import audited
 
 __all__ = ["acl_lines", "add_acl_commands", "summary"]
 
@@ -46,7 +47,15 @@ def _table(done: AclPlan) -> str:
 
 
 def cmd_acls_apply(args: argparse.Namespace, settings: Settings) -> int:
-    done = asyncio.run(apply_acls(settings, dry_run=args.dry_run))
+    async def applied() -> AclPlan:
+        if args.dry_run:  # changes nothing: nothing to record
+            return await apply_acls(settings, dry_run=True)
+        async with audited(settings, "acls_apply") as note:
+            done = await apply_acls(settings)
+            note.add(created=len(done.create), deleted=len(done.delete), kept=len(done.keep))
+            return done
+
+    done = asyncio.run(applied())
     for line in acl_lines(done, dry_run=args.dry_run):
         print(line)
     print(summary(done, dry_run=args.dry_run))

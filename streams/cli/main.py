@@ -14,12 +14,14 @@ from types import FrameType
 from connectors.kafka_credentials import LocalCredentials, scram_user
 from connectors.kafka_local import LocalKafka
 from streams.cli.acls import add_acl_commands
+from streams.cli.audit import add_audit_commands
 from streams.cli.operations import add_operation_commands
 from streams.cli.secrets import add_secrets_commands
 from streams.cli.subscriptions import add_subscription_commands
 from streams.config import ENV, Settings, load_settings
 from streams.exceptions import GemeentebusError
 from streams.kafka.acls import ROLES
+from streams.operations.audit import audited
 
 __all__ = ["main", "parse", "settings_for"]
 
@@ -123,7 +125,14 @@ def cmd_topics_create(args: argparse.Namespace, settings: Settings) -> int:
 
     publishers = [c.id for c in settings.kafka_publishers()]  # each has an ingress topic
     specs = bus_topics(settings.kafka, registry().types(), publishers)
-    created = asyncio.run(create_topics(settings.kafka, specs))
+
+    async def made() -> list[str]:
+        created = await create_topics(settings.kafka, specs)  # the audit topic among them
+        async with audited(settings, "topics_create") as note:
+            note.add(created=len(created), present=len(specs))
+        return created
+
+    created = asyncio.run(made())
     for name in created:
         print(f"created {name}")
     print(f"{len(specs)} topics present on {settings.kafka.bootstrap_servers}")
@@ -315,6 +324,7 @@ def _parser() -> argparse.ArgumentParser:
     add_operation_commands(commands, parents=takes_config)
     add_secrets_commands(commands, parents=takes_config)
     add_acl_commands(commands, parents=takes_config)
+    add_audit_commands(commands, parents=takes_config)
 
     chaos = commands.add_parser(
         "chaos",

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from rich.table import Table
 
 from streams.config import Settings
+from streams.operations.audit import audited, cli_actor
 from streams.operations.reconcile import Reconciliation
 from streams.operations.subscription_set import opened
 
@@ -94,10 +95,19 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
             n = f"{status.written} written of {status.matched} matched"
             bar.update(task, completed=status.scanned, n=n)
 
+    async def replayed() -> ReplayStatus:
+        async with audited(settings, "replay", target=args.subscription) as note:
+            note.add(request=request.model_dump(mode="json", by_alias=True, exclude_none=True))
+            status = await replay_to_end(
+                settings, args.subscription, request, actor=cli_actor(), progress=show
+            )
+            note.add(replay=status.id, state=status.state, written=status.written)
+            if status.state != "done":
+                note.fail(f"replay_{status.state}")
+            return status
+
     try:
-        status = asyncio.run(
-            replay_to_end(settings, args.subscription, request, actor="cli", progress=show)
-        )
+        status = asyncio.run(replayed())
         if task is not None:
             bar.update(task, completed=status.total or 1)
     finally:
@@ -110,17 +120,19 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from streams.operations.reconcile import reconcile
 
+    held = _ids(args.held_file)
+
     async def run() -> Reconciliation:
-        async with opened(settings) as store:
-            return await reconcile(
-                settings,
-                store,
-                args.subscription,
-                args.start,
-                args.end,
-                _ids(args.held_file),
-                actor="cli",
-            )
+        async with (
+            audited(settings, "reconcile", target=args.subscription) as note,
+            opened(settings) as store,
+        ):
+            found = await reconcile(settings, store, args.subscription, args.start, args.end, held)
+            counts = {k: v for k, v in found.as_dict().items() if k in ("published", "delivered")}
+            window = {"from": args.start.isoformat(), "to": args.end.isoformat()}
+            held_count = None if held is None else len(held)
+            note.add(window=window, held=held_count, consistent=found.consistent, **counts)
+            return found
 
     result = asyncio.run(run())
     if args.json:
@@ -184,7 +196,13 @@ def cmd_dlq_redrive(args: argparse.Namespace, settings: Settings) -> int:
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        count = asyncio.run(redrive(settings, args.subscription, progress=progress))
+        async def redriven() -> int:
+            async with audited(settings, "dlq_redrive", target=args.subscription) as note:
+                count = await redrive(settings, args.subscription, progress=progress)
+                note.add(redriven=count)
+                return count
+
+        count = asyncio.run(redriven())
     print(
         f"redriven {count} event(s) into {settings.kafka.topic_prefix}.deliver."
         f"{args.subscription}, in order"

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from streams.config import Settings
+from streams.operations.audit import audited
 from streams.operations.rotation import CLEAR, Rotation, rotate
 from streams.routing.sealing import new_key
 
@@ -41,7 +42,13 @@ def cmd_secrets_new_key(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_secrets_rotate(args: argparse.Namespace, settings: Settings) -> int:
-    done = asyncio.run(rotate(settings))
+    async def rotated() -> Rotation:
+        async with audited(settings, "secrets_rotate") as note:
+            done = await rotate(settings)
+            note.add(key=done.kid, resealed=sum(done.resealed.values()), refused=len(done.refused))
+            return done
+
+    done = asyncio.run(rotated())
     for line in report(done):
         print(line)
     return 1 if done.refused else 0

@@ -14,6 +14,7 @@ from typing import Any
 
 from streams.config import Settings
 from streams.operations import subscription_set as subs
+from streams.operations.audit import audited
 from streams.routing.subscriptions import Subscription
 
 __all__ = ["add_subscription_commands", "describe", "dumps", "table"]
@@ -65,8 +66,11 @@ def cmd_subscriptions_add(args: argparse.Namespace, settings: Settings) -> int:
     entry = subs.read_entries(args.file)
 
     async def added() -> subs.Applied:
-        async with subs.opened(settings) as store:
-            return await subs.add(store, settings, entry)
+        async with audited(settings, "subscription_add") as note, subs.opened(settings) as store:
+            applied = await subs.add(store, settings, entry)
+            note.target = applied.subscription.id
+            note.add(result=applied.action)
+            return applied
 
     applied = asyncio.run(added())
     print(dumps(applied.subscription))
@@ -76,8 +80,14 @@ def cmd_subscriptions_add(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_subscriptions_remove(args: argparse.Namespace, settings: Settings) -> int:
     async def removed() -> bool:
-        async with subs.opened(settings) as store:
-            return await subs.remove(store, args.id)
+        async with (
+            audited(settings, "subscription_delete", target=args.id) as note,
+            subs.opened(settings) as store,
+        ):
+            found = await subs.remove(store, args.id)
+            if not found:
+                note.refuse("not_found")
+            return found
 
     if not asyncio.run(removed()):
         print(f"gemeentebus: no subscription {args.id}", file=sys.stderr)
@@ -90,8 +100,15 @@ def cmd_subscriptions_apply(args: argparse.Namespace, settings: Settings) -> int
     entries = subs.read_entries(args.file)
 
     async def applied() -> list[subs.Applied]:
-        async with subs.opened(settings) as store:
-            return await subs.apply(store, settings, entries)
+        async with audited(settings, "subscriptions_apply") as note, subs.opened(settings) as store:
+            try:
+                plans = await subs.apply(store, settings, entries)
+            except subs.PartlyApplied as exc:
+                note.add(**_changes(exc.applied), refused=sorted(exc.refused.not_written))
+                note.fail("topics_refused")
+                raise
+            note.add(**_changes(plans))
+            return plans
 
     try:
         plans = asyncio.run(applied())
@@ -103,6 +120,15 @@ def cmd_subscriptions_apply(args: argparse.Namespace, settings: Settings) -> int
     for plan in plans:
         print(describe(plan))
     return 0
+
+
+def _changes(plans: Sequence[subs.Applied]) -> dict[str, Any]:
+    """What `apply` changed, for the audit trail: the ids created and updated."""
+    return {
+        "created": sorted(p.subscription.id for p in plans if p.action == "created"),
+        "updated": sorted(p.subscription.id for p in plans if p.action == "updated"),
+        "unchanged": sum(1 for p in plans if p.action == "unchanged"),
+    }
 
 
 def add_subscription_commands(

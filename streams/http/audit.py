@@ -8,7 +8,8 @@
                                                  POST keeps the BSN out of URLs and access logs
     GET  /subscriptions/{id}/dlq                 dead letters (no data contents): owner/operator
     POST /subscriptions/{id}/dlq/redrive         deliver them again, in order: operators
-Person queries and redrives are recorded in the audit topic (who, when; never the BSN).
+Person queries and redrives are recorded in the audit trail (`streams.http.auditing`; a person
+by the BSN's pseudonym alone).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from aiohttp import web
 
 from streams.auth import Client, Forbidden
 from streams.config import Settings
+from streams.contract.values import elfproef
 from streams.delivery.dlq import list_dead_letters, redrive
+from streams.http.auditing import AUDITOR, add_auditing, audited, note
 from streams.http.kit import AUTHENTICATOR, Failure, answering, caller, parse_json, read_body
 from streams.http.limits import page_limit
-from streams.operations.audit import record_action_once
 from streams.operations.logboek import delivery_page, person_deliveries
 from streams.routing.store import SubscriptionStore
 from streams.routing.subscriptions import Subscription
@@ -32,6 +34,7 @@ __all__ = ["add_audit_routes"]
 
 def add_audit_routes(app: web.Application, *, settings: Settings, store: SubscriptionStore) -> None:
     """Mount the audit routes on an API app built by `make_api`."""
+    add_auditing(app, settings=settings)
 
     async def deliveries(request: web.Request) -> web.Response:
         client = caller(request)
@@ -61,11 +64,13 @@ def add_audit_routes(app: web.Application, *, settings: Settings, store: Subscri
         bsn = body.get("bsn") if isinstance(body, dict) else None
         if not isinstance(bsn, str):
             raise Failure(400, "invalid_body", 'expected {"bsn": "<9 digits>"}')
+        if elfproef(bsn):
+            note(request, person=request.app[AUDITOR].pseudonym(bsn))
         try:
             found = await person_deliveries(settings, bsn)
         except ValueError:
             raise Failure(400, "invalid_bsn", "not a BSN (9 digits, elfproef)") from None
-        await record_action_once(settings, "person_audit", client.id, results=len(found))
+        note(request, results=len(found))
         return web.json_response({"deliveries": [asdict(d) for d in found]})
 
     async def dead_letters(request: web.Request) -> web.Response:
@@ -86,9 +91,7 @@ def add_audit_routes(app: web.Application, *, settings: Settings, store: Subscri
         auth.require_operator(client)
         subscription = _own(client, request)
         count = await redrive(settings, subscription.id, purpose=subscription.purpose)
-        await record_action_once(
-            settings, "dlq_redrive", client.id, subscription=subscription.id, redriven=count
-        )
+        note(request, redriven=count)
         return web.json_response({"redriven": count})
 
     def _own(client: Client, request: web.Request) -> Subscription:
@@ -101,5 +104,5 @@ def add_audit_routes(app: web.Application, *, settings: Settings, store: Subscri
 
     app.router.add_get("/subscriptions/{id}/deliveries", answering(deliveries))
     app.router.add_get("/subscriptions/{id}/dlq", answering(dead_letters))
-    app.router.add_post("/subscriptions/{id}/dlq/redrive", answering(redrive_letters))
-    app.router.add_post("/audit/persons", answering(person))
+    app.router.add_post("/subscriptions/{id}/dlq/redrive", audited("dlq_redrive", redrive_letters))
+    app.router.add_post("/audit/persons", audited("person_audit", person))

@@ -65,7 +65,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         415: "unsupported content type",
         429: "over the client's request rate (`rate_limited`) or, for a replay, too many"
         " replays at once (`replay_limit`): wait `Retry-After` seconds",
-        503: "Kafka is unavailable or did not confirm: nothing was accepted; try again",
+        503: "Kafka (or the audit trail: `audit_unavailable`) is unavailable or did not"
+        " confirm: nothing was accepted; try again",
     }
     answers = {str(s): _answer(why[s], _ref("Error")) for s in sorted({401, 429, *statuses})}
     answers["429"]["headers"] = _RETRY_AFTER
@@ -89,6 +90,24 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
 _TIME: Final = {"type": "string", "format": "date-time"}
 # `limits.max_page`, by default 1000: a larger limit is a 400
 _LIMIT: Final = {"type": "integer", "minimum": 1, "maximum": 1000}
+_TEXT: Final = {"type": "string"}
+_AUDIT_RECORD: Final = {
+    "type": "object",
+    "description": 'one change or operator action (README, "Audit trail"); no personal data',
+    "required": ["action", "actor", "at"],
+    "properties": {
+        "action": {"type": "string"},
+        "actor": {"type": "string"},
+        "at": _TIME,
+        "via": {"type": "string", "enum": ["http", "cli"]},
+        "target": {"type": ["string", "null"]},
+        "outcome": {"type": "string", "enum": ["ok", "refused", "failed"]},
+        "code": {"type": ["string", "null"]},
+        "status": {"type": ["integer", "null"]},
+        "requestId": {"type": ["string", "null"]},
+        "details": {"type": "object"},
+    },
+}
 
 
 def _components() -> dict[str, Any]:
@@ -142,6 +161,7 @@ def _components() -> dict[str, Any]:
             "errors": {"type": "array", "items": {"type": "object"}},
         },
     }
+    found["AuditRecord"] = _AUDIT_RECORD
     found["CloudEvent"] = {
         "type": "object",
         "description": "CloudEvents 1.0, NL GOV profile (SPEC §1); `data` per type's schema",
@@ -476,6 +496,32 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": _answer("", deliveries),
                     **_errors(400, 403, 408, 413, 503),
+                },
+            }
+        },
+        "/audit": {
+            "get": {
+                "summary": "the audit trail, oldest first (operators)",
+                "parameters": [
+                    _query("since", "records at or after this time", _TIME),
+                    _query("until", "records at or before this time", _TIME),
+                    _query("actor", "a client id or `cli:<user>`; a shell pattern", _TEXT),
+                    _query("action", "e.g. `subscription_create`; a shell pattern", _TEXT),
+                    _query("target", "a subscription id", _TEXT),
+                    _query("limit", "at most this many (1 to 1000, default 100)", _LIMIT),
+                ],
+                "responses": {
+                    "200": _answer(
+                        "",
+                        {
+                            "type": "object",
+                            "required": ["records"],
+                            "properties": {
+                                "records": {"type": "array", "items": _ref("AuditRecord")}
+                            },
+                        },
+                    ),
+                    **_errors(400, 403, 503),
                 },
             }
         },

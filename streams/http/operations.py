@@ -30,6 +30,7 @@ from pydantic import TypeAdapter, ValidationError
 from streams.auth import Client, Forbidden
 from streams.config import Settings
 from streams.contract.headers import header_text
+from streams.http.auditing import add_auditing, audited, note
 from streams.http.kit import AUTHENTICATOR, Failure, answering, caller, parse_json, read_body
 from streams.http.limits import ReplaySlots, page_limit
 from streams.kafka.backwards import backwards
@@ -126,6 +127,7 @@ class _Operations:
             raise Failure(400, "beyond_retention", str(exc)) from None
         except ReplayError as exc:
             raise Failure(409, "replay_refused", str(exc)) from None
+        note(request, replay=status.id, request=status.request)
         location = {hdrs.LOCATION: f"/subscriptions/{subscription.id}/replays/{status.id}"}
         return web.json_response(status.public_dict(), status=202, headers=location)
 
@@ -139,7 +141,7 @@ class _Operations:
     # -- reconciliation -----------------------------------------------------------------------
 
     async def reconciliation(self, request: web.Request) -> web.Response:
-        client, subscription = self._subscription(request, operator=False)
+        _, subscription = self._subscription(request, operator=False)
         held: set[str] | None = None
         if request.method == "POST":
             body = await self._body(request)
@@ -153,9 +155,11 @@ class _Operations:
             start, end = _time(query.get("from"), "from"), _time(query.get("to"), "to")
         if end <= start:
             raise Failure(400, "invalid_window", "to must be after from")
-        result = await reconcile(
-            self.settings, self.store, subscription.id, start, end, held, actor=client.id
-        )
+        result = await reconcile(self.settings, self.store, subscription.id, start, end, held)
+        counts = {k: v for k, v in result.as_dict().items() if k in ("published", "delivered")}
+        window = {"from": start.isoformat(), "to": end.isoformat()}
+        held_count = None if held is None else len(held)
+        note(request, window=window, held=held_count, consistent=result.consistent, **counts)
         return web.json_response(result.as_dict())
 
     # -- pull ---------------------------------------------------------------------------------
@@ -248,6 +252,7 @@ def add_operation_routes(
     app: web.Application, *, settings: Settings, store: SubscriptionStore
 ) -> None:
     """Mount replays, reconciliation and the pull endpoint; `store` started while serving."""
+    add_auditing(app, settings=settings)
     replayer = Replayer(settings, store)
     app[REPLAYER] = replayer
     ops = _Operations(settings, store, app)
@@ -261,8 +266,8 @@ def add_operation_routes(
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
     one = "/subscriptions/{id}"
-    app.router.add_post(one + "/replays", answering(ops.replay))
+    app.router.add_post(one + "/replays", audited("replay", ops.replay))
     app.router.add_get(one + "/replays/{replay_id}", answering(ops.replay_status))
-    app.router.add_get(one + "/reconciliation", answering(ops.reconciliation))
-    app.router.add_post(one + "/reconciliation", answering(ops.reconciliation))
+    app.router.add_get(one + "/reconciliation", audited("reconcile", ops.reconciliation))
+    app.router.add_post(one + "/reconciliation", audited("reconcile", ops.reconciliation))
     app.router.add_get(one + "/events", answering(ops.events))

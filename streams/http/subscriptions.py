@@ -31,6 +31,8 @@ from streams.contract.codec import STRUCTURED_CONTENT_TYPE
 from streams.contract.values import elfproef
 from streams.delivery.sinks import SinkPolicy, SinkRefused
 from streams.exceptions import KafkaUnavailable, TopicsRefused
+from streams.http.auditing import add_auditing, audited
+from streams.http.auditing import note as audit_note
 from streams.http.kit import (
     AUTHENTICATOR,
     Failure,
@@ -113,6 +115,8 @@ class _Subscriptions:
         self._check_sink(subscription)
         async with self.quota.room(subscription.owner):
             await self._callback_check(subscription)
+            # valid: about to exist (or a 503 says maybe)
+            audit_note(request, target=subscription.id)
             await self._write(self.store.put(subscription))
         log.info("client %s created subscription %s", client.id, subscription.id)
         answer = {**subscription.public_dict(), "signingSecret": secret}
@@ -369,13 +373,14 @@ def add_subscription_routes(
 
     `store` must be started (and ready) while the app serves.
     """
+    add_auditing(app, settings=settings)
     api = _Subscriptions(settings, store, app[AUTHENTICATOR])
     one = "/subscriptions/{id}"
     volgindicatie = one + "/volgindicaties/{bsn}"
     app.router.add_get("/subscriptions", answering(api.listing))
-    app.router.add_post("/subscriptions", answering(api.create))
+    app.router.add_post("/subscriptions", audited("subscription_create", api.create))
     app.router.add_get(one, answering(api.get))
-    app.router.add_put(one, answering(api.replace))
-    app.router.add_delete(one, answering(api.delete))
-    app.router.add_put(volgindicatie, answering(api.follow))
-    app.router.add_delete(volgindicatie, answering(api.unfollow))
+    app.router.add_put(one, audited("subscription_update", api.replace))
+    app.router.add_delete(one, audited("subscription_delete", api.delete))
+    app.router.add_put(volgindicatie, audited("volgindicatie_set", api.follow))
+    app.router.add_delete(volgindicatie, audited("volgindicatie_unset", api.unfollow))

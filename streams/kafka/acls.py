@@ -169,7 +169,8 @@ def role_grants(prefix: str) -> dict[str, tuple[Grant, ...]]:
         # POST /events and ZGW: events and their deliver records (rejects to invalid);
         # subscriptions (new ones get their deliver and .dlq topics); replays (events →
         # deliver, progress in replays), reconciliation and person audits (deliveries);
-        # the pull endpoint and DLQ list/redrive (deliver, .dlq); operator actions (audit).
+        # the pull endpoint and DLQ list/redrive (deliver, .dlq); the audit trail (audit:
+        # every audited route writes it, GET /audit reads it).
         "api": (
             seen,
             _topic(t.subscriptions, R, W),
@@ -179,7 +180,7 @@ def role_grants(prefix: str) -> dict[str, tuple[Grant, ...]]:
             _topic(t.invalid, W),
             _topic(t.deliveries, R, W),
             _topic(t.replays, R, W),
-            _topic(t.audit, W),
+            _topic(t.audit, R, W),
             _group(g.dlq_redrive(""), R, prefixed=True),
         ),
         # ingress (and each Kafka publisher's own) → events, deliver | invalid; the
@@ -210,7 +211,8 @@ def role_grants(prefix: str) -> dict[str, tuple[Grant, ...]]:
             _group(g.deliver(""), R, prefixed=True),
         ),
         # The command line: topics create, subscriptions, publish, replay, reconcile,
-        # dlq list/redrive. Not `acls apply`: that needs ALTER on the cluster (a super user).
+        # dlq list/redrive, and the audit trail of each (`gemeentebus audit` reads it).
+        # Not `acls apply`: that needs ALTER on the cluster (a super user).
         "operator": (
             seen,
             _topic(every, C, prefixed=True),
@@ -221,7 +223,7 @@ def role_grants(prefix: str) -> dict[str, tuple[Grant, ...]]:
             _topic(deliver, R, W, prefixed=True),
             _topic(t.deliveries, R, W),
             _topic(t.replays, R, W),
-            _topic(t.audit, W),
+            _topic(t.audit, R, W),
             _group(g.dlq_redrive(""), R, prefixed=True),
         ),
     }

@@ -110,7 +110,8 @@ class Topics:
 
     @property
     def audit(self) -> str:
-        """Internal: operator actions (replays, reconciliations, redrives)."""
+        """Internal: the audit trail, every change and operator action (`streams.operations.
+        audit`; kept `kafka.audit_retention_days`, not compacted)."""
         return f"{self.prefix}.audit"
 
     def events(self, event_type: str) -> str:
@@ -192,7 +193,7 @@ def bus_topics(
         # The delivery log answers "who received what about this person" (Logboek
         # Dataverwerkingen): kept as long as the events themselves.
         TopicSpec(t.deliveries, p, _retention(keep)),
-        TopicSpec(t.audit, 1, _retention(keep)),
+        TopicSpec(t.audit, 1, _retention(settings.audit_retention_days)),
     ]
     specs += [TopicSpec(t.events(e), p, _retention(keep)) for e in sorted(event_types)]
     return specs

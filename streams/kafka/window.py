@@ -16,6 +16,7 @@ import heapq
 from collections import defaultdict, deque
 from collections.abc import AsyncGenerator, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
@@ -121,5 +122,25 @@ def _head(
 
 def accepted_order(record: ConsumerRecord[bytes, bytes]) -> int:
     """The gate's acceptance order of an events-topic record (0 when it carries none)."""
-    digits = header(record.headers, ORDER_HEADER) or b""
+    digits = _last_order(record.headers)
+    if digits is None:
+        digits = header(record.headers, ORDER_HEADER) or b""
     return int(digits) if digits.isdigit() and len(digits) <= 20 else 0
+
+
+def _last_order(headers: Any) -> bytes | None:
+    """The order header's value where the gate puts it, last, when it is the only one and
+    every header is a plain (text, bytes) pair; None: look the slow way (`header`)."""
+    if type(headers) not in (tuple, list) or not headers:
+        return None
+    last = headers[-1]
+    if type(last) is not tuple or len(last) != 2 or last[0] != ORDER_HEADER:
+        return None
+    if type(last[1]) is not bytes:
+        return None
+    for item in headers[:-1]:
+        if type(item) is not tuple or len(item) != 2 or type(item[0]) is not str:
+            return None
+        if item[0] == ORDER_HEADER:
+            return None
+    return last[1]

@@ -11,7 +11,8 @@ when the subscriber says what it holds, against that too), for one window.
 - held: the subscriber's own list of event ids, if it sent one.
 
 Each side gets a count and an order-independent digest: SHA-256 over its sorted ids, one per
-line; equal digests mean equal sets. Every reconciliation is recorded in the audit topic.
+line; equal digests mean equal sets. The HTTP API and the CLI record each
+reconciliation in the audit trail (`streams.operations.audit`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from streams.contract.headers import header_text
 from streams.delivery.log import decode_attempt
 from streams.kafka.topics import Topics, partitions
 from streams.kafka.window import consumer, merged, offsets_at
-from streams.operations.audit import record_action_once
 from streams.routing.matching import Matcher
 from streams.routing.store import SubscriptionStore
 
@@ -114,8 +114,6 @@ async def reconcile(
     start: datetime,
     end: datetime,
     held_ids: set[str] | None = None,
-    *,
-    actor: str = "system",
 ) -> Reconciliation:
     """Reconcile one subscription over [start, end); `LookupError` for an unknown one."""
     subscription = store.get(sub_id)
@@ -153,13 +151,6 @@ async def reconcile(
         dead_lettered=frozenset((dead - delivered) & in_window),
         held=None if held_ids is None else frozenset(held_ids),
     )
-    counts = {k: v for k, v in result.as_dict().items() if k in ("published", "delivered")}
-    await record_action_once(
-        settings, "reconcile", actor, subscription=sub_id,
-        window={"from": start.isoformat(), "to": end.isoformat()},
-        held=None if held_ids is None else len(held_ids), consistent=result.consistent,
-        **counts,
-    )  # fmt: skip
     return result
 
 

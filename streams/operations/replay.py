@@ -16,7 +16,10 @@ queue (FIFO).
 
 Progress (scanned, matched, written, the next offset per partition) goes to the compacted
 `gemeentebus.replays` topic every `checkpoint_every` records, after the records written so
-far are confirmed (acks=all). Every request is recorded in `gemeentebus.audit`.
+far are confirmed (acks=all); reading goes on while a checkpoint waits for its records, with
+one checkpoint in flight at a time. Matching and encoding go the fast way of
+`streams.routing.readback` (only what matching needs is decoded). The HTTP API and the CLI
+record every request in the audit trail (`streams.operations.audit`).
 
 Resuming after a crash, with several API processes: the process that accepts a replay owns it
 and holds a lease on it (`replay.lease_s`, default 30 s) that it renews three times a lease,
@@ -44,16 +47,16 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from aiokafka.errors import KafkaError
 
 from streams.config import Settings
 from streams.contract.headers import header_text
+from streams.contract.record import KafkaRecord
 from streams.kafka.clients import make_producer
 from streams.kafka.topics import Topics, bus_topics, create_topics
 from streams.kafka.window import consumer, merged
-from streams.operations.audit import record_action
 from streams.operations.replay_lease import Leases, Lost
 from streams.operations.replay_log import ReplayLog, ReplayStatus
 from streams.operations.replay_request import (
@@ -63,13 +66,16 @@ from streams.operations.replay_request import (
     tp_name,
     tp_of,
 )
-from streams.routing.matching import Matcher
-from streams.routing.router import delivery_record
+from streams.routing.readback import Readback
 from streams.routing.store import SubscriptionStore
 
 __all__ = ["Replayer", "replay_to_end"]
 
 log = logging.getLogger(__name__)
+
+
+# Matched records sent together, as whole batches (a checkpoint sends what it has too).
+_SEND_EVERY: Final = 500
 
 
 class _Pace:
@@ -190,10 +196,6 @@ class Replayer:
         )
         self._mine[status.id] = status
         await self._leases.save(status)
-        await record_action(
-            self._producer, self.topics, "replay", actor,
-            subscription=subscription_id, replay=status.id, request=status.request,
-        )  # fmt: skip
         self._enqueue(status)
         return status
 
@@ -275,15 +277,21 @@ class Replayer:
             raise ReplayError(f"subscription {status.subscription} is gone or retired")
         # a volgindicatie opens no past from before it was set
         since = self.store.followed_since(subscription.id)
-        matcher = Matcher(subscription, self._key, followed_since=since)
+        readback = Readback(
+            subscription, self._key, followed_since=since, extensions={"replay": status.id}
+        )
         ids = set(status.request.get("ids") or ())
         status.state, status.started_at = "running", status.started_at or datetime.now(UTC)
         await self._leases.confirm(status, await self._leases.save(status))
         starts = {tp_of(n): status.positions.get(n, o) for n, o in status.starts.items()}
         ends = {tp_of(n): o for n, o in status.ends.items()}
         target, pace = self.topics.deliver(subscription.id), _Pace(self.rate)
-        pending: list[asyncio.Future[Any]] = []
+        outs: list[KafkaRecord] = []  # matched, not yet sent: they go in batches
+        pending: list[asyncio.Future[Any]] = []  # sent since the last checkpoint, a future a batch
+        written = 0  # records in `pending` before the ones of `outs`
         names: dict[tuple[str, int], str] = {}  # a partition's name in `positions`, made once
+        # one checkpoint in flight while reading goes on; the next waits for it
+        checkpoint: asyncio.Future[None] | None = None
         reader = consumer(self.settings)
         try:
             await reader.start()  # in the try: a replay stopped while it connects closes it too
@@ -293,28 +301,42 @@ class Replayer:
                 if status.lease_until is None or datetime.now(UTC) >= status.lease_until:
                     await self._leases.renew(only=status)  # never write past its lease unconfirmed
                 status.scanned += 1
-                event = (
-                    matcher.match(record)
+                out = (
+                    readback.deliverable(record)
                     if not ids or header_text(record.headers, "ce_id") in ids
                     else None
                 )
-                if event is not None:
+                if out is not None:
                     self._still_active(subscription.id)  # its owner's grant may have gone
                     status.matched += 1
                     await pace.take()
-                    out = delivery_record(event.with_extensions(replay=status.id), record.key)
-                    headers = [*out.headers, ("ce_replay", status.id.encode())]
-                    pending.append(
-                        await self._producer.send(target, out.value, key=out.key, headers=headers)
-                    )
+                    outs.append(out)
+                    if len(outs) >= _SEND_EVERY:
+                        pending += await self._producer.send_batched(target, outs)
+                        written, outs = written + len(outs), []
                 where = (record.topic, record.partition)
                 name = names.get(where) or names.setdefault(where, f"{where[0]}:{where[1]}")
                 status.positions[name] = record.offset + 1
                 if status.scanned % self.checkpoint_every == 0:
-                    await self._checkpoint(status, pending)
+                    pending += await self._producer.send_batched(target, outs)
+                    written, outs = written + len(outs), []
+                    if checkpoint is not None:
+                        await checkpoint
+                    at = status.model_copy(update={"positions": dict(status.positions)})
+                    checkpoint = asyncio.ensure_future(
+                        self._checkpoint(status, at, pending, written)
+                    )
+                    pending, written = [], 0
+            pending += await self._producer.send_batched(target, outs)
+            if checkpoint is not None:
+                await checkpoint
             status.positions = {n: o for n, o in status.ends.items()}
-            await self._checkpoint(status, pending)
+            await self._checkpoint(status, status, pending, written + len(outs))
         finally:
+            if checkpoint is not None and not checkpoint.done():
+                checkpoint.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await checkpoint
             await reader.stop()
         status.state, status.finished_at = "done", datetime.now(UTC)
         await self._leases.save(status)
@@ -327,11 +349,20 @@ class Replayer:
             why = current.shown_status if current is not None else "gone"
             raise ReplayError(f"subscription {subscription_id} is {why}: the replay stopped")
 
-    async def _checkpoint(self, status: ReplayStatus, pending: list[asyncio.Future[Any]]) -> None:
+    async def _checkpoint(
+        self,
+        status: ReplayStatus,
+        at: ReplayStatus,
+        pending: list[asyncio.Future[Any]],
+        written: int,
+    ) -> None:
+        """Save `at`, a copy of `status` taken when `pending` (`written` records) was the last
+        of it sent, once the broker confirmed all of `pending`; the replay reads on meanwhile."""
         await asyncio.gather(*pending)  # every record up to the positions is in the topic
-        status.written += len(pending)
-        pending.clear()
-        await self._leases.save(status)
+        status.written += written
+        at.written = status.written
+        await self._leases.save(at)
+        status.owner, status.saved_at, status.lease_until = at.owner, at.saved_at, at.lease_until
 
 
 async def replay_to_end(

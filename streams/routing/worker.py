@@ -18,8 +18,9 @@ grant is checked there, and on a secured cluster no publisher may write it.
 
 At-least-once, by construction:
 - records are read in batches without auto-ack (`EventBatches`: whatever has arrived, no
-  batching window), judged and routed, produced with the idempotent producer, and acked
-  only after the broker confirmed every record of the batch (a batch is never half-acked);
+  batching window; a backlog in batches of `BATCH_SIZE`), judged and routed, produced with
+  the idempotent producer, and acked only after the broker confirmed every record of the
+  batch (a batch is never half-acked);
 - each batch is routed against every subscription written before it was read
   (`SubscriptionStore.sync`), so a subscription that got its 201 gets what follows;
 - one record never stops the others: a record that is no record of ours (a null header
@@ -248,19 +249,28 @@ class Validator:
         self.progress: Progress = self.health.part("worker", "stream")
         self.max_record_bytes = settings.http.max_event_bytes  # one limit for both channels
         self.processed = 0  # ingress records handled
+        self.batches = 0  # batches they came in
         self.delivered = 0  # records written to delivery topics
         self.failure: WorkerFailed | None = None
         self._failed = asyncio.Event()
+        self._ready = asyncio.Event()  # the subscription set read and the producer started
         self._stopping: asyncio.Task[None] | None = None
         self._watch: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
-        """Read the subscription set, then start consuming ingress."""
-        if self._own_store:
-            await self.store.start()
-        await self.store.ready()  # never route against an empty or partial set
-        await self.producer.start()
-        await self.app.start()
+        """Read the subscription set, start the producer and join the consumer group, all
+        at once; the agent routes nothing before the first two are done."""
+
+        async def store() -> None:
+            if self._own_store:
+                await self.store.start()
+            await self.store.ready()  # never route against an empty or partial set
+
+        async def producer() -> None:
+            await self.producer.start()
+
+        await asyncio.gather(store(), producer(), self.app.start())
+        self._ready.set()
         self._watch = asyncio.ensure_future(self._watch_consumer())
         self.health.started("worker")
 
@@ -290,6 +300,7 @@ class Validator:
     async def _agent(self, stream: faust.StreamT[Any]) -> None:
         batches = EventBatches(stream, BATCH_SIZE)
         try:
+            await self._ready.wait()
             async for batch in batches:
                 started = time.perf_counter()
                 records = [self.read(event.message) for event in batch]
@@ -297,6 +308,7 @@ class Validator:
                 plan = await self._write(records, publishers)
                 await batches.ack(batch)
                 self.processed += len(batch)
+                self.batches += 1
                 self.delivered += len(plan.outputs) - len(plan.outcomes)
                 self.progress.advanced()
                 self.progress.waiting(self._lag(batch))

@@ -6,6 +6,7 @@ of the bus and per test client."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -47,6 +48,7 @@ from streams.kafka.clients import make_consumer, make_producer
 from streams.kafka.topics import Groups, Topics, TopicSpec, bus_topics, create_topics
 from streams.operations import subscription_set as subs
 from streams.operations.acls import apply_acls
+from streams.operations.audit import audited, read_trail
 from streams.operations.reconcile import reconcile
 from streams.operations.replay import replay_to_end
 from streams.operations.replay_request import ReplayRequest
@@ -505,10 +507,14 @@ async def test_the_operator_role_works_under_its_acls(cluster: Cluster) -> None:
         op, "sub-a-op", ReplayRequest.model_validate({**window, "ids": [event.id]}), actor="test"
     )
     assert (replayed.state, replayed.written) == ("done", 1)
-    async with subs.opened(op) as store:
-        result = await reconcile(op, store, "sub-a-op", window["from"], window["to"], actor="test")
+    # the operator's principal writes the audit trail (what every CLI action does)
+    async with audited(op, "reconcile", actor="test"), subs.opened(op) as store:
+        result = await reconcile(op, store, "sub-a-op", window["from"], window["to"])
     # read from the events topic and the delivery log (redriven and replayed are no deliveries)
     assert event.id in result.as_dict()["missing"]["publishedNotDelivered"]
+    # ... and reads it (`gemeentebus audit`)
+    async with contextlib.aclosing(read_trail(op, actor="test")) as trail:
+        assert [entry["action"] async for entry in trail] == ["reconcile"]
     own, sub_a = _own_group(cluster, "sub-a"), cluster.settings("sub-a")
     with pytest.raises(TopicAuthorizationFailedError):  # a new KAFKA subscription: not yet
         await _read(sub_a, t.deliver("sub-a-op"), group=own, count=2)

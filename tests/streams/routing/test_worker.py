@@ -160,3 +160,25 @@ async def test_every_record_lands_once_in_order(
         for r in records:
             assert r.key.decode() not in bsns
             assert not any(v.decode(errors="ignore") in bsns for _, v in r.headers)
+
+
+async def test_a_backlog_is_judged_in_full_batches(
+    settings: Settings, bus_topics: Topics, read_topic
+) -> None:
+    # Batches of a few records, each paying a subscription sync and a produce round trip,
+    # were what bound the worker on a backlog: it now takes what the stream holds.
+    valid, _ = ingress_records(2_000, seed=11)
+    await _publish(
+        settings,
+        [codec.to_kafka(e, key=partition_key(e.type, e.data, b"publisher-secret")) for e in valid],
+    )
+    validator = Validator(settings)
+    await validator.start()
+    try:
+        by_type = Counter(e.type for e in valid)
+        for event_type, count in by_type.items():
+            assert len(await read_topic(bus_topics.events(event_type), count=count)) == count
+    finally:
+        await validator.stop()
+    assert validator.processed == len(valid)
+    assert validator.batches <= len(valid) // 50, f"{validator.batches} batches"
