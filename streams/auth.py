@@ -148,15 +148,21 @@ class Authenticator:
     """Checks credentials against the configured clients and their grants against a request."""
 
     def __init__(self, settings: Settings, *, environ: Mapping[str, str] | None = None) -> None:
-        self._hashed = tuple(
-            (c, (c.token_sha256 or _NO_HASH).encode("ascii"), c.token_sha256 is not None)
-            for c in settings.clients
-        )
-        self._by_id = {c.id: c for c in settings.clients if c.jwt_secret_env}
+        self.reload(settings)
         self._jwt_max_age_s = settings.security.jwt_max_age_s
         # Read at each request, so a rotated secret needs no restart.
         self._environ = environ if environ is not None else os.environ
         self._warned: set[str] = set()
+
+    def reload(self, settings: Settings) -> None:
+        """Know the clients of `settings.clients` from now on (a reloaded configuration): a
+        removed client's token or JWT no longer authenticates. Nothing else is re-read."""
+        hashed = tuple(
+            (c, (c.token_sha256 or _NO_HASH).encode("ascii"), c.token_sha256 is not None)
+            for c in settings.clients
+        )
+        by_id = {c.id: c for c in settings.clients if c.jwt_secret_env}
+        self._hashed, self._by_id = hashed, by_id
 
     def authenticate(self, authorization: str | None) -> Client:
         """The client behind an `Authorization` header; `Unauthorized` saying why otherwise."""

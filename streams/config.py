@@ -16,6 +16,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -671,6 +672,11 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigurationError(f"invalid configuration: {_problems(exc)}") from exc
     except ValueError as exc:
         raise ConfigurationError(f"invalid configuration: {exc}") from exc
+    except yaml.YAMLError as exc:  # where, not what: the text there may be a secret
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = f"invalid configuration: the file is no valid YAML{where}"
+        raise ConfigurationError(problem) from None
     finally:
         if config_file is not None:
             if previous is None:

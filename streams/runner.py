@@ -25,6 +25,12 @@ committed, unfinished work left to be redone by the next process); past it the p
 exits with `EXIT_LATE` anyway, also when its event loop is wedged (a watchdog thread); a
 second signal exits at once. A fault the process cannot mend (`Health.fail`) stops it the
 same way, with `EXIT_FAILED`.
+
+Reloading: SIGHUP re-reads the configuration the process was started with (the same file and
+environment) and applies its `clients` at once (`reload_clients`): every subscription is
+bound to its owner's new grant (suspended, or resumed), and the API authenticates the new
+clients only. An invalid configuration is refused and the old one kept; one log line says
+which. No other setting is reloaded: they need a restart.
 """
 
 from __future__ import annotations
@@ -48,11 +54,13 @@ from aiokafka.errors import KafkaError
 
 from connectors.courier import STOP_DEADLINE_S
 from connectors.dispatcher import Dispatcher
+from streams.auth import Authenticator
 from streams.config import Settings
 from streams.contract.schemas import registry
 from streams.exceptions import ConfigurationError, KafkaUnavailable
 from streams.health import Health, health_app
 from streams.http.api import METRICS_CONTENT_TYPE, make_api
+from streams.http.kit import AUTHENTICATOR
 from streams.http.limits import GuardedRunner
 from streams.ingress import metrics
 from streams.kafka.clients import make_producer
@@ -79,6 +87,7 @@ __all__ = [
     "Role",
     "Say",
     "prepare_topics",
+    "reload_clients",
     "run",
     "running_bus",
 ]
@@ -111,6 +120,7 @@ class Bus:
     validator: Validator | None = None
     dispatcher: Dispatcher | None = None
     producer: AIOKafkaProducer | None = None
+    auth: Authenticator | None = None  # the API's, when this process serves it
     watch: ClusterWatch | None = None
     runner: web.AppRunner | None = None
     site: web.TCPSite | None = None
@@ -250,6 +260,7 @@ async def _serve(bus: Bus, roles: tuple[str, ...]) -> None:
         bus.producer = make_producer(settings, "api")
         await bus.producer.start()
         app = make_api(settings, producer=bus.producer, store=bus.store, health=bus.health)
+        bus.auth = app[AUTHENTICATOR]
     else:
 
         async def serve_metrics(request: web.Request) -> web.Response:
@@ -299,6 +310,32 @@ async def running_bus(settings: Settings, role: Role = "all") -> AsyncIterator[B
         await stop(bus)
 
 
+def reload_clients(bus: Bus, load: Callable[[], Settings]) -> tuple[bool, str]:
+    """Apply the `clients` of a configuration read again by `load` to this running process
+    (SIGHUP): grants on its subscription store (`SubscriptionStore.regrant`), clients of its
+    API's authenticator. Whether they were applied, and the one line that says so or why
+    not: an invalid configuration changes nothing. Other settings are not applied."""
+    try:
+        new = load()
+        if bus.store is not None:
+            bus.store.regrant(new)  # compiles every grant before it changes anything
+    except ConfigurationError as exc:  # its message names keys, never their values
+        return False, f"gemeentebus: configuration reload refused, the old one is kept: {exc}"
+    if bus.auth is not None:
+        bus.auth.reload(new)
+    ignored = sorted(
+        name
+        for name in type(new).model_fields
+        if name != "clients" and getattr(new, name) != getattr(bus.settings, name)
+    )
+    suspended = sum(1 for s in bus.store or () if s.suspension is not None)
+    others = f"changed, kept until a restart: {', '.join(ignored)}" if ignored else "unchanged"
+    return True, (
+        f"configuration reloaded: {len(new.clients)} clients applied, {suspended} "
+        f"subscriptions suspended; other settings are not reloaded ({others})"
+    )
+
+
 def settle_garbage_collector() -> None:
     """Keep full garbage collections short: everything built while starting (modules,
     schemas, clients, the subscription set) lives as long as the process, so it is collected
@@ -341,13 +378,20 @@ def _logged(line: str, *, error: bool = False) -> None:
     log.log(logging.ERROR if error else logging.INFO, "%s", line)
 
 
-async def run(settings: Settings, role: Role = "all", *, say: Say = _logged) -> int:
+async def run(
+    settings: Settings,
+    role: Role = "all",
+    *,
+    say: Say = _logged,
+    reload: Callable[[], Settings] | None = None,
+) -> int:
     """Run until SIGTERM or SIGINT, or until the process gives up; return the exit code.
 
     The first signal stops cleanly within `run.grace_s` (0), or exits `EXIT_LATE` at the
     deadline; a second exits at once (128 + signal). Giving up stops the same way and
     returns `EXIT_FAILED`. `say` hears the lines an operator watches for (running, gave up,
-    stopped); the command line prints them.
+    stopped); the command line prints them. With `reload` (how the settings were read),
+    SIGHUP applies the clients of the settings read again (`reload_clients`).
     """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -367,9 +411,27 @@ async def run(settings: Settings, role: Role = "all", *, say: Say = _logged) -> 
         watchdog.arm()
         stopping.set()
 
+    running: list[Bus] = []
+
+    def reloaded(bus: Bus, load: Callable[[], Settings]) -> None:
+        applied, line = reload_clients(bus, load)
+        say(line, error=not applied)
+
+    def too_early() -> None:
+        say("gemeentebus: SIGHUP while starting: not reloaded; send it again", error=True)
+
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        assert reload is not None
+        if running:
+            loop.call_soon_threadsafe(reloaded, running[0], reload)
+        else:
+            loop.call_soon_threadsafe(too_early)
+
     health = Health(stall_after_s=settings.health.stall_after_s)
     health.on_fail.append(on_fail)
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if reload is not None:
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     stop_asked = asyncio.create_task(stopping.wait())
     try:
         starting = asyncio.create_task(start(settings, role, health=health))
@@ -380,6 +442,7 @@ async def run(settings: Settings, role: Role = "all", *, say: Say = _logged) -> 
                 await starting
             return EXIT_FAILED if failed else 0
         bus = starting.result()
+        running.append(bus)
         settle_garbage_collector()
         say(f"gemeentebus running (role {role}) on {bus.url}; Ctrl-C to stop")
         await stopping.wait()

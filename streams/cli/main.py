@@ -142,11 +142,17 @@ def cmd_topics_create(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from streams.runner import run
 
-    if args.grace is not None:
-        settings = settings.model_copy(
+    def with_grace(settings: Settings) -> Settings:
+        if args.grace is None:
+            return settings
+        return settings.model_copy(
             update={"run": settings.run.model_copy(update={"grace_s": args.grace})}
         )
-    return asyncio.run(run(settings, args.role, say=_say))
+
+    def reread() -> Settings:  # SIGHUP: the same file, environment and options; clients apply
+        return with_grace(settings_for(args))
+
+    return asyncio.run(run(with_grace(settings), args.role, say=_say, reload=reread))
 
 
 def _say(line: str, *, error: bool = False) -> None:

@@ -46,7 +46,7 @@ from streams.http.limits import SubscriptionQuota, check_filters
 from streams.routing.grants import Grants
 from streams.routing.intake import (
     check_purpose,
-    client_of,
+    client_from,
     new_signing_secret,
     purpose_of,
     server_owned,
@@ -84,11 +84,15 @@ class _Subscriptions:
         self.max_body = settings.http.max_event_bytes
         self.timeout_s = settings.kafka.request_timeout_s
         self.sinks = SinkPolicy.from_settings(settings)
-        # intake holds a subscription to its owner's grant; the store binds what it hands out
-        self.grants = Grants.from_settings(settings)
         self.quota = SubscriptionQuota(settings.limits, store)
         # read-modify-write of one subscription, one request at a time (in this process)
         self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    @property
+    def grants(self) -> Grants:
+        """The owners' current grants: intake holds a subscription to them, and the store
+        binds what it hands out by the same (`SubscriptionStore.regrant` replaces them)."""
+        return self.store.grants
 
     # -- GET/POST /subscriptions --------------------------------------------------------------
 
@@ -135,8 +139,13 @@ class _Subscriptions:
             existing = await self._own(request, client)
             body = await self._body(request)
             check_filters(self.settings.limits, body.get("filters"))
+            config = self.grants.owner(existing.owner)
             owner = (
-                client if client.id == existing.owner else client_of(self.settings, existing.owner)
+                client
+                if client.id == existing.owner
+                else None
+                if config is None
+                else client_from(config)
             )
             if owner is not None:
                 check_purpose(self.auth, owner, body.get("types"))

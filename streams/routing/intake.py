@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
 from streams.auth import Authenticator, Client
-from streams.config import Settings
+from streams.config import ClientConfig, Settings
 from streams.contract.schemas import registry
 from streams.routing.filters import DIALECTS, InvalidFilter
 from streams.routing.subscriptions import schema_fields
@@ -26,6 +26,7 @@ from streams.routing.subscriptions import schema_fields
 __all__ = [
     "SERVER_FIELDS",
     "check_purpose",
+    "client_from",
     "client_of",
     "new_signing_secret",
     "purpose_of",
@@ -57,14 +58,19 @@ def client_of(settings: Settings, client_id: str) -> Client | None:
     """The configured client with this id (its grants), or None."""
     for config in settings.clients:
         if config.id == client_id:
-            return Client(
-                id=config.id,
-                via="token",
-                publish=config.publish,
-                subscribe=config.subscribe,
-                operator=config.operator,
-            )
+            return client_from(config)
     return None
+
+
+def client_from(config: ClientConfig) -> Client:
+    """A configured client (its grants) as a `Client`."""
+    return Client(
+        id=config.id,
+        via="token",
+        publish=config.publish,
+        subscribe=config.subscribe,
+        operator=config.operator,
+    )
 
 
 def check_purpose(auth: Authenticator, owner: Client, types: object) -> None:

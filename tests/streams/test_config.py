@@ -43,6 +43,15 @@ def test_a_broken_file_names_the_key(tmp_path: Path) -> None:
         load_settings(broken)
 
 
+def test_a_file_that_is_no_yaml_says_where_not_what(tmp_path: Path) -> None:
+    """It was a yaml.ParserError with a traceback that quoted the text around the error."""
+    broken = tmp_path / "gemeentebus.yaml"
+    broken.write_text("clients: [{id: x, token_sha256: geheim\n")
+    with pytest.raises(ConfigurationError, match="no valid YAML at line 2") as raised:
+        load_settings(broken)
+    assert "geheim" not in str(raised.value)
+
+
 def test_no_pseudonym_key_no_bus(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GEMEENTEBUS_")}
     result = subprocess.run(

@@ -8,6 +8,8 @@ go on.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import re
 import signal
@@ -21,11 +23,16 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from kafka_reading import transport_env
 from keys import PSEUDONYM_KEY, SECRETS_KEY
 
 from connectors.kafka_local import LocalKafka, free_port_range
 from streams.config import Settings, load_settings
+from streams.contract import codec
+from streams.contract.attributes import OVERLEDEN, VERHUISD
+from streams.contract.rules import dutch_today
+from streams.demo.generators import EventFactory
 from streams.kafka.clients import make_admin
 from streams.kafka.topics import Topics
 from streams.runner import EXIT_FAILED, EXIT_LATE
@@ -281,3 +288,149 @@ async def test_ready_of_a_worker_follows_its_broker_frozen_and_back(
         assert code == 0
     finally:
         await asyncio.to_thread(kafka.down)
+
+
+# -- SIGHUP: the clients of the configuration, reloaded -----------------------------------------
+
+
+def _client(client_id: str, **fields: Any) -> dict[str, Any]:
+    token = hashlib.sha256(f"token-{client_id}".encode()).hexdigest()
+    return {"id": client_id, "token_sha256": token, **fields}
+
+
+def _as(client_id: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer token-{client_id}"}
+
+
+_OPERATOR = _client("beheer", operator=True)
+_PUBLISHER = _client("publisher", publish={"types": ["*"], "sources": ["*"]})
+
+
+def _configure(path: Path, *subscribers: dict[str, Any]) -> None:
+    path.write_text(json.dumps({"clients": [*subscribers, _OPERATOR, _PUBLISHER]}))  # YAML
+
+
+def _move(seed: int) -> dict[str, Any]:
+    event: dict[str, Any] = codec.to_json(
+        EventFactory(seed, today=dutch_today()).verhuisd(soort="INTERGEMEENTELIJK")
+    )
+    for name in ("gemeentevan", "gemeentenaar"):  # the bus derives them from the data
+        event.pop(name, None)
+    return event
+
+
+async def test_sighup_applies_the_clients_of_the_configuration_at_once(
+    settings: Settings, spawn: Any, tmp_path: Path
+) -> None:
+    """A client removed from the configuration (or its type) kept receiving until every process
+    was restarted: SIGHUP did not reload, it ended the process."""
+    got: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        got.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    receiver = web.AppRunner(app, shutdown_timeout=0.1)
+    await receiver.setup()
+    try:
+        await web.TCPSite(receiver, "127.0.0.1", 0).start()
+        sink = f"http://127.0.0.1:{receiver.addresses[0][1]}/hook"
+
+        config = tmp_path / "gemeentebus.yaml"
+        granted = _client("gemeente-0363", subscribe={"types": [VERHUISD, OVERLEDEN]})
+        _configure(config, granted)
+        bus = spawn(
+            settings,
+            "--role",
+            "all",
+            "--config",
+            str(config),
+            GEMEENTEBUS_DELIVERY__ALLOW_HTTP="true",  # the receiver: loopback, over http
+            GEMEENTEBUS_DELIVERY__ALLOWED_PRIVATE_SINKS='["127.0.0.0/8"]',
+        )
+        url = bus.url()
+        await _until_ready(url, 200)
+
+        def moves() -> list[str]:
+            return [e["id"] for e in got if e.get("type") == VERHUISD]
+
+        async def until(condition: Any, within: float = 60.0) -> None:
+            async with asyncio.timeout(within):
+                while not condition():  # noqa: ASYNC110 - a tiny poll of what the receiver got
+                    await asyncio.sleep(0.05)
+
+        async with aiohttp.ClientSession(base_url=url) as http:
+
+            async def publish(event: dict[str, Any]) -> None:
+                headers = {"Content-Type": "application/cloudevents+json", **_as("publisher")}
+                async with http.post("/events", data=json.dumps(event), headers=headers) as answer:
+                    assert answer.status == 202, await answer.text()
+
+            async def shown(sub_id: str) -> dict[str, Any]:
+                async with http.get(f"/subscriptions/{sub_id}", headers=_as("beheer")) as answer:
+                    assert answer.status == 200, await answer.text()
+                    body: dict[str, Any] = await answer.json()
+                    return body
+
+            async def reload_until(wanted: str, code: str | None, sub_id: str) -> None:
+                bus.signal(signal.SIGHUP)
+                async with asyncio.timeout(30):
+                    while True:
+                        now = await shown(sub_id)
+                        suspension = now.get("suspension", {})
+                        if now["status"] == wanted and suspension.get("code") == code:
+                            return
+                        await asyncio.sleep(0.1)
+
+            body = {"sink": sink, "protocol": "HTTP", "types": [VERHUISD]}
+            owner = _as("gemeente-0363")
+            async with http.post("/subscriptions", json=body, headers=owner) as answer:
+                assert answer.status == 201, await answer.text()
+                sub_id = (await answer.json())["id"]
+            first = _move(1)
+            await publish(first)
+            await until(lambda: first["id"] in moves())
+
+            # the client removed, then back without the type: suspended
+            withdrawn = _client("gemeente-0363", subscribe={"types": [OVERLEDEN]})
+            steps = ((2, (), "owner_unknown"), (3, (withdrawn,), "type_not_granted"))
+            for seed, subscribers, code in steps:
+                _configure(config, *subscribers)
+                await reload_until("suspended", code, sub_id)
+                await publish(_move(seed))
+            async with http.get("/subscriptions", headers=_as("gemeente-0363")) as answer:
+                assert answer.status == 200  # still a client (withdrawn's grant), only less granted
+            _configure(config)
+            await reload_until("suspended", "owner_unknown", sub_id)
+            async with http.get("/subscriptions", headers=_as("gemeente-0363")) as answer:
+                assert answer.status == 401  # a removed client's token no longer authenticates
+
+            # the grant back: it resumes, and what came meanwhile was never routed to it
+            _configure(config, granted)
+            await reload_until("active", None, sub_id)
+            resumed = _move(4)
+            await publish(resumed)
+            await until(lambda: resumed["id"] in moves())
+            assert moves() == [first["id"], resumed["id"]]
+
+            # a broken configuration: refused in one line, the old one kept, the process alive
+            # YAML that does not parse; a grant naming a field that does not exist (valid
+            # settings, refused when the grants are compiled: nothing of it may be applied)
+            unknown = {"types": [VERHUISD], "fields": {VERHUISD: ["no.such.field"]}}
+            for n, broken in enumerate(
+                ("clients: [", json.dumps({"clients": [_client("x", subscribe=unknown)]})), 1
+            ):
+                config.write_text(broken)
+                bus.signal(signal.SIGHUP)
+                await until(lambda n=n: bus.stderr().count("configuration reload refused") == n, 30)
+                assert bus.process.poll() is None
+                assert (await shown(sub_id))["status"] == "active"
+            last = _move(5)
+            await publish(last)
+            await until(lambda: last["id"] in moves())
+        assert bus.stdout().count("configuration reloaded: ") == 4
+        assert "other settings are not reloaded (unchanged)" in bus.stdout()
+    finally:
+        await receiver.cleanup()

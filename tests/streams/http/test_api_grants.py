@@ -277,3 +277,21 @@ async def test_a_subscription_is_suspended_while_its_grant_is_gone_and_resumes(
     assert shown["status"] == "active" and "suspension" not in shown
     await publish(api, move(11, "0363", "0599"))
     assert await size(bus, topic) == 1
+
+
+async def test_intake_holds_to_the_grants_a_regrant_applied(
+    api: TestClient[Any, Any], settings: Settings, store: SubscriptionStore
+) -> None:
+    """It used to be a 200: the API checked intake against the grants it was started with,
+    while the store bound by the reloaded ones (SIGHUP, `streams.runner.reload_clients`)."""
+    created = await create(api, "gemeente-0363", types=[VERHUISD, OVERLEDEN])
+    one = f"/subscriptions/{created['id']}"
+    without_overleden = GEMEENTE.model_copy(
+        update={"subscribe": GEMEENTE.subscribe.model_copy(update={"types": (VERHUISD,)})}  # type: ignore[union-attr]
+    )
+    store.regrant(granted(settings, without_overleden))
+    again = kafka_body(types=[VERHUISD, OVERLEDEN])
+    answer = await api.put(one, json=again, headers=auth("beheer"))
+    assert (answer.status, (await answer.json())["code"]) == (403, "type_not_granted")
+    answer = await api.post("/subscriptions", json=again, headers=auth("gemeente-0363"))
+    assert (answer.status, (await answer.json())["code"]) == (403, "type_not_granted")
