@@ -7,22 +7,13 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
+from streams.cli.operations import rfc3339_time
 from streams.config import Settings
 from streams.operations.audit import read_trail
 
 __all__ = ["add_audit_commands"]
-
-
-def _time(text: str) -> datetime:
-    """An RFC 3339 time (a date alone means its start, UTC)."""
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an RFC 3339 time: {text!r}") from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
@@ -57,8 +48,12 @@ def add_audit_commands(commands: Any, *, parents: Sequence[argparse.ArgumentPars
         "requestId, details. Reading it is not itself recorded.",
         parents=parents,
     )
-    audit.add_argument("--since", type=_time, help="records at or after this time (RFC 3339)")
-    audit.add_argument("--until", type=_time, help="records at or before this time (RFC 3339)")
+    audit.add_argument(
+        "--since", type=rfc3339_time, help="records at or after this time (RFC 3339)"
+    )
+    audit.add_argument(
+        "--until", type=rfc3339_time, help="records at or before this time (RFC 3339)"
+    )
     audit.add_argument("--actor", help="only this actor; a shell pattern, e.g. 'cli:*'")
     audit.add_argument("--action", help="only this action; a shell pattern, e.g. 'subscription_*'")
     audit.add_argument("--target", help="only records about this target (a subscription id)")

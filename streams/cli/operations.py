@@ -20,12 +20,12 @@ from streams.operations.audit import audited, cli_actor
 from streams.operations.reconcile import Reconciliation
 from streams.operations.subscription_set import opened
 
-__all__ = ["add_operation_commands", "print_reconciliation"]
+__all__ = ["add_operation_commands", "print_reconciliation", "rfc3339_time"]
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
 
-def _time(text: str) -> datetime:
+def rfc3339_time(text: str) -> datetime:
     """An RFC 3339 time (a date alone means its start, UTC)."""
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -263,8 +263,8 @@ def add_operation_commands(
         parents=parents,
     )
     replay.add_argument("subscription", help="subscription id")
-    replay.add_argument("--from", dest="start", type=_time, help="window start (RFC 3339)")
-    replay.add_argument("--to", dest="end", type=_time, help="window end (RFC 3339)")
+    replay.add_argument("--from", dest="start", type=rfc3339_time, help="window start (RFC 3339)")
+    replay.add_argument("--to", dest="end", type=rfc3339_time, help="window end (RFC 3339)")
     replay.add_argument("--types", nargs="*", help="only these event types")
     replay.add_argument("--ids-file", type=Path, help="file with one event id per line")
     replay.set_defaults(func=cmd_replay)
@@ -278,8 +278,8 @@ def add_operation_commands(
         parents=parents,
     )
     reconcile.add_argument("subscription", help="subscription id")
-    reconcile.add_argument("--from", dest="start", type=_time, required=True)
-    reconcile.add_argument("--to", dest="end", type=_time, required=True)
+    reconcile.add_argument("--from", dest="start", type=rfc3339_time, required=True)
+    reconcile.add_argument("--to", dest="end", type=rfc3339_time, required=True)
     reconcile.add_argument("--held-file", type=Path, help="ids the subscriber holds, one a line")
     reconcile.add_argument("--json", action="store_true", help="print JSON instead of a table")
     reconcile.set_defaults(func=cmd_reconcile)

@@ -21,12 +21,19 @@ from datetime import datetime
 from typing import Any, Final
 
 from aiohttp import web
-from pydantic import TypeAdapter, ValidationError
 
 from streams.auth import AuthError
 from streams.config import Settings
 from streams.contract.values import elfproef
-from streams.http.kit import AUTHENTICATOR, Failure, Handler, answering, caller, error_response
+from streams.http.kit import (
+    AUTHENTICATOR,
+    Failure,
+    Handler,
+    answering,
+    caller,
+    error_response,
+    rfc3339,
+)
 from streams.operations.audit import (
     Auditor,
     AuditRecord,
@@ -43,7 +50,6 @@ REQUEST_ID_HEADER: Final = "X-Request-ID"
 _NOTE: Final = web.RequestKey("audit-note", dict)
 _CODE: Final = web.RequestKey("audit-code", str)
 MAX_LIMIT: Final = 1000
-_TIME = TypeAdapter(datetime)
 
 
 def note(request: web.Request, /, **details: Any) -> None:
@@ -111,15 +117,7 @@ def audited(action: str, handler: Handler) -> Handler:
 
 
 def _time(value: str | None, name: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = _TIME.validate_python(value)
-    except ValidationError:
-        parsed = None
-    if parsed is None or parsed.utcoffset() is None:
-        raise Failure(400, "invalid_time", f"{name}: an RFC 3339 time with a zone is required")
-    return parsed
+    return None if value is None else rfc3339(value, name)
 
 
 def add_auditing(app: web.Application, *, settings: Settings) -> None:

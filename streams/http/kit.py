@@ -12,9 +12,11 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
 from typing import Any, Final
 
 from aiohttp import hdrs, web
+from pydantic import TypeAdapter, ValidationError
 
 from streams.auth import Authenticator, AuthError, Client
 
@@ -31,6 +33,7 @@ __all__ = [
     "internal_errors",
     "parse_json",
     "read_body",
+    "rfc3339",
 ]
 
 log = logging.getLogger(__name__)
@@ -163,3 +166,17 @@ async def internal_errors(request: web.Request, handler: Handler) -> web.StreamR
         log.exception("internal error on %s %s", request.method, _route(request))
         body = {"status": 500, "code": "internal_error", "message": "internal error"}
         return web.json_response(body, status=500)
+
+
+_TIME = TypeAdapter(datetime)
+
+
+def rfc3339(value: Any, name: str) -> datetime:
+    """A request's time (`name` says where): RFC 3339 with a zone, or a 400 invalid_time."""
+    try:
+        parsed = _TIME.validate_python(value)
+    except ValidationError:
+        parsed = None
+    if parsed is None or parsed.utcoffset() is None:
+        raise Failure(400, "invalid_time", f"{name}: an RFC 3339 time with a zone is required")
+    return parsed

@@ -31,7 +31,15 @@ from streams.auth import Client, Forbidden
 from streams.config import Settings
 from streams.contract.headers import header_text
 from streams.http.auditing import add_auditing, audited, note
-from streams.http.kit import AUTHENTICATOR, Failure, answering, caller, parse_json, read_body
+from streams.http.kit import (
+    AUTHENTICATOR,
+    Failure,
+    answering,
+    caller,
+    parse_json,
+    read_body,
+    rfc3339,
+)
 from streams.http.limits import ReplaySlots, page_limit
 from streams.kafka.backwards import backwards
 from streams.kafka.topics import partitions
@@ -48,16 +56,6 @@ REPLAYER: Final = web.AppKey("replayer", Replayer)
 DEFAULT_LIMIT: Final = 100
 _SEARCH_CHUNK: Final = 500  # offsets read at a time when looking for an event id
 _TIME = TypeAdapter(datetime)
-
-
-def _time(value: str | None, name: str) -> datetime:
-    try:
-        parsed = _TIME.validate_python(value)
-    except ValidationError:
-        parsed = None
-    if parsed is None or parsed.utcoffset() is None:
-        raise Failure(400, "invalid_time", f"{name}: an RFC 3339 time with a zone is required")
-    return parsed
 
 
 def _cursor(positions: dict[TopicPartition, int]) -> str:
@@ -145,14 +143,14 @@ class _Operations:
         held: set[str] | None = None
         if request.method == "POST":
             body = await self._body(request)
-            start, end = _time(body.get("from"), "from"), _time(body.get("to"), "to")
+            start, end = rfc3339(body.get("from"), "from"), rfc3339(body.get("to"), "to")
             ids = body.get("held")
             if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
                 raise Failure(400, "invalid_held", "held: a list of event ids")
             held = set(ids)
         else:
             query = request.query
-            start, end = _time(query.get("from"), "from"), _time(query.get("to"), "to")
+            start, end = rfc3339(query.get("from"), "from"), rfc3339(query.get("to"), "to")
         if end <= start:
             raise Failure(400, "invalid_window", "to must be after from")
         result = await reconcile(self.settings, self.store, subscription.id, start, end, held)

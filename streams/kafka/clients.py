@@ -361,32 +361,28 @@ def make_consumer(
     return AIOKafkaConsumer(*topics, **options)
 
 
-def make_admin(
-    settings: Settings | KafkaSettings, name: str = "admin", **overrides: Any
-) -> AIOKafkaAdminClient:
-    """An admin client (topics, configs, partitions); call `start()` and `close()` on it."""
-    kafka = _kafka(settings)
-    options: dict[str, Any] = {
+def _connection(kafka: KafkaSettings, name: str) -> dict[str, Any]:
+    """What every bare client (admin, cluster) is given: where, who, how long, how secured."""
+    return {
         "bootstrap_servers": kafka.bootstrap_servers,
         "client_id": f"{kafka.client_id}-{name}",
         "request_timeout_ms": int(kafka.request_timeout_s * 1000),
         **security_options(kafka),
     }
-    options.update(overrides)
+
+
+def make_admin(
+    settings: Settings | KafkaSettings, name: str = "admin", **overrides: Any
+) -> AIOKafkaAdminClient:
+    """An admin client (topics, configs, partitions); call `start()` and `close()` on it."""
+    options = {**_connection(_kafka(settings), name), **overrides}
     return AIOKafkaAdminClient(**options)
 
 
 def make_client(settings: Settings | KafkaSettings, name: str, **overrides: Any) -> AIOKafkaClient:
     """A bare cluster client (metadata and single requests, e.g. the cluster watch); call
     `bootstrap()` and `close()` on it."""
-    kafka = _kafka(settings)
-    options: dict[str, Any] = {
-        "bootstrap_servers": kafka.bootstrap_servers,
-        "client_id": f"{kafka.client_id}-{name}",
-        "request_timeout_ms": int(kafka.request_timeout_s * 1000),
-        **security_options(kafka),
-    }
-    options.update(overrides)
+    options = {**_connection(_kafka(settings), name), **overrides}
     return AIOKafkaClient(**options)
 
 
