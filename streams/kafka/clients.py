@@ -27,7 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from streams.config import KafkaSettings, Settings
-from streams.kafka import lenient
+from streams.kafka import faustparts, lenient
 from streams.kafka.partitioner import KeyPartitioner
 from streams.kafka.transport import faust_credentials, security_options
 from streams.retry import refused_for_size, spoils_producer
@@ -110,9 +110,14 @@ def make_app(settings: Settings, name: str, **overrides: Any) -> faust.App:
         "store": "memory://",
         "table_cleanup_interval": 3600.0,
         "datadir": datadir / f"{app_id}-data",
+        # less work per message and no second's wait at start (`streams.kafka.faustparts`)
+        "TableManager": faustparts.Tableless,
+        "Monitor": faustparts.LeanMonitor,
     }
     options.update(overrides)
-    return faust.App(app_id, **options)
+    app = faust.App(app_id, **options)
+    app.transport = faustparts.Transport(app.conf.broker_consumer, app)
+    return app
 
 
 def make_producer(settings: Settings | KafkaSettings, name: str, **overrides: Any) -> Producer:
