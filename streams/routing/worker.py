@@ -357,9 +357,11 @@ class Validator:
         lag = 0
         for tp, offset in last.items():
             try:
-                lag += max(0, self.app.consumer.highwater(tp) - offset - 1)
-            except KafkaError:  # no longer assigned (a rebalance): not ours to wait for
-                continue
+                highwater = self.app.consumer.highwater(tp)
+            except (KafkaError, AssertionError):  # aiokafka's "Partition is not assigned"
+                continue  # no longer assigned (a rebalance): not ours to wait for
+            if highwater is not None:  # None: assigned again, not fetched yet (a rebalance)
+                lag += max(0, highwater - offset - 1)
         return lag
 
     async def _write(
