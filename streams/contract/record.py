@@ -46,6 +46,10 @@ def read_record(key: Any, headers: Any, value: Any, *, max_bytes: int) -> KafkaR
     header value, a header name that is not UTF-8 text (kept as the `repr` of its bytes), a
     value over `max_bytes`.
     """
+    if type(value) is bytes and len(value) <= max_bytes and (key is None or type(key) is bytes):
+        pairs = tuple(headers or ())
+        if all(_plain_header(pair) for pair in pairs):  # what the loop below keeps as it is
+            return KafkaRecord(key=key, headers=pairs, value=value)
     raw_headers: list[tuple[str, bytes | None]] = []
     error: FieldError | None = None
     for item in headers or ():
@@ -88,3 +92,14 @@ def read_record(key: Any, headers: Any, value: Any, *, max_bytes: int) -> KafkaR
         return Unreadable(key=key, headers=tuple(raw_headers), value=value, error=error)
     clean = tuple((name, raw) for name, raw in raw_headers if raw is not None)
     return KafkaRecord(key=key, headers=clean, value=value)
+
+
+def _plain_header(pair: Any) -> bool:
+    """A header `read_record` keeps unchanged: a pair of an ASCII name (UTF-8 text) and bytes."""
+    return (
+        type(pair) is tuple
+        and len(pair) == 2
+        and type(pair[0]) is str
+        and type(pair[1]) is bytes
+        and pair[0].isascii()
+    )
