@@ -72,7 +72,7 @@ class LeanMonitor(Monitor):
 class Consumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, handing each fetch to the conductor in one wait."""
 
-    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - Faust's loop
+    async def _drain_messages(self, fetcher: Any) -> None:
         service = cast(Any, self)
         consumer_should_stop = service._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
