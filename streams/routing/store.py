@@ -163,6 +163,10 @@ class SubscriptionStore:
             await self.stop()
             raise
         self._consumer.assign(self._partitions)
+        # The end-offsets client learns their leaders now, not after two retry backoffs on
+        # the first `_end_offsets`; paused, it fetches nothing (so no long-poll delays it).
+        self._offsets.assign(self._partitions)
+        self._offsets.pause(*self._partitions)
         await self._consumer.seek_to_beginning(*self._partitions)
         for tp in self._partitions:
             self._applied[tp] = await self._consumer.position(tp)
