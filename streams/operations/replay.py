@@ -19,9 +19,10 @@ Progress (scanned, matched, written, the next offset per partition) goes to the 
 far are confirmed (acks=all); reading goes on while a checkpoint waits for its records, with
 one checkpoint in flight at a time, and while a batch waits to be sent (sends queue behind
 each other; nothing is sent after one that failed). The lease, the owner and the
-subscription's state are looked at before each write, not each record. Matching and encoding go the fast way of
-`streams.routing.readback` (only what matching needs is decoded). The HTTP API and the CLI
-record every request in the audit trail (`streams.operations.audit`).
+subscription's state are looked at before each write, not each record. Matching and
+encoding go the fast way of `streams.routing.readback` (only what matching needs is
+decoded). The HTTP API and the CLI record every request in the audit trail
+(`streams.operations.audit`).
 
 Resuming after a crash, with several API processes: the process that accepts a replay owns it
 and holds a lease on it (`replay.lease_s`, default 30 s) that it renews three times a lease,
