@@ -15,6 +15,7 @@ import pytest
 from aiokafka.admin import NewTopic
 from aiokafka.errors import InvalidTopicError, RequestTimedOutError, TopicAlreadyExistsError
 
+import streams.kafka.topics as topics_module
 from streams.config import KafkaSettings, Settings
 from streams.exceptions import KafkaUnavailable, TopicsRefused
 from streams.kafka.creation import TopicSpec, create_missing
@@ -179,3 +180,43 @@ async def test_new_topics_are_not_looked_for_in_the_list_of_all() -> None:
 
     assert creation.existed == [there] and not creation.refused
     assert admin.described == [[s.name for s in specs(3)]] * 2  # the one already there too
+
+
+async def test_topics_are_described_in_requests_of_at_most_describe_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # every process describes every deliver topic when it starts: one request for the 4,000
+    # topics of 2,000 subscriptions outlasted the request timeout on a busy broker
+    asked: dict[str, list[int]] = {"metadata": [], "configs": []}
+
+    class _Configs:
+        def __init__(self, names: list[str]) -> None:
+            self.names = names
+
+        def to_object(self) -> dict[str, Any]:
+            entries = [{"config_names": "min.insync.replicas", "config_value": "2"}]
+            found = [{"resource_name": n, "config_entries": entries} for n in self.names]
+            return {"resources": found}
+
+    class Describing:
+        async def start(self) -> None: ...
+
+        async def close(self) -> None: ...
+
+        async def describe_topics(self, topics: list[str]) -> list[Any]:
+            asked["metadata"].append(len(topics))
+            return [{"topic": n, "error_code": 0, "partitions": [{"replicas": [1, 2, 3]}]}
+                    for n in topics]  # fmt: skip
+
+        async def describe_configs(self, resources: list[Any]) -> list[Any]:
+            asked["configs"].append(len(resources))
+            return [_Configs([r.name for r in resources])]
+
+    monkeypatch.setattr(topics_module, "make_admin", lambda settings: Describing())
+    names = [s.name for s in specs(1_203)]
+
+    states = await topics_module.describe_topics(kafka(), names)
+
+    assert sorted(states) == names
+    assert {s.min_insync_replicas for s in states.values()} == {2}
+    assert asked == {"metadata": [500, 500, 203], "configs": [500, 500, 203]}
