@@ -36,6 +36,8 @@ OPERATOR: Final = "chaos-operator"
 # The owner of the subscriptions a scenario writes into the store itself (`spread`).
 CROWD: Final = "chaos-crowd"
 PSEUDONYM_KEY: Final = "gemeentebus-chaos"  # synthetic data only
+# Lines of a process's log that the error of one that exited at start carries.
+_LOG_TAIL: Final = 20
 _START_S: Final = 180.0  # a restart may wait out its group's session timeout first
 
 
@@ -175,8 +177,12 @@ class Bus:
         may say 503 while it is up, see the report of the first run)."""
         async with asyncio.timeout(within):
             while True:
-                if not proc.alive:
-                    raise RuntimeError(f"{proc.name} exited at start; see {proc.log}")
+                if not proc.alive:  # the log's end in the error: the folder may not be kept
+                    tail = proc.log.read_text(errors="replace").splitlines()[-_LOG_TAIL:]
+                    raise RuntimeError(
+                        f"{proc.name} exited at start; its log ({proc.log}) ends:\n"
+                        + "\n".join(tail)
+                    )
                 text = proc.log.read_text(errors="replace").rsplit("--- start", 1)[-1]
                 if "gemeentebus running" in text and (
                     proc.role != "api" or await http_status(proc.url + "/health") is not None

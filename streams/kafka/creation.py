@@ -44,6 +44,13 @@ __all__ = [
 CREATE_CHUNK = 500
 # How often `ensure_topics` looks for topics it created: soon, then less and less often.
 _LOOK_FIRST_S, _LOOK_MAX_S = 0.01, 0.5
+# How long a broker may take per partition still pending before a topic that does not show
+# is given up, beside `kafka.request_timeout_s`: a broker making at least 50 partitions a
+# second. A broker publishes new topics in whole metadata deltas, each only once it made the
+# logs of every partition in it: thousands of topics created at once (`subscriptions apply`)
+# show nothing for tens of seconds on a busy machine (measured: 6,000 partitions in 70 s on
+# 2 shared cores), and are there all the same.
+_PER_PARTITION_S = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +190,8 @@ async def _await_visible(
     with a leader for each partition. The controller answers CreateTopics before the
     brokers hold the partitions (a few ms each), so a record naming a topic written on that
     answer alone could be routed to a topic not there yet. A topic still missing once
-    `kafka.request_timeout_s` passed without any other appearing is refused."""
+    `kafka.request_timeout_s`, plus `_PER_PARTITION_S` for each partition still pending,
+    passed without any other appearing is refused."""
     delay, progress = _LOOK_FIRST_S, time.monotonic()
     while pending:
         seen = []
@@ -204,13 +212,17 @@ async def _await_visible(
         now = time.monotonic()
         if seen:
             progress = now
-        elif pending and now - progress >= settings.request_timeout_s:
+        patience = settings.request_timeout_s + _PER_PARTITION_S * sum(pending.values())
+        if pending and not seen and now - progress >= patience:
             creation.created[:] = [n for n in creation.created if n not in pending]
             creation.existed[:] = [n for n in creation.existed if n not in pending]
             for name in pending:
                 creation.refused[name] = KafkaUnavailable(
-                    f"topic {name} was created but is not in the cluster's metadata after "
-                    f"{settings.request_timeout_s:g} s"
+                    f"topic {name} was created but is not in the cluster's metadata: none of "
+                    f"the {len(pending)} topic(s) still missing appeared in {patience:.1f} s "
+                    f"(kafka.request_timeout_s {settings.request_timeout_s:g} s and "
+                    f"{_PER_PARTITION_S * 1000:g} ms for each of their "
+                    f"{sum(pending.values())} partition(s))"
                 )
             return
         if pending:

@@ -17,9 +17,12 @@ queue (FIFO).
 Progress (scanned, matched, written, the next offset per partition) goes to the compacted
 `gemeentebus.replays` topic every `checkpoint_every` records, after the records written so
 far are confirmed (acks=all); reading goes on while a checkpoint waits for its records, with
-one checkpoint in flight at a time. Matching and encoding go the fast way of
-`streams.routing.readback` (only what matching needs is decoded). The HTTP API and the CLI
-record every request in the audit trail (`streams.operations.audit`).
+one checkpoint in flight at a time, and while a batch waits to be sent (sends queue behind
+each other; nothing is sent after one that failed). The lease, the owner and the
+subscription's state are looked at before each write, not each record. Matching and
+encoding go the fast way of `streams.routing.readback` (only what matching needs is
+decoded). The HTTP API and the CLI record every request in the audit trail
+(`streams.operations.audit`).
 
 Resuming after a crash, with several API processes: the process that accepts a replay owns it
 and holds a lease on it (`replay.lease_s`, default 30 s) that it renews three times a lease,
@@ -76,6 +79,10 @@ log = logging.getLogger(__name__)
 
 # Matched records sent together, as whole batches (a checkpoint sends what it has too).
 _SEND_EVERY: Final = 500
+# `send_batched` calls queued but not yet handed to the producer; reading waits beyond.
+_SENDS_AHEAD: Final = 4
+# Records read between two looks at the lease, the owner and the live progress.
+_SYNC_EVERY: Final = 500
 
 
 class _Pace:
@@ -287,39 +294,44 @@ class Replayer:
         ends = {tp_of(n): o for n, o in status.ends.items()}
         target, pace = self.topics.deliver(subscription.id), _Pace(self.rate)
         outs: list[KafkaRecord] = []  # matched, not yet sent: they go in batches
-        pending: list[asyncio.Future[Any]] = []  # sent since the last checkpoint, a future a batch
+        # sent since the last checkpoint: a task a `send_batched` call, each queued after the
+        # one before it (per key order), while reading goes on (aiokafka's `send_batch` waits
+        # until the partition's previous batch has gone to the broker)
+        pending: list[asyncio.Task[list[asyncio.Future[Any]]]] = []
+        sending: list[asyncio.Task[list[asyncio.Future[Any]]]] = []  # every unfinished one
         written = 0  # records in `pending` before the ones of `outs`
         names: dict[tuple[str, int], str] = {}  # a partition's name in `positions`, made once
         # one checkpoint in flight while reading goes on; the next waits for it
         checkpoint: asyncio.Future[None] | None = None
+        # counted here, copied into the status every `_SYNC_EVERY` records and before it is
+        # copied or written (a pydantic attribute write per record costs more than the rest)
+        scanned, matched, positions = status.scanned, status.matched, status.positions
         reader = consumer(self.settings)
         try:
             await reader.start()  # in the try: a replay stopped while it connects closes it too
             async for record in merged(reader, starts, ends):
-                if self._mine.get(status.id) is not status:
-                    raise Lost(status.id)
-                if status.lease_until is None or datetime.now(UTC) >= status.lease_until:
-                    await self._leases.renew(only=status)  # never write past its lease unconfirmed
-                status.scanned += 1
+                scanned += 1
                 out = (
                     readback.deliverable(record)
                     if not ids or header_text(record.headers, "ce_id") in ids
                     else None
                 )
                 if out is not None:
-                    self._still_active(subscription.id)  # its owner's grant may have gone
-                    status.matched += 1
+                    matched += 1
                     await pace.take()
                     outs.append(out)
-                    if len(outs) >= _SEND_EVERY:
-                        pending += await self._producer.send_batched(target, outs)
-                        written, outs = written + len(outs), []
                 where = (record.topic, record.partition)
                 name = names.get(where) or names.setdefault(where, f"{where[0]}:{where[1]}")
-                status.positions[name] = record.offset + 1
-                if status.scanned % self.checkpoint_every == 0:
-                    pending += await self._producer.send_batched(target, outs)
+                positions[name] = record.offset + 1
+                due = scanned % self.checkpoint_every == 0
+                if not due and len(outs) < _SEND_EVERY and scanned % _SYNC_EVERY:
+                    continue
+                status.scanned, status.matched = scanned, matched
+                await self._may_write(status, subscription.id, outs)
+                if outs:
+                    pending.append(await self._send(target, outs, sending))
                     written, outs = written + len(outs), []
+                if due:
                     if checkpoint is not None:
                         await checkpoint
                     at = status.model_copy(update={"positions": dict(status.positions)})
@@ -327,19 +339,57 @@ class Replayer:
                         self._checkpoint(status, at, pending, written)
                     )
                     pending, written = [], 0
-            pending += await self._producer.send_batched(target, outs)
+            status.scanned, status.matched = scanned, matched
+            await self._may_write(status, subscription.id, outs)
+            pending.append(await self._send(target, outs, sending))
             if checkpoint is not None:
                 await checkpoint
             status.positions = {n: o for n, o in status.ends.items()}
             await self._checkpoint(status, status, pending, written + len(outs))
         finally:
-            if checkpoint is not None and not checkpoint.done():
-                checkpoint.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await checkpoint
+            for task in (checkpoint, *sending, *pending):
+                if task is not None:  # stopped or failed: what did not run will not
+                    task.cancel()
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await task
             await reader.stop()
         status.state, status.finished_at = "done", datetime.now(UTC)
         await self._leases.save(status)
+
+    async def _send(
+        self,
+        target: str,
+        outs: list[KafkaRecord],
+        sending: list[asyncio.Task[list[asyncio.Future[Any]]]],
+    ) -> asyncio.Task[list[asyncio.Future[Any]]]:
+        """Queue `outs` to be sent after everything queued before (a task giving the batches'
+        futures); returns at once unless `_SENDS_AHEAD` sends are still waiting their turn."""
+        sending[:] = [task for task in sending if not task.done()]
+        while len(sending) >= _SENDS_AHEAD:
+            await asyncio.wait([sending.pop(0)])  # its error reaches the checkpoint
+        before = sending[-1] if sending else None
+
+        async def send() -> list[asyncio.Future[Any]]:
+            if before is not None:
+                await before  # in order: nothing goes after a send that failed
+            return await self._producer.send_batched(target, outs)
+
+        task = asyncio.ensure_future(send())
+        sending.append(task)
+        return task
+
+    async def _may_write(
+        self, status: ReplayStatus, subscription_id: str, outs: list[KafkaRecord]
+    ) -> None:
+        """Raise unless this process still runs the replay (`Lost`) and, when there is
+        something to write, its subscription is still active; renew the lease first if it ran
+        out (never write past it unconfirmed). Checked before each write, not each record."""
+        if self._mine.get(status.id) is not status:
+            raise Lost(status.id)
+        if status.lease_until is None or datetime.now(UTC) >= status.lease_until:
+            await self._leases.renew(only=status)
+        if outs:
+            self._still_active(subscription_id)  # its owner's grant may have gone
 
     def _still_active(self, subscription_id: str) -> None:
         """`ReplayError` once the subscription is retired, gone or suspended (its owner's
@@ -353,12 +403,13 @@ class Replayer:
         self,
         status: ReplayStatus,
         at: ReplayStatus,
-        pending: list[asyncio.Future[Any]],
+        pending: list[asyncio.Task[list[asyncio.Future[Any]]]],
         written: int,
     ) -> None:
         """Save `at`, a copy of `status` taken when `pending` (`written` records) was the last
         of it sent, once the broker confirmed all of `pending`; the replay reads on meanwhile."""
-        await asyncio.gather(*pending)  # every record up to the positions is in the topic
+        batches = [future for task in pending for future in await task]
+        await asyncio.gather(*batches)  # every record up to the positions is in the topic
         status.written += written
         at.written = status.written
         await self._leases.save(at)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import date
+from json.encoder import encode_basestring as _quote  # how `_JSON` quotes a string
 from typing import Any, Final
 
 from aiokafka.structs import ConsumerRecord
@@ -42,8 +43,14 @@ from streams.routing.subscriptions import Subscription, projection
 
 __all__ = ["Readback"]
 
-# the writer's binding, the current version and its binding
-_Bindings = tuple[DataBinding, SchemaVersion, DataBinding]
+# the writer's binding, the current version, its binding and the body's JSON from
+# `datacontenttype` to `dataschema`
+_Bindings = tuple[DataBinding, SchemaVersion, DataBinding, str]
+# a set of attribute names: the extensions among them, and the body's pieces of extensions
+# (a piece whole, or a piece and the attribute whose quoted text follows it)
+_Shape = tuple[tuple[str, ...], tuple[tuple[str, str | None], ...]]
+# sets of attribute names kept per readback (the gate writes a few; anything else is odd)
+_SHAPES_KEPT: Final = 64
 
 _AVRO: Final = AVRO_CONTENT_TYPE.encode()
 _CONTENT_TYPE: Final = CONTENT_TYPE.encode()
@@ -53,6 +60,7 @@ _NOT_EXTENSIONS: Final = frozenset(
     {*_REQUIRED, "subject", "sequence", "data", "data_base64", "datacontenttype"}
 )
 _EXTENSION_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_BODY_START: Final = f'{{"specversion":{_quote(SPECVERSION)},"id":'
 
 
 def _extension_name(name: str) -> bool:
@@ -88,7 +96,8 @@ class Readback:
         self._follows = bool(subscription.volgindicaties)
         # per dataschema header: (writer binding, current version, current binding)
         self._bindings: dict[str, _Bindings | None] = {}
-        self._good_names: set[str] = set()
+        self._shapes: dict[tuple[str, ...], _Shape] = {}
+        self._type_json = {t: f',"type":{_quote(t)}' for t in subscription.types}
         # read once: each is a pydantic attribute lookup per record otherwise
         # per type: its filters ANDed with its owner's grant's, and the grant's alone (they
         # bind a followed person's events too): `streams.routing.grants`
@@ -128,17 +137,16 @@ class Readback:
         bindings = self._binding(attrs["dataschema"], event_type)
         if bindings is None:
             return self._slow(record)
-        writer, current, out_binding = bindings
-        extensions: dict[str, str] = {}
-        for name, text in attrs.items():
-            if name in _NOT_EXTENSIONS:
-                continue
-            if name not in self._good_names:
-                if not _extension_name(name):
-                    return self._slow(record)
-                self._good_names.add(name)
-            extensions[name] = text
-        if "" in (attrs.get("subject"), attrs.get("sequence")):
+        writer, current, out_binding, schema_json = bindings
+        shape = self._shapes.get(tuple(attrs))
+        if shape is None:
+            shape = self._shape(attrs)
+            if shape is None:
+                return self._slow(record)
+        names, body_extensions = shape
+        extensions = {name: attrs[name] for name in names}
+        subject, sequence = attrs.get("subject"), attrs.get("sequence")
+        if subject == "" or sequence == "":
             return self._slow(record)
         text = attrs["time"]
         try:
@@ -157,9 +165,10 @@ class Readback:
             dataschema=current.dataschema,
             specversion=SPECVERSION,
         )
-        for optional in ("subject", "sequence"):
-            if optional in attrs:
-                seen[optional] = attrs[optional]
+        if subject is not None:
+            seen["subject"] = subject
+        if sequence is not None:
+            seen["sequence"] = sequence
         by_source = self._source is None or self._source == attrs["source"]
         matched = by_source and self._by_filters and self._filters[event_type](seen)
         maybe_followed = self._follows and by_source and event_type in attributes.PERSON_TYPES
@@ -174,31 +183,47 @@ class Readback:
             return None  # undecodable: the slow way says no match too
         if not matched and not self._followed(data, record.timestamp):
             return None
-        body: dict[str, Any] = {
-            "specversion": SPECVERSION,
-            "id": attrs["id"],
-            "source": attrs["source"],
-            "type": event_type,
-            "time": time,
-        }
-        if "subject" in attrs:
-            body["subject"] = attrs["subject"]
-        body["datacontenttype"] = JSON_CONTENT_TYPE
-        body["dataschema"] = current.dataschema
-        if "sequence" in attrs:
-            body["sequence"] = attrs["sequence"]
-        body.update(sorted({**extensions, **self._extra}.items()))
-        body["data"] = out_binding.root.to_json(self._projections[event_type](data))
+        # the JSON `_JSON.encode` makes of the CloudEvent's body, written piece by piece
+        # (the same keys in the same order, each string quoted the way `_JSON` quotes it)
+        body = [_BODY_START, _quote(attrs["id"]), ',"source":', _quote(attrs["source"])]
+        body += (self._type_json[event_type], ',"time":', _quote(time))
+        if subject is not None:
+            body += (',"subject":', _quote(subject))
+        body.append(schema_json)
+        if sequence is not None:
+            body += (',"sequence":', _quote(sequence))
+        for piece, name in body_extensions:
+            body.append(piece if name is None else piece + _quote(attrs[name]))
+        data_json = _JSON.encode(out_binding.root.to_json(self._projections[event_type](data)))
+        body += (',"data":', data_json, "}")
         headers = (
             ("content-type", _CONTENT_TYPE),
             ("ce_id", found["ce_id"]),
             ("ce_source", found["ce_source"]),
             ("ce_type", found["ce_type"]),
-            ("ce_time", time.encode()),
+            ("ce_time", time.encode() if not canonical else found["ce_time"]),
             *self._extra_headers,
         )
         key = None if record.key is None else bytes(record.key)
-        return KafkaRecord(key=key, headers=headers, value=_JSON.encode(body).encode())
+        return KafkaRecord(key=key, headers=headers, value="".join(body).encode())
+
+    def _shape(self, attrs: Mapping[str, str]) -> _Shape | None:
+        """For a set of attribute names: the extensions among them, and the body's pieces of
+        the extensions and this readback's own (sorted, its own winning a clash); None when
+        one is no extension name (the slow way judges it). Kept per set of names."""
+        names = tuple(n for n in attrs if n not in _NOT_EXTENSIONS)
+        if not all(_extension_name(n) for n in names):
+            return None
+        merged: dict[str, str | None] = dict.fromkeys(names)
+        merged.update(self._extra)
+        pieces = tuple(
+            (f",{_quote(n)}:", n) if text is None else (f",{_quote(n)}:{_quote(text)}", None)
+            for n, text in sorted(merged.items())
+        )
+        found = (names, pieces)
+        if len(self._shapes) < _SHAPES_KEPT:
+            self._shapes[tuple(attrs)] = found
+        return found
 
     def _followed(self, data: Mapping[str, Any], timestamp: int) -> bool:
         """Whether a volgindicatie makes this person event the subscription's (active, and
@@ -224,7 +249,11 @@ class Readback:
             version = None
         if version is not None and version.type == event_type:
             current = self._reg.current(event_type)
-            found = (data_binding(version), current, data_binding(current))
+            schema_json = (
+                f',"datacontenttype":{_quote(JSON_CONTENT_TYPE)}'
+                f',"dataschema":{_quote(current.dataschema)}'
+            )
+            found = (data_binding(version), current, data_binding(current), schema_json)
         self._bindings[dataschema] = found
         return found
 

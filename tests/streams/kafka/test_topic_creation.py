@@ -7,6 +7,7 @@ is tested against the real one (`tests/streams/routing/test_store.py`,
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from aiokafka.admin import NewTopic
 from aiokafka.errors import InvalidTopicError, RequestTimedOutError, TopicAlreadyExistsError
 
+import streams.kafka.topics as topics_module
 from streams.config import KafkaSettings, Settings
 from streams.exceptions import KafkaUnavailable, TopicsRefused
 from streams.kafka.creation import TopicSpec, create_missing
@@ -33,6 +35,7 @@ class FakeAdmin:
     existing: set[str] = field(default_factory=set)
     codes: dict[str, int] = field(default_factory=dict)
     visible_after: int = 0
+    visible_at: float = 0.0  # time.monotonic() from which created topics show
     never_visible: set[str] = field(default_factory=set)
     requests: list[list[NewTopic]] = field(default_factory=list)
     described: list[list[str]] = field(default_factory=list)
@@ -53,7 +56,7 @@ class FakeAdmin:
 
     async def describe_topics(self, topics: list[str] | None = None) -> list[Any]:
         self.described.append(list(topics or []))
-        shown = len(self.described) > self.visible_after
+        shown = len(self.described) > self.visible_after and time.monotonic() >= self.visible_at
         return [
             {"topic": name, "error_code": 0,
              "partitions": [{"partition": p, "leader": 1} for p in range(self._created[name])]}
@@ -132,7 +135,19 @@ async def test_a_topic_that_never_shows_is_refused_after_the_request_timeout() -
 
     assert sorted(creation.created) == ["t.deliver.s0000", "t.deliver.s0002"]
     assert list(creation.refused) == [lost]
-    assert "not in the cluster's metadata after 0.3 s" in str(creation.refused[lost])
+    assert "none of the 1 topic(s) still missing appeared in 0.3 s" in str(creation.refused[lost])
+
+
+async def test_many_topics_get_time_for_their_partitions_before_any_is_given_up() -> None:
+    # a broker shows new topics only once it made every partition's log: 2,000 topics
+    # created at once show nothing for longer than the request timeout (0.3 s here), then
+    # all; 0.02 s a partition pending is their allowance (0.3 + 50 x 0.02 = 1.3 s)
+    admin = FakeAdmin(visible_at=time.monotonic() + 0.8)
+
+    creation = await create_missing(admin, kafka(), specs(50), chunk=500, wait=True)
+
+    assert not creation.refused
+    assert sorted(creation.created) == [s.name for s in specs(50)]
 
 
 def test_subscription_topics_have_the_configured_partitions() -> None:
@@ -165,3 +180,43 @@ async def test_new_topics_are_not_looked_for_in_the_list_of_all() -> None:
 
     assert creation.existed == [there] and not creation.refused
     assert admin.described == [[s.name for s in specs(3)]] * 2  # the one already there too
+
+
+async def test_topics_are_described_in_requests_of_at_most_describe_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # every process describes every deliver topic when it starts: one request for the 4,000
+    # topics of 2,000 subscriptions outlasted the request timeout on a busy broker
+    asked: dict[str, list[int]] = {"metadata": [], "configs": []}
+
+    class _Configs:
+        def __init__(self, names: list[str]) -> None:
+            self.names = names
+
+        def to_object(self) -> dict[str, Any]:
+            entries = [{"config_names": "min.insync.replicas", "config_value": "2"}]
+            found = [{"resource_name": n, "config_entries": entries} for n in self.names]
+            return {"resources": found}
+
+    class Describing:
+        async def start(self) -> None: ...
+
+        async def close(self) -> None: ...
+
+        async def describe_topics(self, topics: list[str]) -> list[Any]:
+            asked["metadata"].append(len(topics))
+            return [{"topic": n, "error_code": 0, "partitions": [{"replicas": [1, 2, 3]}]}
+                    for n in topics]  # fmt: skip
+
+        async def describe_configs(self, resources: list[Any]) -> list[Any]:
+            asked["configs"].append(len(resources))
+            return [_Configs([r.name for r in resources])]
+
+    monkeypatch.setattr(topics_module, "make_admin", lambda settings: Describing())
+    names = [s.name for s in specs(1_203)]
+
+    states = await topics_module.describe_topics(kafka(), names)
+
+    assert sorted(states) == names
+    assert {s.min_insync_replicas for s in states.values()} == {2}
+    assert asked == {"metadata": [500, 500, 203], "configs": [500, 500, 203]}

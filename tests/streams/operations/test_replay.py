@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import RecordsToDelete
+from aiokafka.errors import KafkaConnectionError
 from clients import OWNER
 
 from streams.config import Settings
@@ -386,3 +387,37 @@ async def test_a_replay_stops_once_its_owners_grant_is_gone(
     assert done.matched < len(accepted)
     with pytest.raises(ReplayError, match="no active subscription"):
         await replayer.submit(sub.id, request, actor="beheer")
+
+
+async def test_reading_goes_on_while_a_send_waits_and_nothing_follows_a_failed_one(
+    settings: Settings, store: SubscriptionStore, bus_topics: Topics, replayers: Any
+) -> None:
+    """It used to read nothing while a send waited (the failing send below waits for the
+    reader, so it hung). Sends are queued behind each other: one that fails stops the ones
+    queued after it, so no later record of a key overtakes an earlier one."""
+    sub = await store.put(subscription("s-send-fails"))
+    start = datetime.now(UTC) - timedelta(seconds=1)
+    await publish(settings, bus_topics, 200, seed=3)
+    replayer = await replayers(checkpoint_every=10)
+    calls: list[int] = []
+    real = replayer._producer.send_batched
+    running: list[ReplayStatus] = []
+
+    async def failing_third(topic: str, records: Any) -> Any:
+        calls.append(len(records))
+        if len(calls) == 3:  # fails once the reader has queued the next send behind it
+            scanned = running[0].scanned
+            await until(lambda: running[0].scanned > scanned)
+            await asyncio.sleep(0.05)
+            raise KafkaConnectionError("broker gone")
+        return await real(topic, records)
+
+    replayer._producer.send_batched = failing_third  # type: ignore[method-assign]
+    request = ReplayRequest.model_validate({"from": start.isoformat()})
+    status = await replayer.submit(sub.id, request, actor="beheer")
+    running.append(status)
+    async with asyncio.timeout(DEADLINE_S):
+        done = await replayer.wait(status.id)
+    assert done.state == "failed"
+    assert len(calls) == 3
+    assert done.written <= sum(calls[:2])

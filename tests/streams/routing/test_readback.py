@@ -213,3 +213,27 @@ def test_an_expired_volgindicatie_opens_nothing() -> None:
         assert (out is None) == (event is None)
         if event is not None:
             assert pseudonym(str(event.data["bsn"]), KEY) in gate_people
+
+
+def test_the_body_is_quoted_ordered_and_merged_as_the_encoder_writes_it() -> None:
+    # the body is written piece by piece: strings that need escaping, optional attributes,
+    # extensions before and after the readback's own, a clash with it, other header orders
+    subscription = SUBSCRIPTIONS[0]
+    matcher = Matcher(subscription, KEY)
+    readback = Readback(subscription, KEY, extensions=REPLAY)
+    text = 'a "quote", a \\ back\\slash, é, \u2028, \t and \x01'.encode()
+    extra = [
+        [("ce_subject", text)],
+        [("ce_sequence", b"00042"), ("ce_aaa", text), ("ce_zzz", b"last")],
+        [("ce_replay", b"not-this-one"), ("ce_subject", b"s"), ("ce_rank", b"\xc3\xa9")],
+        [("ce_sequence", text), ("ce_aa", b"1"), ("ce_replaz", b"2"), ("ce_b", b"3")],
+    ]
+    records = [
+        _odd(record, headers=[*record.headers, *more][::step])
+        for record in RECORDS[:40]
+        for more in extra
+        for step in (1, -1)
+    ]
+    fast = [readback.deliverable(r) for r in records]
+    assert fast == [_slow(matcher, r) for r in records]
+    assert sum(f is not None for f in fast) > len(records) // 2
