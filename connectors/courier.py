@@ -47,6 +47,7 @@ from connectors.endpoints import Endpoints
 from connectors.holding import Held, Holding, Lane, held, poison, window_start
 from connectors.offsets import Offer, Watermark
 from connectors.webhook import SubscriberGone
+from connectors.writes import Write
 from streams.config import Settings
 from streams.contract.record import read_record
 from streams.exceptions import FieldError
@@ -110,7 +111,6 @@ class Courier:
         self._holding = Holding(f"courier {subscription.id}")
         self._lane_tasks: dict[Lane, asyncio.Task[None]] = {}
         self._halts: dict[int, asyncio.Event] = {}  # set: that partition's lanes stop
-        self._settling: set[asyncio.Task[None]] = set()  # records waiting for their writes
         self._stop_by = 0.0  # loop time by which `stop` is to be done
         self._stop_task: asyncio.Task[None] | None = None
         self._started = time.monotonic()  # no record's retry window begins before this
@@ -143,7 +143,6 @@ class Courier:
         loop = asyncio.get_running_loop()
         reserve = min(_CLOSE_RESERVE_S, max(0.0, self._stop_by - loop.time()) / 4)
         await self._cancel_late(set(self._lane_tasks.values()), reserve)
-        await self._cancel_late(set(self._settling), reserve)
         await self._cancel_late(set(self._attempts.writes), reserve)
         try:
             async with asyncio.timeout(max(0.05, self._stop_by - loop.time())):
@@ -302,7 +301,7 @@ class Courier:
             _, late = await asyncio.wait(lanes, timeout=grace_s)
             for task in late:
                 task.cancel()
-        settling = {t for t in self._settling if not t.done()}
+        settling = {t for t in self._attempts.writes if not t.done()}  # finished records' too
         if settling:
             await asyncio.wait(settling, timeout=max(0.0, by - loop.time()))
 
@@ -358,29 +357,38 @@ class Courier:
             self._on_gone(self)
 
     def _finish(self, record: Held) -> None:
-        """Mark the record finished once the broker has every write about it."""
+        """Mark the record finished once the broker has every write about it (callbacks on
+        its writes, not a task per record: this runs per delivery)."""
         watermark = self._holding.watermarks.get(record.partition)
-        task = asyncio.create_task(self._settle(record, watermark))
-        self._settling.add(task)
-        task.add_done_callback(self._settled)
+        waiting = [write for write in record.writes if not write.done()]
+        if not waiting:
+            self._settle(record, watermark)
+            return
+        left = len(waiting)
 
-    def _settled(self, task: asyncio.Task[None]) -> None:
-        self._settling.discard(task)
-        if not task.cancelled() and task.exception() is not None:  # a bug: visible, not silent
-            log.error(
-                "courier %s: finishing a record failed",
-                self.subscription.id,
-                exc_info=task.exception(),
-            )
-            self._trouble("settle", "finishing a record failed (see the log)")
+        def landed(_: asyncio.Task[Write]) -> None:
+            nonlocal left
+            left -= 1
+            if left == 0:
+                self._settle(record, watermark)
 
-    async def _settle(self, record: Held, watermark: Watermark | None) -> None:
-        try:
-            await asyncio.gather(*record.writes)
-        except asyncio.CancelledError:
-            for write in record.writes:  # stopped: the record stays unfinished
-                write.cancel()
-            raise
+        for write in waiting:
+            write.add_done_callback(landed)
+
+    def _settle(self, record: Held, watermark: Watermark | None) -> None:
+        """Every write about `record` is done: finished if each landed (a cancelled one:
+        stopped, the record stays unfinished; a failed one is a bug, visible)."""
+        for write in record.writes:
+            if write.cancelled():
+                return
+            if write.exception() is not None:
+                log.error(
+                    "courier %s: finishing a record failed",
+                    self.subscription.id,
+                    exc_info=write.exception(),
+                )
+                self._trouble("settle", "finishing a record failed (see the log)")
+                return
         # a revoked partition has a new watermark (or none): the old one is dropped
         if watermark is not None and watermark is self._holding.watermarks.get(record.partition):
             watermark.finish(record.offset)

@@ -35,6 +35,7 @@ from aiokafka.errors import KafkaError
 from connectors.courier import STOP_DEADLINE_S, Courier
 from connectors.endpoints import Endpoints
 from connectors.reader import Reader
+from connectors.writes import WRITE_LINGER_MS
 from streams.config import Settings
 from streams.exceptions import KafkaUnavailable
 from streams.health import Health
@@ -63,7 +64,9 @@ class Dispatcher:
         self.store = store
         self.health = health
         self.counts: dict[str, Counter[str]] = {}
-        self._producer = make_producer(settings, "dispatcher")
+        # the couriers' delivery-log and DLQ writes: a few ms of linger makes one produce
+        # request of many attempts' records (nothing waits on a log write but the commit)
+        self._producer = make_producer(settings, "dispatcher", linger_ms=WRITE_LINGER_MS)
         self._reader = Reader(settings, health=health)
         self.endpoints = Endpoints(settings.delivery)  # shared by every courier's attempts
         self._couriers: dict[str, Courier] = {}

@@ -123,6 +123,7 @@ class WebhookSender:
         )
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
+        self._allowed_url: str | None = None  # the sink URL `check_url` let through
         secret = _secret(subscription)
         self._webhook = Webhook(secret) if secret is not None else None
         if self._webhook is None:
@@ -173,10 +174,12 @@ class WebhookSender:
             ) from exc
         headers = self.headers(source=source, event_id=event_id, payload=text)
         url = self.subscription.sink
-        try:
-            self._policy.check_url(url)  # a literal address; names where they are connected
-        except SinkRefused as exc:
-            raise WebhookFailed(exc.reason, code=exc.code, retriable=False) from exc
+        if url != self._allowed_url:  # the policy and the URL are fixed: allowed once, always
+            try:
+                self._policy.check_url(url)  # a literal address; names where they are connected
+            except SinkRefused as exc:
+                raise WebhookFailed(exc.reason, code=exc.code, retriable=False) from exc
+            self._allowed_url = url
         try:
             async with self._session_now().post(
                 url, data=payload, headers=headers, allow_redirects=False

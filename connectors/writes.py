@@ -32,11 +32,22 @@ from streams.delivery.log import DeliveryAttempt, encode_attempt, shortened
 from streams.kafka.clients import Producer
 from streams.retry import WRITES
 
-__all__ = ["BROKEN_AFTER_S", "Trouble", "Write", "Writer", "dead_letter_write", "log_write"]
+__all__ = [
+    "BROKEN_AFTER_S",
+    "WRITE_LINGER_MS",
+    "Trouble",
+    "Write",
+    "Writer",
+    "dead_letter_write",
+    "log_write",
+]
 
 log = logging.getLogger(__name__)
 
 BROKEN_AFTER_S: Final = 10.0  # a topic failing this long makes the courier not ready
+# how long the producer of these writes gathers records into one request: a burst's
+# delivery-log records go a few hundred per request, not one or two
+WRITE_LINGER_MS: Final = 5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,10 +85,14 @@ def dead_letter_write(
 
 
 def log_write(topic: str, attempt: DeliveryAttempt) -> Write:
-    """A delivery-log record; its fallback has the long free-text fields cut."""
+    """A delivery-log record; its fallback has the long free-text fields cut (none when
+    there is nothing to cut: the copy would be the same record)."""
     key, value = encode_attempt(attempt)
-    _, short = encode_attempt(shortened(attempt))
-    cut = Write(what="delivery-log record, cut", topic=topic, key=key, value=short)
+    short = shortened(attempt)
+    if short is attempt:
+        return Write(what="delivery-log record", topic=topic, key=key, value=value)
+    cut = Write(what="delivery-log record, cut", topic=topic, key=key,
+                value=encode_attempt(short)[1])  # fmt: skip
     return Write(what="delivery-log record", topic=topic, key=key, value=value, fallback=cut)
 
 

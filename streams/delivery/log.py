@@ -99,13 +99,17 @@ def decode_attempt(value: bytes) -> DeliveryAttempt:
 def shortened(attempt: DeliveryAttempt) -> DeliveryAttempt:
     """The attempt with its free-text fields (event id, source, type, error, pseudonym) cut to
     200 characters, each cut one ending in `CUT_MARK`: what the delivery log holds of an
-    attempt whose full record the topic refused as too large (a poison record's odd id)."""
+    attempt whose full record the topic refused as too large (a poison record's odd id).
+    `attempt` itself when no field is that long."""
 
     def cut(text: str | None) -> str | None:
         if text is None or len(text) <= _SHORT:
             return text
         return text[:_SHORT] + CUT_MARK
 
+    texts = (attempt.event_id, attempt.source, attempt.type, attempt.error, attempt.pseudonym)
+    if all(text is None or len(text) <= _SHORT for text in texts):
+        return attempt  # nothing to cut (the common case: this runs per delivery)
     return dataclasses.replace(
         attempt,
         event_id=cut(attempt.event_id) or "",

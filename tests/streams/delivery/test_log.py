@@ -59,3 +59,11 @@ def test_shortened_cuts_long_free_text() -> None:
     cut = shortened(attempt)
     assert cut.event_id == "x" * 200 + CUT_MARK
     assert cut.subscription == "s"
+
+
+def test_shortened_leaves_an_attempt_with_nothing_long_as_it_is() -> None:
+    ref = event_ref(None, (("ce_id", b"e1"),), b"{}")
+    attempt = delivery_attempt(
+        subscription="s", purpose="p", ref=ref, outcome="delivered", attempt=1
+    )
+    assert shortened(attempt) is attempt
