@@ -20,22 +20,33 @@ from connectors.kafka_local import LocalKafka, free_port_range
 from streams.config import KafkaSettings, LocalKafkaSettings
 from streams.kafka.clients import make_consumer
 
-__all__ = ["Brokers", "read_topic"]
+__all__ = ["Brokers", "heap_for", "read_topic"]
 
 _HEAP_MB = 320
+# What a broker's heap needs per partition beside `_HEAP_MB` (its log, indexes' metadata,
+# producer state, metrics): the full delivery-kill's ~8,000 partitions filled 320 MB and
+# the broker spent its time in full collections (4 a second), answering nothing in time.
+_HEAP_PER_PARTITION_MB = 0.125
+
+
+def heap_for(partitions: int) -> int:
+    """The heap (MB) of a chaos broker that will hold about `partitions` partitions."""
+    return _HEAP_MB + int(partitions * _HEAP_PER_PARTITION_MB)
 
 
 class Brokers:
     """A private Kafka cluster for one or more scenarios."""
 
-    def __init__(self, folder: Path, local: LocalKafkaSettings, *, nodes: int = 1) -> None:
+    def __init__(
+        self, folder: Path, local: LocalKafkaSettings, *, nodes: int = 1, heap_mb: int = _HEAP_MB
+    ) -> None:
         self.nodes = nodes
         self.kafka = LocalKafka(
             data_dir=folder,
             cache_dir=local.cache_dir,
             nodes=nodes,
             port=free_port_range(2 * nodes),
-            heap_mb=_HEAP_MB,
+            heap_mb=heap_mb,
             start_timeout_s=max(local.start_timeout_s, 120.0),
         )
 

@@ -22,7 +22,7 @@ import aiohttp
 
 from streams.chaos.bus import OPERATOR, Bus, token, write_config
 from streams.chaos.checker import Ledger, Sent, Tally, tally
-from streams.chaos.cluster import Brokers
+from streams.chaos.cluster import Brokers, heap_for
 from streams.chaos.receivers import Sink
 from streams.config import LocalKafkaSettings
 from streams.contract.schemas import registry
@@ -116,7 +116,11 @@ class ChaosContext:
     async def broker(self) -> Brokers:
         """The one-node broker scenarios that do not stop it share (started once)."""
         if self._shared is None:
-            self._shared = Brokers(self.folder / "broker-shared", self.local)
+            # the delivery-kill's crowd: a deliver topic of 2 partitions and a DLQ each
+            crowd = 3 * self.size.spread_subscriptions
+            self._shared = Brokers(
+                self.folder / "broker-shared", self.local, heap_mb=heap_for(crowd)
+            )
             await self._shared.up()
         return self._shared
 

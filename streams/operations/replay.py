@@ -83,6 +83,9 @@ _SEND_EVERY: Final = 500
 _SENDS_AHEAD: Final = 4
 # Records read between two looks at the lease, the owner and the live progress.
 _SYNC_EVERY: Final = 500
+# ... or once this many seconds passed: a paced replay (`replay.rate`) of a few events a
+# second writes what it matched and shows its progress at once, not 500 records later.
+_SYNC_S: Final = 0.2
 
 
 class _Pace:
@@ -306,6 +309,7 @@ class Replayer:
         # counted here, copied into the status every `_SYNC_EVERY` records and before it is
         # copied or written (a pydantic attribute write per record costs more than the rest)
         scanned, matched, positions = status.scanned, status.matched, status.positions
+        synced = time.monotonic()  # and at least every `_SYNC_S`: a slow replay shows progress
         reader = consumer(self.settings)
         try:
             await reader.start()  # in the try: a replay stopped while it connects closes it too
@@ -324,8 +328,14 @@ class Replayer:
                 name = names.get(where) or names.setdefault(where, f"{where[0]}:{where[1]}")
                 positions[name] = record.offset + 1
                 due = scanned % self.checkpoint_every == 0
-                if not due and len(outs) < _SEND_EVERY and scanned % _SYNC_EVERY:
+                if (
+                    not due
+                    and len(outs) < _SEND_EVERY
+                    and scanned % _SYNC_EVERY
+                    and time.monotonic() - synced < _SYNC_S
+                ):
                     continue
+                synced = time.monotonic()
                 status.scanned, status.matched = scanned, matched
                 await self._may_write(status, subscription.id, outs)
                 if outs:
