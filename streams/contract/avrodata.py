@@ -8,9 +8,11 @@ Every published schema version is compiled once (`data_binding`) into the checki
 from __future__ import annotations
 
 import io
+import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
@@ -51,6 +53,18 @@ class DataBinding:
     reading: Any = field(repr=False)
     # `root.read_exact()`: what `is_exact` still has to look at in data read with this schema.
     _read_exact: Callable[[Any], bool] | None = field(default=None, repr=False)
+    # A boolean: fastavro reads any byte but 0 as true, Java's reader only 1 (`written`).
+    _has_boolean: bool = field(default=False, repr=False)
+
+    def written(self, data: Mapping[str, Any], payload: bytes) -> bytes:
+        """The bytes to pass on for `data`, exact and read from `payload` with this version:
+        `payload` itself when it has no varint longer than it need be (fastavro reads those,
+        Java's reader refuses them past 5 or 10 bytes) and no boolean, else `data` written
+        again. A padded varint ends in a zero byte after one with its high bit set; the
+        pair may also be string or double bytes, which only costs the writing."""
+        if self._has_boolean or _PADDED.search(payload) is not None:
+            return write_data(self, data)
+        return payload
 
     def is_exact_read(self, data: Mapping[str, Any]) -> bool:
         """`root.is_exact(data)` for `data` that `read_data` read with this version as both
@@ -59,6 +73,7 @@ class DataBinding:
 
 
 _BINDINGS: dict[SchemaVersion, DataBinding] = {}
+_PADDED: Final = re.compile(rb"[\x80-\xff]\x00")
 
 
 def data_binding(version: SchemaVersion) -> DataBinding:
@@ -68,7 +83,9 @@ def data_binding(version: SchemaVersion) -> DataBinding:
         schema = version.schema
         root = compile_schema(schema, {}, schema.get("__named_schemas", {}))
         reading = parse_schema(_without_uuid(version.raw), named_schemas={})
-        found = _BINDINGS[version] = DataBinding(version, root, reading, root.read_exact())
+        boolean = '"boolean"' in json.dumps(version.raw)
+        found = DataBinding(version, root, reading, root.read_exact(), boolean)
+        _BINDINGS[version] = found
     return found
 
 

@@ -123,8 +123,9 @@ def from_kafka(record: KafkaRecord, *, registry: SchemaRegistry | None = None) -
 def from_kafka_with_value(
     record: KafkaRecord, *, registry: SchemaRegistry | None = None
 ) -> tuple[CloudEvent, bytes | None]:
-    """`from_kafka`, and the record's value when it already is the Avro binary of `data` under
-    the current schema (written with it: reading and writing again gives the same bytes)."""
+    """`from_kafka`, and the record's value when it was written with the current schema, so
+    `data` is what fastavro read with it (`DataBinding.is_exact_read` suffices). Not always
+    bytes to pass on: fastavro reads varints longer than they need be (`DataBinding.written`)."""
     reg = registry or _default_registry()
     errors: list[FieldError] = []
     attrs, broken = header_attributes(

@@ -176,6 +176,8 @@ class Gate:
             value = None  # not provably exact: `to_kafka` checks and encodes as ever
         elif value is None:
             value = write_data(verdict.exact, admitted.data)  # exact: passes the Avro check
+        else:  # what fastavro reads and other Avro readers may refuse is written again
+            value = verdict.exact.written(admitted.data, value)
         record = codec.to_kafka(admitted, key=key, value=value)
         self._last_order = max(time.time_ns(), self._last_order + 1)
         order = (ORDER_HEADER, str(self._last_order).encode())

@@ -24,7 +24,7 @@ from streams.contract.envelope import CloudEvent
 from streams.contract.headers import ERROR_HEADER, ORDER_HEADER
 from streams.contract.record import KafkaRecord
 from streams.contract.rules import dutch_today, examine
-from streams.contract.schemas import registry
+from streams.contract.schemas import SchemaVersion, registry
 from streams.demo.generators import EventFactory
 from streams.exceptions import InvalidEvent
 from streams.ingress.gate import Accepted, Gate, Rejected
@@ -89,7 +89,19 @@ def _cases() -> list[tuple[str, KafkaRecord]]:
         ("url", zaak, _set("zaakUrl", "ftp://elders")),
     ]
     cases += [(name, _record(event, change)) for name, event, change in changes]
+    cases += [(f"padded varint {e.type}", _padded(_record(e))) for e in (move, death, zaak)]
     return cases
+
+
+def _padded(record: KafkaRecord) -> KafkaRecord:
+    """`record` with its value's first varint (every event's first field is a string: its
+    length) padded by 6 bytes: fastavro reads the same data, Java's reader refuses it."""
+    value = record.value
+    end = next(i for i, byte in enumerate(value) if byte < 0x80)  # the varint's last byte
+    padded = value[:end] + bytes([value[end] | 0x80]) + b"\x80" * 5 + b"\x00" + value[end + 1 :]
+    event = codec.from_kafka(record)
+    assert codec.from_kafka(replace(record, value=padded)).data == event.data
+    return replace(record, value=padded)
 
 
 CASES = _cases()
@@ -174,3 +186,28 @@ def test_a_projected_record_keeps_only_its_fields_in_json() -> None:
     body = codec.to_json(replace(zaak, data=kept), checked=True)
     assert set(body["data"]) == set(kept)
     assert isinstance(body["data"]["aanmaakdatum"], str)
+
+
+def test_read_bytes_are_passed_on_only_when_every_avro_reader_reads_them_alike() -> None:
+    events = EventFactory(11, today=TODAY).mixed(100)
+    passed = 0
+    for event in events:
+        value = codec.to_kafka(event, key=b"k").value
+        written = _binding(event.type).written(event.data, value)
+        assert written == value
+        passed += written is value
+    assert passed >= 90  # written again only where string or double bytes look padded
+    for name, record in CASES:
+        if name.startswith("padded"):
+            event = codec.from_kafka(record)
+            assert _binding(event.type).written(event.data, record.value) == (
+                codec.to_kafka(event, key=b"k").value
+            )
+    raw = {
+        "type": "record",
+        "name": "b",
+        "namespace": "t",
+        "fields": [{"name": "flag", "type": "boolean"}],
+    }
+    version = SchemaVersion("t.b", 1, "urn:t:b:1", parse_schema(raw), raw)
+    assert data_binding(version).written({"flag": True}, b"\x02") == b"\x01"  # Java: false

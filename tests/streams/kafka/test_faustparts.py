@@ -52,8 +52,9 @@ async def test_a_second_worker_joining_mid_stream_loses_nothing_and_keeps_key_or
     first, second = Validator(settings), Validator(settings)
     await first.start()
     try:
-        while first.processed == 0:  # noqa: ASYNC110 - polls the worker's count
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(60):  # the first worker has judged a record
+            while first.processed == 0:  # noqa: ASYNC110 - polls the worker's count
+                await asyncio.sleep(0.01)
         await second.start()  # joins the group: a rebalance mid-stream
         try:
             wanted = {e.id for e in events}
