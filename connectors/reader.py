@@ -116,14 +116,19 @@ class Taker(Protocol):
 
 class _Unpaused:
     """An assignment as aiokafka's fetcher is shown it: the partitions it may fetch (not
-    paused) and the paused ones it still holds fetched records of."""
+    paused), the paused ones it still holds fetched records of, and those with no position
+    yet (the fetcher looks it up even for a paused one, and `position()` waits for it)."""
 
     __slots__ = ("state_value", "tps")
 
     def __init__(self, assignment: Any, buffered: Any) -> None:
         states = assignment._tp_state
         self.state_value = assignment.state_value
-        self.tps = [tp for tp, s in states.items() if not s.paused or tp in buffered]
+        self.tps = [
+            tp
+            for tp, s in states.items()
+            if not s.paused or not s.has_valid_position or tp in buffered
+        ]
 
 
 def _fetch_unpaused(consumer: Any) -> None:

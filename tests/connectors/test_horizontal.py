@@ -239,8 +239,8 @@ async def test_a_process_that_stops_leaves_its_partitions_to_the_other(
             await shared([a, b], every)
             writing = rounds.stream()
             await until(lambda: delivered(b) >= 300)
-            before = delivered(b)
             await b.stop(deadline_s=0.5)  # mid-stream: what is in flight is cut short
+            before = delivered(b)  # (it delivers on while it stops)
             stopped_at = rounds.sent
         await until(lambda: a.partitions == every)
         rounds.finish()

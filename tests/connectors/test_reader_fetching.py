@@ -59,3 +59,21 @@ async def test_paused_partitions_are_not_walked_and_a_resumed_one_is_read(
         assert seen == {0: 1, 5: 1}  # nothing of a paused partition
     finally:
         await consumer.stop()
+
+
+async def test_a_paused_partition_without_a_position_gets_one(settings: Settings) -> None:
+    """The fetcher looks a position up for every partition, paused ones too (`position()`
+    waits for it, and the reader asks it of partitions it paused at once)."""
+    topic = f"{settings.kafka.topic_prefix}.positions"
+    await create_topics(settings.kafka, [TopicSpec(topic, 2)])
+    tps = [TopicPartition(topic, p) for p in range(2)]
+    consumer = make_consumer(settings, "test-positions", group=None, fetch_max_wait_ms=100)
+    await consumer.start()
+    try:
+        _fetch_unpaused(consumer)
+        consumer.assign(tps)
+        consumer.pause(*tps)
+        async with asyncio.timeout(20):  # without the lookup: waits for ever
+            assert [await consumer.position(tp) for tp in tps] == [0, 0]
+    finally:
+        await consumer.stop()
