@@ -33,8 +33,8 @@ it, and a second, group-less consumer (the *watcher*) long-polls every cool part
 the same position, `_WATCH_WAIT_MS` at a time. The moment the watcher sees a record of one,
 it is paused there and resumed in the consumer, which reads it (the watcher's copy is
 dropped): the consumer's fetches carry only the partitions that are busy, and the idle ones
-are one fetch every few seconds (and aiokafka's fetcher, which walked every assigned
-partition on each wake, is shown only those it may fetch: `_fetch_unpaused`).
+are one fetch every few seconds (and aiokafka's fetchers, which walked every assigned
+partition on each wake, are shown only those they may fetch: `streams.kafka.fetching`).
 Back-pressure, commits and reports look only at the busy partitions' couriers (an idle
 courier has nothing to pause, seek or commit).
 
@@ -60,6 +60,7 @@ from aiokafka.errors import KafkaError
 from connectors.attempts import pause
 from streams.config import Settings
 from streams.health import Health, Progress
+from streams.kafka import fetching
 from streams.kafka.clients import make_admin, make_consumer
 from streams.kafka.topics import Groups
 from streams.retry import KAFKA_READ
@@ -112,47 +113,6 @@ class Taker(Protocol):
     def revoked(self, partitions: set[int]) -> None: ...
 
     def report(self) -> None: ...
-
-
-class _Unpaused:
-    """An assignment as aiokafka's fetcher is shown it: the partitions it may fetch (not
-    paused), the paused ones it still holds fetched records of, and those with no position
-    yet (the fetcher looks it up even for a paused one, and `position()` waits for it)."""
-
-    __slots__ = ("state_value", "tps")
-
-    def __init__(self, assignment: Any, buffered: Any) -> None:
-        states = assignment._tp_state
-        self.state_value = assignment.state_value
-        self.tps = [
-            tp
-            for tp, s in states.items()
-            if not s.paused or not s.has_valid_position or tp in buffered
-        ]
-
-
-def _fetch_unpaused(consumer: Any) -> None:
-    """Let `consumer`'s fetcher walk only the partitions it may fetch.
-
-    aiokafka's fetcher (0.14, `Fetcher._get_actions_per_node`) walks every assigned
-    partition each time it wakes (after every fetch and every getmany that took records),
-    and waits on one resume future per paused partition: with 2,000 cool (paused)
-    partitions that was ~75% of the delivery process's event loop at 100 records/s. A
-    resume wakes it instead (`_wake_fetcher`)."""
-    fetcher = consumer._fetcher
-    walk = fetcher._get_actions_per_node
-
-    def actions(assignment: Any) -> Any:
-        return walk(_Unpaused(assignment, fetcher._records))
-
-    fetcher._get_actions_per_node = actions
-
-
-def _wake_fetcher(consumer: Any) -> None:
-    """Partitions were resumed: the fetcher looks at them now, not at its next wake."""
-    fetcher = getattr(consumer, "_fetcher", None)  # (None: not started)
-    if fetcher is not None:
-        fetcher._notify(fetcher._wait_consume_future)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -216,7 +176,8 @@ class Reader:
     async def start(self) -> None:
         await self._consumer.start()
         await self._watcher.start()
-        _fetch_unpaused(self._consumer)
+        for consumer in (self._consumer, self._watcher):  # each holds thousands paused
+            fetching.install(consumer)
         self._task = asyncio.create_task(self._run(), name="delivery-reader")
         self._watch_task = asyncio.create_task(self._watch(), name="delivery-watcher")
 
@@ -464,8 +425,7 @@ class Reader:
         if wanted - paused:
             self._consumer.pause(*(wanted - paused))
         if paused - wanted:
-            self._consumer.resume(*(paused - wanted))
-            _wake_fetcher(self._consumer)
+            self._consumer.resume(*(paused - wanted))  # (wakes its fetcher: `fetching`)
 
     async def _sweep(self, now: float) -> None:
         """Hand the partitions that brought nothing for `_COOL_S`, of idle couriers, to the
